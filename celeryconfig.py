@@ -1,0 +1,39 @@
+"""Celery settings for qai-jobs (loaded lazily by ``qai_jobs.celery_app``).
+
+Status lives in Postgres, so there is no result backend. Every countdown we use stays far below
+Redis's visibility timeout, beyond which Redis would re-deliver a message still running.
+"""
+
+from qai_jobs.celery_app import current_settings
+
+_settings = current_settings()
+
+broker_url = _settings.redis_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": 3600}
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_default_queue = "celery"
+task_ignore_result = True
+result_backend = None
+
+# At-least-once delivery; the drain makes duplicates harmless.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+# A stopping worker finishes or hands back its messages instead of leaving them unacked.
+worker_soft_shutdown_timeout = 10.0
+worker_enable_soft_shutdown_on_idle = True
+
+# Flower and `celery events` see every task.
+task_track_started = True
+worker_send_task_events = True
+task_send_sent_event = True
+
+worker_hijack_root_logger = True
+worker_redirect_stdouts = False
+timezone = "UTC"
+enable_utc = True

@@ -1,0 +1,13 @@
+"""qai-jobs: durable, ordered workspace actions for AI coding-agent sandboxes.
+
+    from qai_jobs import WorkspaceClient, ActionFailed
+    client = WorkspaceClient.from_env()
+    result = client.ensure("proj-1", files={"server.js": "..."}).wait(timeout=120)
+"""
+
+from .client import ActionHandle, WorkspaceClient
+from .errors import ActionFailed, QaiJobsError
+from .schemas import KINDS
+
+__all__ = ["KINDS", "ActionFailed", "ActionHandle", "QaiJobsError", "WorkspaceClient"]
+__version__ = "0.1.0"

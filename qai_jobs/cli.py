@@ -1,0 +1,246 @@
+"""The console script ``qai-jobs``: processes (this module) and producer/inspection commands.
+
+Exit codes: 0 success, 1 the action failed, 2 usage or configuration error. A user's mistake
+gets one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from .config import Settings, load_settings
+from .errors import ActionFailed, ConfigurationError, Conflict, NotFound, QaiJobsError, ValidationFailed
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UserError(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"qai-jobs: {message}", err=True)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[P, T]) -> Callable[P, T]:
+    """Map our errors to one line and an exit code; infrastructure errors say what is down."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        import redis
+        import sqlalchemy as sa
+
+        try:
+            return fn(*args, **kwargs)
+        except ActionFailed as exc:
+            error = exc.error
+            fail(f"action {exc.action_id} failed: {error.get('code')}: {error.get('message')}", EXIT_FAILED)
+        except (ConfigurationError, ValidationFailed) as exc:
+            fail(exc.message, EXIT_USAGE)
+        except (NotFound, Conflict) as exc:
+            fail(exc.message, EXIT_FAILED)
+        except QaiJobsError as exc:
+            fail(f"{exc.code}: {exc.message}", EXIT_FAILED)
+        except TimeoutError as exc:
+            fail(str(exc), EXIT_FAILED)
+        except sa.exc.OperationalError as exc:
+            fail(f"cannot reach Postgres: {str(exc.orig).splitlines()[0] if exc.orig else exc}", EXIT_USAGE)
+        except redis.ConnectionError as exc:
+            fail(f"cannot reach Redis: {exc}", EXIT_USAGE)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings()
+        except ConfigurationError as exc:
+            fail(exc.message, EXIT_USAGE)
+        from .celery_app import configure
+
+        configure(obj["settings"])
+    settings: Settings = obj["settings"]
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="qai-jobs")
+def main() -> None:
+    """qai-jobs: durable, ordered workspace actions for AI coding-agent sandboxes.
+
+    Configuration comes from the environment and a .env file (see README).
+    """
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_context
+@guarded
+def migrate(ctx: click.Context) -> None:
+    """Create the database if it is missing, then upgrade it to the latest schema."""
+    from .db.migrate import migrate as run_migrate
+
+    settings = settings_from(ctx)
+    created = run_migrate(settings.database_url)
+    click.echo(("created the database; " if created else "") + "schema is up to date")
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPU count).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--hostname", "-n", default=None, help="Worker node name (default: qai@%h plus pid).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, loglevel: str, hostname: str | None, pool: str) -> None:
+    """Run a Celery worker that executes workspace actions."""
+    settings = settings_from(ctx)
+    _warn_isolation(settings)
+    from .celery_app import app
+
+    argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "--events"]
+    argv.append(f"--hostname={hostname or f'qai-{os.getpid()}@%h'}")
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    app.worker_main(argv)
+
+
+def _warn_isolation(settings: Settings) -> None:
+    if "local" in settings.workspace_runtime and settings.isolation == "none":
+        click.echo(
+            "qai-jobs: warning: local workspaces run WITHOUT isolation (bubblewrap not installed "
+            "or WORKSPACE_LOCAL_ISOLATION=none)",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.pass_context
+def beat(ctx: click.Context, loglevel: str) -> None:
+    """Run Celery beat: idle sleep, recovery, webhook retries and the other sweeps."""
+    settings_from(ctx)
+    from .celery_app import app
+
+    schedule = os.path.join(".qai", f"beat-schedule-{os.getpid()}")
+    os.makedirs(".qai", exist_ok=True)
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--log-level", default="info", show_default=True)
+@click.pass_context
+def api(ctx: click.Context, host: str, port: int, log_level: str) -> None:
+    """Serve the HTTP API (FastAPI on uvicorn)."""
+    settings = settings_from(ctx)
+    if settings.workspace_token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        fail(
+            f"refusing to listen on {host} without WORKSPACE_TOKEN: set a token, or bind to 127.0.0.1",
+            EXIT_USAGE,
+        )
+    import uvicorn
+
+    from .api import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5555, show_default=True, type=click.IntRange(1, 65535))
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def flower(ctx: click.Context, address: str, port: int, flower_args: tuple[str, ...]) -> None:
+    """Run Flower to monitor workers and tasks (Flower's own flags pass through).
+
+    Basic auth comes from FLOWER_BASIC_AUTH=user:password when set.
+    """
+    settings_from(ctx)
+    from .celery_app import app
+
+    argv = ["flower", f"--address={address}", f"--port={port}"]
+    if os.environ.get("FLOWER_BASIC_AUTH") and not any(a.startswith("--basic-auth") for a in flower_args):
+        argv.append(f"--basic-auth={os.environ['FLOWER_BASIC_AUTH']}")
+    app.start([*argv, *flower_args])
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=None)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+@guarded
+def up(ctx: click.Context, concurrency: int | None, host: str, port: int) -> None:
+    """Migrate, then run worker + beat + api in the foreground; Ctrl-C stops all."""
+    from .db.migrate import migrate as run_migrate
+
+    settings = settings_from(ctx)
+    run_migrate(settings.database_url)
+    exe = [sys.executable, "-m", "qai_jobs"]
+    worker_cmd = [*exe, "worker"] + ([f"--concurrency={concurrency}"] if concurrency else [])
+    commands = {
+        "worker": worker_cmd,
+        "beat": [*exe, "beat"],
+        "api": [*exe, "api", "--host", host, "--port", str(port)],
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for name, cmd in commands.items():
+        procs[name] = subprocess.Popen(cmd)
+    click.echo(f"qai-jobs up: worker, beat and api (http://{host}:{port}) running; Ctrl-C stops all", err=True)
+    exit_code = 0
+    while not stopping:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                click.echo(f"qai-jobs up: {name} exited with {proc.returncode}; stopping", err=True)
+                exit_code = proc.returncode or 1
+                stopping = True
+                break
+        time.sleep(0.2)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    sys.exit(exit_code)
+
+
+# Producer and inspection commands live beside this module to keep each file readable.
+from . import cli_producer  # noqa: E402
+
+cli_producer.register(main)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

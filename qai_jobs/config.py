@@ -1,0 +1,177 @@
+"""Settings: one object, read from the environment (and ``.env``), built at the entry point."""
+
+from __future__ import annotations
+
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/qai_jobs"
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of CONTRACT section 2. Field names are the lower-cased variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = "redis://localhost:6379/0"
+    workspace_runtime: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["local"])
+    workspace_token: SecretStr | None = None
+    workspace_callback_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    workspace_webhook_secret: SecretStr | None = None
+    workspace_dev_command: str = "npm run dev -- --hostname 0.0.0.0 --port {port}"
+    workspace_install_command: str | None = None
+    workspace_preview_port: Annotated[int, Field(ge=1, le=65535)] = 3000
+    workspace_inactivity_minutes: PositiveFloat = 20
+    workspace_image: str | None = None
+    workspace_root: Path = Path("./.qai/workspaces")
+    workspace_local_isolation: Literal["bwrap", "none"] | None = None
+    # Per-sandbox limits of the local provider, so one runaway workspace cannot starve the host
+    # (processes and memory through a cgroup where one is writable, open files through rlimit).
+    workspace_local_max_processes: PositiveInt = 512
+    workspace_local_max_memory_mb: PositiveInt = 4096
+    workspace_local_max_open_files: PositiveInt = 8192
+    # Host ports handed out to local dev servers, one per workspace.
+    workspace_local_port_min: Annotated[int, Field(ge=1024, le=65535)] = 41000
+    workspace_local_port_max: Annotated[int, Field(ge=1024, le=65535)] = 41999
+    workspace_max_attempts: PositiveInt = 5
+    workspace_heartbeat_seconds: PositiveFloat = 10
+    workspace_sweep_seconds: PositiveFloat = 60
+    workspace_webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000]
+    )
+    # Not in the contract's table, but needed by anyone tuning retries or secrets at rest.
+    workspace_retry_base_seconds: PositiveFloat = 1.0
+    workspace_retry_max_seconds: PositiveFloat = 300.0
+    workspace_secret_key: SecretStr | None = None
+    workspace_max_file_bytes: PositiveInt = 10 * 1024 * 1024
+    workspace_max_action_bytes: PositiveInt = 100 * 1024 * 1024
+    workspace_max_files: PositiveInt = 10_000
+    workspace_max_output_bytes: PositiveInt = 1024 * 1024
+    workspace_max_timeout_s: PositiveFloat = 3600
+    workspace_action_retention_days: PositiveFloat = 30
+    workspace_dev_server_timeout_seconds: PositiveFloat = 120
+    workspace_install_timeout_seconds: PositiveFloat = 1800
+    modal_token_id: SecretStr | None = None
+    modal_token_secret: SecretStr | None = None
+    modal_app_name: str = "qai-workspaces"
+    e2b_api_key: SecretStr | None = None
+    e2b_template: str | None = None
+
+    @field_validator("workspace_runtime", mode="before")
+    @classmethod
+    def _runtime_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("workspace_runtime")
+    @classmethod
+    def _known_runtimes(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one provider")
+        unknown = [name for name in value if name not in KNOWN_PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown provider {unknown[0]!r}; choose from {', '.join(KNOWN_PROVIDERS)}")
+        return value
+
+    @field_validator("workspace_callback_url", mode="before")
+    @classmethod
+    def _callback_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("workspace_callback_url")
+    @classmethod
+    def _callback_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("each URL must start with http:// or https://")
+        return value
+
+    @field_validator("workspace_webhook_retry_schedule", mode="before")
+    @classmethod
+    def _schedule_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("workspace_webhook_retry_schedule")
+    @classmethod
+    def _schedule_positive(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value):
+            raise ValueError("delays must be zero or more seconds")
+        return value
+
+    @field_validator("workspace_webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("must look like whsec_<base64>")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg3(cls, value: str) -> str:
+        # `postgresql://` means psycopg 3 here, not SQLAlchemy's default psycopg2.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        if not value.startswith("postgresql+psycopg://"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @cached_property
+    def isolation(self) -> Literal["bwrap", "none"]:
+        """The local isolation in force: bwrap wherever it is installed unless told otherwise."""
+        if self.workspace_local_isolation is not None:
+            return self.workspace_local_isolation
+        return "bwrap" if shutil.which("bwrap") else "none"
+
+    @property
+    def inactivity_seconds(self) -> float:
+        return self.workspace_inactivity_minutes * 60
+
+    @property
+    def lease_seconds(self) -> float:
+        """Three missed heartbeats mark a worker lost (CONTRACT section 2)."""
+        return self.workspace_heartbeat_seconds * 3
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning a validation error into one line that names the variable.
+
+    The offending value is never echoed: it may be a secret.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigurationError(f"{name}: {message}") from None

@@ -1,0 +1,157 @@
+"""SQLAlchemy 2 models: the truth about every workspace and action.
+
+A workspace row exists for every project that ever had an action; it carries the per-project
+counters (action sequence, event sequence) and the project's lease, so the row lock on it is
+what serialises enqueues and lease grants of one project.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+
+    project_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True, default=uuid.uuid4)
+    # new -> provisioning -> ready <-> sleeping; error; destroyed
+    status: Mapped[str] = mapped_column(String(16), default="new", server_default="new")
+    provider: Mapped[str | None] = mapped_column(String(32))
+    sandbox_id: Mapped[str | None] = mapped_column(String(255))
+    sandbox: Mapped[dict[str, Any] | None]
+    preview_url: Mapped[str | None] = mapped_column(Text)
+    port: Mapped[int | None] = mapped_column(Integer)
+    dev_command: Mapped[str | None] = mapped_column(Text)
+    install_command: Mapped[str | None] = mapped_column(Text)
+    install_hash: Mapped[str | None] = mapped_column(String(64))
+    # env for the dev server and install, encrypted (see secrets.py)
+    env: Mapped[dict[str, Any] | None]
+    dev_process: Mapped[dict[str, Any] | None]
+    repo: Mapped[dict[str, Any] | None]
+    last_snapshot_id: Mapped[str | None] = mapped_column(String(255))
+    next_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    lease_gen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    last_activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (Index("ix_workspaces_status_activity", "status", "last_activity_at"),)
+
+
+class Action(Base):
+    __tablename__ = "actions"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("workspaces.project_id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # queued -> running -> succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    stage: Mapped[dict[str, Any] | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    # Who runs it, under which lease generation, and when it last said so.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_gen: Mapped[int | None] = mapped_column(BigInteger)
+    heartbeat_at: Mapped[datetime | None]
+    # When a Celery message was last sent for it (recovery re-sends stale ones).
+    kicked_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "seq", name="uq_actions_project_seq"),
+        UniqueConstraint("project_id", "idempotency_key", name="uq_actions_project_idempotency"),
+        Index(
+            "ix_actions_pending",
+            "project_id",
+            "seq",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index("ix_actions_status_created", "status", "created_at"),
+        Index("ix_actions_finished", "finished_at"),
+    )
+
+
+class Snapshot(Base):
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("workspaces.project_id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))  # sleep | snapshot
+    manifest: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WebhookEvent(Base):
+    """The outbox: written in the transaction that decides the event, delivered afterwards."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the webhook-id, msg_...
+    project_id: Mapped[str] = mapped_column(String(128), index=True)
+    action_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    type: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    target: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON that is signed and sent
+    # pending -> delivered | dead
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_webhook_events_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )

@@ -1,0 +1,81 @@
+"""Engines and transactions, with retries for a database that restarts under us.
+
+One engine per URL and process: Celery's prefork pool forks children after the parent may have
+opened connections, and a connection must never be shared across a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    key = (os.getpid(), url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = sa.create_engine(
+                url,
+                pool_size=5,
+                max_overflow=10,
+                pool_recycle=1800,
+                # A restarted server invalidates the pool on the first error; callers retry.
+                pool_pre_ping=False,
+                connect_args={"connect_timeout": 5, "application_name": "qai-jobs"},
+            )
+            _engines[key] = engine
+        return engine
+
+
+def dispose_all() -> None:
+    """Forget this process's engines without closing the parent's sockets (after fork)."""
+    with _lock:
+        for (pid, _), engine in list(_engines.items()):
+            if pid != os.getpid():
+                engine.dispose(close=False)
+        _engines.clear()
+
+
+def _is_transient_db_error(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+db_retry = retry(
+    retry=retry_if_exception(_is_transient_db_error),
+    wait=wait_exponential_jitter(initial=0.05, max=2.0),
+    stop=stop_after_delay(90),
+    reraise=True,
+)
+"""Retry a whole transaction while Postgres restarts or drops connections."""
+
+
+def retrying(fn: Callable[P, T]) -> Callable[P, T]:
+    return db_retry(fn)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.begin() as conn:
+        yield conn

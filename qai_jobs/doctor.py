@@ -1,0 +1,62 @@
+"""`qai-jobs doctor`: is everything this process needs configured and reachable?"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import Settings
+
+
+def _check(name: str, status: str, detail: str) -> dict[str, Any]:
+    return {"name": name, "status": status, "detail": detail}
+
+
+def run_checks(settings: Settings) -> list[dict[str, Any]]:
+    checks = [
+        _check("config", "ok", f"providers {','.join(settings.workspace_runtime)}; "
+               f"webhook targets {len(settings.workspace_callback_url)}; "
+               f"API token {'set' if settings.workspace_token else 'unset (loopback only)'}"),
+        _postgres(settings),
+        _redis(settings),
+    ]
+    if "local" in settings.workspace_runtime:
+        iso = settings.isolation
+        checks.append(_check("local isolation", "ok" if iso == "bwrap" else "warn",
+                             "bubblewrap" if iso == "bwrap" else "none: workspaces are NOT isolated"))
+    try:
+        provider_checks = importlib.import_module("qai_jobs.providers.doctor")
+    except ImportError:
+        return checks
+    for name in settings.workspace_runtime:
+        if name in ("modal", "e2b"):
+            result: dict[str, Any] = provider_checks.check(name, settings)
+            checks.append(_check(f"provider {name}", str(result.get("status", "warn")), str(result.get("detail", ""))))
+    return checks
+
+
+def _postgres(settings: Settings) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from .db.session import engine_for
+
+    try:
+        with engine_for(settings.database_url).connect() as conn:
+            version = conn.execute(sa.text("SHOW server_version")).scalar()
+            head = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.ProgrammingError:
+        return _check("postgres", "fail", "reachable, but not migrated: run `qai-jobs migrate`")
+    except sa.exc.SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        return _check("postgres", "fail", str(orig).splitlines()[0])
+    return _check("postgres", "ok", f"server {version}, schema {head}")
+
+
+def _redis(settings: Settings) -> dict[str, Any]:
+    import redis
+
+    try:
+        info = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).info("server")
+    except redis.RedisError as exc:
+        return _check("redis", "fail", str(exc))
+    return _check("redis", "ok", f"server {info.get('redis_version')}")

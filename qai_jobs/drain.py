@@ -1,0 +1,358 @@
+"""The drainer: holds a project's lease and runs its queued actions in order.
+
+Called by every action task (and by recovery kicks). Celery gives neither exclusion nor order,
+so a task here only says "project P has work"; whichever task gets the lease does the work for
+all of them, and the others leave at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from . import ordering, runner
+from .config import Settings
+from .db.session import db_retry, engine_for
+from .errors import LeaseLost, QaiJobsError, SandboxGone, TransientError
+from .logs import for_action, for_project
+from .notify import publish, publish_many
+from .schemas import validate_payload
+from .sealing import unseal_payload
+from .webhooks import record_events
+from .workspace_state import WorkspaceState, write_changes
+
+log = logging.getLogger("qai_jobs.drain")
+
+# A lease is given back after this much work so one busy project cannot hog a worker slot.
+BATCH_ACTIONS = 100
+BATCH_SECONDS = 30.0
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Dispatch:
+    """How the drainer talks back to Celery (kept abstract to avoid an import cycle)."""
+
+    kick: Callable[[str, float], None]  # (project_id, countdown seconds)
+    deliver: Callable[[list[str]], None]  # outbox event ids
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded | failed | retry
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    delay: float = 0.0
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease and the running action's heartbeat until stopped."""
+
+    def __init__(self, engine: Engine, lease: ordering.Lease, settings: Settings):
+        super().__init__(name=f"qai-heartbeat-{lease.project_id}", daemon=True)
+        self.engine = engine
+        self.lease = lease
+        self.settings = settings
+        self.current: uuid.UUID | None = None
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.settings.workspace_heartbeat_seconds):
+            try:
+                with self.engine.begin() as conn:
+                    held = ordering.renew(conn, self.lease, self.settings.lease_seconds, self.current)
+            except sa.exc.SQLAlchemyError:
+                continue  # Postgres may be restarting: the next beat tries again
+            if not held:
+                self.lost.set()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def owner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def backoff(settings: Settings, attempts: int) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+    ceiling = min(
+        settings.workspace_retry_max_seconds,
+        settings.workspace_retry_base_seconds * 2 ** max(0, attempts - 1),
+    )
+    return random.uniform(0, ceiling)
+
+
+def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
+    """Run the project's due actions while holding its lease; return how many ran."""
+    engine = engine_for(settings.database_url)
+    ran = 0
+    while True:
+        owner = owner_name()
+        got = _acquire(engine, settings, project_id, owner, dispatch)
+        if got is None:
+            return ran
+        lease, ws = got
+        beat = Heartbeat(engine, lease, settings)
+        beat.start()
+        try:
+            ran += _run_batch(engine, settings, lease, ws, beat, dispatch)
+        except LeaseLost:
+            for_project(project_id).warning("lease lost; a newer holder owns the project")
+            return ran
+        finally:
+            beat.stop()
+        db_retry(_release)(engine, lease)
+        delay = db_retry(_pending)(engine, project_id)
+        if delay is None:
+            return ran
+        if delay > 0 or ran >= BATCH_ACTIONS:
+            # Not due yet (backoff), or fairness: hand the rest to a fresh message.
+            dispatch.kick(project_id, delay)
+            return ran
+        # Due now: an action committed while we were releasing. Take the lease again.
+
+
+def _release(engine: Engine, lease: ordering.Lease) -> None:
+    with engine.begin() as conn:
+        ordering.release(conn, lease)
+
+
+def _pending(engine: Engine, project_id: str) -> float | None:
+    with engine.begin() as conn:
+        return ordering.pending_delay(conn, project_id)
+
+
+@db_retry
+def _acquire(
+    engine: Engine, settings: Settings, project_id: str, owner: str, dispatch: Dispatch
+) -> tuple[ordering.Lease, WorkspaceState] | None:
+    with engine.begin() as conn:
+        got = ordering.acquire(conn, project_id, owner, settings.lease_seconds)
+        if got is None:
+            return None
+        lease, settled = got
+        ws = WorkspaceState.load(conn, project_id)
+        event_ids: list[str] = []
+        for row in settled:
+            alog = for_action(project_id, row.id)
+            if row.status == "failed":
+                alog.warning("worker lost while running a %s: failed with worker_lost", row.kind)
+                error = {
+                    "code": "worker_lost",
+                    "message": "the worker running this action stopped before it finished",
+                    "retryable": False,
+                }
+                event_ids += record_events(
+                    conn,
+                    settings,
+                    project_id,
+                    row.id,
+                    [("workspace.error", {"error": error, "kind": row.kind, "attempts": row.attempts})],
+                )
+            else:
+                alog.warning("worker lost while running a %s: queued to run again", row.kind)
+    publish_many(
+        settings.redis_url,
+        [(r.id, {"type": "done", "status": r.status}) for r in settled if r.status == "failed"],
+    )
+    if event_ids:
+        dispatch.deliver(event_ids)
+    return lease, ws
+
+
+def _run_batch(
+    engine: Engine,
+    settings: Settings,
+    lease: ordering.Lease,
+    ws: WorkspaceState,
+    beat: Heartbeat,
+    dispatch: Dispatch,
+) -> int:
+    started_at = time.monotonic()
+
+    @db_retry
+    def first() -> ordering.Started | None:
+        with engine.begin() as conn:
+            return ordering.start_next(conn, lease)
+
+    current = first()
+    ran = 0
+    while current is not None:
+        beat.current = current.id
+        ctx_ws = ws
+        outcome, ctx = _run_one(settings, engine, lease, ctx_ws, current)
+        more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < BATCH_SECONDS
+        current_id, kind = current.id, current.kind
+        current, event_ids = _settle(engine, settings, lease, ws, current, outcome, ctx, more)
+        publish(settings.redis_url, current_id, {"type": "done", "status": outcome.status})
+        if event_ids:
+            dispatch.deliver(event_ids)
+        _log_outcome(lease.project_id, current_id, kind, outcome)
+        ran += 1
+    return ran
+
+
+def _log_outcome(project_id: str, action_id: uuid.UUID, kind: str, outcome: Outcome) -> None:
+    alog = for_action(project_id, action_id)
+    if outcome.status == "succeeded":
+        alog.info("%s succeeded", kind)
+    elif outcome.status == "retry":
+        error = outcome.error or {}
+        alog.warning("%s failed transiently (%s); retrying in %.2fs", kind, error.get("code"), outcome.delay)
+    else:
+        error = outcome.error or {}
+        alog.error("%s failed: %s: %s", kind, error.get("code"), error.get("message"))
+
+
+def _run_one(
+    settings: Settings,
+    engine: Engine,
+    lease: ordering.Lease,
+    ws: WorkspaceState,
+    action: ordering.Started,
+) -> tuple[Outcome, runner.ActionContext | None]:
+    alog = for_action(lease.project_id, action.id)
+    try:
+        payload = validate_payload(action.kind, unseal_payload(settings, action.payload))
+    except QaiJobsError as exc:
+        return Outcome("failed", error={**exc.to_dict(), "code": "invalid_payload"}), None
+    ctx = runner.ActionContext(
+        settings=settings,
+        action_id=action.id,
+        kind=action.kind,
+        payload=payload,
+        ws=ws,
+        progress=_progress_writer(settings, engine, lease, action.id),
+        output=_output_publisher(settings, action.id) if action.kind == "command" else None,
+    )
+    alog.info("%s started (attempt %d)", action.kind, action.attempts)
+    try:
+        result = runner.execute(ctx)
+    except (TransientError, SandboxGone) as exc:
+        if isinstance(exc, SandboxGone):
+            ws.status = "error"  # the next attempt reconciles and recreates
+        if action.attempts < settings.workspace_max_attempts:
+            return Outcome("retry", error=exc.to_dict(), delay=backoff(settings, action.attempts)), ctx
+        return _failed(ctx, action, exc.to_dict()), ctx
+    except QaiJobsError as exc:
+        return _failed(ctx, action, exc.to_dict()), ctx
+    except Exception as exc:  # a bug or an unmapped library error: fail, and keep the trace
+        alog.exception("%s raised unexpectedly", action.kind)
+        error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000], "retryable": False}
+        return _failed(ctx, action, error), ctx
+    return Outcome("succeeded", result=result, events=list(ctx.events)), ctx
+
+
+def _failed(ctx: runner.ActionContext, action: ordering.Started, error: dict[str, Any]) -> Outcome:
+    if ctx.ws.status in ("provisioning", "new"):
+        ctx.ws.status = "error"
+    events = [("workspace.error", {"error": error, "kind": action.kind, "attempts": action.attempts})]
+    return Outcome("failed", error=error, events=events)
+
+
+@db_retry
+def _settle(
+    engine: Engine,
+    settings: Settings,
+    lease: ordering.Lease,
+    ws: WorkspaceState,
+    action: ordering.Started,
+    outcome: Outcome,
+    ctx: runner.ActionContext | None,
+    start_another: bool,
+) -> tuple[ordering.Started | None, list[str]]:
+    """One fenced transaction: workspace changes, the action's status, outbox rows, and the
+    start of the next action (saving a commit per action)."""
+    with engine.begin() as conn:
+        ordering.fence(conn, lease, settings.lease_seconds)
+        write_changes(conn, ws)
+        conn.execute(
+            sa.text("UPDATE workspaces SET last_activity_at = now() WHERE project_id = :p"),
+            {"p": lease.project_id},
+        )
+        if ctx is not None:
+            for snapshot_id, kind, manifest in ctx.snapshots:
+                conn.execute(
+                    sa.text(
+                        """INSERT INTO snapshots (id, project_id, provider, kind, manifest)
+                        VALUES (:id, :p, :provider, :kind, CAST(:m AS jsonb))
+                        ON CONFLICT (id) DO NOTHING"""
+                    ),
+                    {
+                        "id": snapshot_id,
+                        "p": lease.project_id,
+                        "provider": ws.provider or "",
+                        "kind": kind,
+                        "m": json.dumps(manifest) if manifest is not None else None,
+                    },
+                )
+        if outcome.status == "retry":
+            ordering.retry_later(conn, lease, action.id, error=outcome.error or {}, delay=outcome.delay)
+        else:
+            ordering.finish(
+                conn, lease, action.id, status=outcome.status, result=outcome.result, error=outcome.error
+            )
+        event_ids = record_events(conn, settings, lease.project_id, action.id, outcome.events)
+        following = ordering.start_next(conn, lease) if start_another else None
+    ws.mark_clean()
+    return following, event_ids
+
+
+def _progress_writer(
+    settings: Settings, engine: Engine, lease: ordering.Lease, action_id: uuid.UUID
+) -> runner.Progress:
+    """Record the action's stage (throttled) so get_action and the CLI can show progress."""
+    last = [0.0]
+    stmt = sa.text(
+        "UPDATE actions SET stage = CAST(:stage AS jsonb) "
+        "WHERE id = :id AND status = 'running' AND lease_gen = :g"
+    )
+
+    def progress(stage: str, done: int | None, total: int | None) -> None:
+        now = time.monotonic()
+        final = done is not None and done == total
+        if now - last[0] < 0.2 and not final and done is not None:
+            return
+        last[0] = now
+        value = {"stage": stage, "done": done, "total": total}
+        try:
+            with engine.begin() as conn:
+                conn.execute(stmt, {"id": action_id, "g": lease.gen, "stage": json.dumps(value)})
+        except sa.exc.SQLAlchemyError:
+            return  # progress is advisory
+        publish(settings.redis_url, action_id, {"type": "progress", **value})
+
+    return progress
+
+
+def _output_publisher(settings: Settings, action_id: uuid.UUID) -> runner.Output:
+    """Live output; each chunk carries its offset so a late subscriber knows it missed some."""
+    offsets: dict[str, int] = {}
+
+    def output(stream: str, chunk: bytes) -> None:
+        text = chunk.decode("utf-8", errors="replace")
+        offset = offsets.get(stream, 0)
+        offsets[stream] = offset + len(text)
+        publish(
+            settings.redis_url,
+            action_id,
+            {"type": "output", "stream": stream, "offset": offset, "data": text},
+        )
+
+    return output

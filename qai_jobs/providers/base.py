@@ -1,0 +1,218 @@
+"""The provider protocol: the small set of sandbox operations every backend implements.
+
+A provider is stateless between calls: everything it needs to find a sandbox again lives in
+:class:`Sandbox` (persisted as JSON on the workspace row), because consecutive actions of one
+project may run in different worker processes. Each provider maps its SDK's exceptions onto
+``TransientError`` (retry), ``PermanentError`` (fail) and ``SandboxGone`` (recreate) in one place.
+
+Paths given to a provider are relative POSIX paths already validated by ``schemas.check_path``;
+``cwd`` is such a path too (or None for the workspace root). Commands are argv lists; a shell
+command is ``["bash", "-lc", cmd]``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..config import Settings
+
+OutputCallback = Callable[[str, bytes], None]
+"""Called with ("stdout"|"stderr", chunk) while a command runs, for live output."""
+
+
+@dataclass
+class Sandbox:
+    """What qai-jobs remembers about one sandbox; JSON-serialisable through ``to_json``."""
+
+    provider: str
+    sandbox_id: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"provider": self.provider, "sandbox_id": self.sandbox_id, "state": self.state}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Sandbox:
+        return cls(str(data["provider"]), str(data["sandbox_id"]), dict(data.get("state") or {}))
+
+
+class SandboxStatus(enum.StrEnum):
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    project_id: str
+    workspace_id: str
+    port: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Create from this snapshot instead of an empty tree (wake / restore / recreate).
+    snapshot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    timed_out: bool = False
+    truncated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "duration_ms": self.duration_ms,
+            "timed_out": self.timed_out,
+            "truncated": self.truncated,
+        }
+
+
+@dataclass(frozen=True)
+class SleepResult:
+    sandbox: Sandbox
+    snapshot_id: str | None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Provider(abc.ABC):
+    """One sandbox backend. Implementations: local, modal, e2b, fake."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create(self, spec: CreateSpec) -> Sandbox:
+        """Provision a new sandbox (from ``spec.snapshot_id`` when given)."""
+
+    @abc.abstractmethod
+    def adopt(self, sandbox_id: str, spec: CreateSpec) -> Sandbox:
+        """Take over an existing sandbox by its provider id; SandboxGone if it does not exist."""
+
+    @abc.abstractmethod
+    def status(self, sb: Sandbox) -> SandboxStatus:
+        """What the provider says of the sandbox now (reconciliation before every action)."""
+
+    @abc.abstractmethod
+    def sleep(self, sb: Sandbox) -> SleepResult:
+        """Stop every process and release compute; files must survive until wake."""
+
+    @abc.abstractmethod
+    def wake(self, sb: Sandbox) -> Sandbox:
+        """Bring a sleeping sandbox back (files restored from its sleep snapshot if needed)."""
+
+    @abc.abstractmethod
+    def snapshot(self, sb: Sandbox) -> str:
+        """Record the workspace tree; the returned id is accepted by restore and create."""
+
+    @abc.abstractmethod
+    def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
+        """Make the tree exactly the snapshot's; PermanentError(code=snapshot_not_found) if unknown."""
+
+    @abc.abstractmethod
+    def destroy(self, sb: Sandbox) -> None:
+        """Stop everything and free the sandbox; a sandbox already gone is not an error."""
+
+    # -- files -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
+        """Write files (creating parent directories), never following a symlink out."""
+
+    @abc.abstractmethod
+    def delete_files(self, sb: Sandbox, paths: Sequence[str]) -> list[str]:
+        """Delete files; return the ones that existed."""
+
+    @abc.abstractmethod
+    def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """Read files; None for a missing one."""
+
+    @abc.abstractmethod
+    def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
+        """sha256 of the given files that exist, or of the whole tree minus ignored paths."""
+
+    # -- processes ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def run(
+        self,
+        sb: Sandbox,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 300,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        """Run to completion (killing the whole process group on timeout)."""
+
+    @abc.abstractmethod
+    def start_process(
+        self, sb: Sandbox, command: str, *, env: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Start a long-lived shell command (the dev server) that outlives this call.
+
+        Returns a JSON-serialisable record (pid, start time, log location) kept in Postgres.
+        """
+
+    @abc.abstractmethod
+    def process_alive(self, sb: Sandbox, proc: Mapping[str, Any]) -> bool: ...
+
+    @abc.abstractmethod
+    def stop_process(self, sb: Sandbox, proc: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def read_log(self, sb: Sandbox, proc: Mapping[str, Any], tail: int) -> str:
+        """The last ``tail`` lines the process wrote (stdout and stderr together)."""
+
+    # -- network -----------------------------------------------------------------------------
+    def dev_port(self, sb: Sandbox, requested: int) -> int:
+        """The port the dev server listens on inside the sandbox (local allocates its own)."""
+        return requested
+
+    @abc.abstractmethod
+    def preview_url(self, sb: Sandbox, port: int) -> str: ...
+
+    @abc.abstractmethod
+    def port_ready(self, sb: Sandbox, port: int) -> bool:
+        """Whether something answers HTTP on the port (any status counts)."""
+
+    # -- source ------------------------------------------------------------------------------
+    def git_sync(self, sb: Sandbox, url: str, ref: str) -> str:
+        """Clone or fast-forward the workspace to ``url``'s ``ref``; return the HEAD commit.
+
+        The default runs git inside the sandbox; providers whose sandbox cannot see the URL
+        (local paths under bwrap) override it.
+        """
+        from ..errors import PermanentError
+
+        script = (
+            'set -e; if [ ! -d .git ]; then git init -q . ; fi; '
+            'git fetch -q --depth 1 "$QAI_REPO_URL" "$QAI_REPO_REF"; '
+            "git reset -q --hard FETCH_HEAD; git rev-parse HEAD"
+        )
+        result = self.run(
+            sb,
+            ["bash", "-lc", script],
+            env={"QAI_REPO_URL": url, "QAI_REPO_REF": ref, "GIT_TERMINAL_PROMPT": "0"},
+            timeout_s=600,
+        )
+        if result.exit_code != 0:
+            raise PermanentError(
+                f"could not fetch {ref!r} from the repository: {result.stderr.strip()[-500:]}",
+                code="repo_unavailable",
+            )
+        return result.stdout.strip().splitlines()[-1]

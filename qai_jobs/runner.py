@@ -1,0 +1,494 @@
+"""Executes ONE action against a provider: the ensure flow, auto-provision and auto-wake, results.
+
+The runner knows nothing of Celery, leases or transactions: it reads and changes a
+:class:`WorkspaceState` and returns the action's result, or raises a ``QaiJobsError``. Every
+action first reconciles the workspace with the provider's truth (a sandbox killed behind our
+back is recreated from its last snapshot, a sleeping one is woken).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import schemas as s
+from .config import Settings
+from .errors import PermanentError, QaiJobsError, SandboxGone
+from .providers.base import CreateSpec, Provider, Sandbox, SandboxStatus
+from .providers.select import create_with_fallback, get_provider
+from .sealing import seal_env, unseal_env
+from .sync import INSTALL_INPUTS, install_command_for, install_fingerprint, plan_writes
+from .workspace_state import WorkspaceState
+
+Progress = Callable[[str, int | None, int | None], None]
+Output = Callable[[str, bytes], None]
+
+
+@dataclass
+class ActionContext:
+    settings: Settings
+    action_id: uuid.UUID
+    kind: str
+    payload: BaseModel
+    ws: WorkspaceState
+    progress: Progress = lambda stage, done, total: None
+    output: Output | None = None
+    # Webhook events decided by this action: (type, data); written with its final status.
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Snapshots taken by this action: (snapshot_id, kind, manifest), recorded with it.
+    snapshots: list[tuple[str, str, dict[str, str] | None]] = field(default_factory=list)
+
+
+def execute(ctx: ActionContext) -> dict[str, Any]:
+    handler = _HANDLERS[ctx.kind]
+    return handler(ctx)
+
+
+# --- reconciliation --------------------------------------------------------------------------
+
+
+def _provider(ctx: ActionContext) -> Provider:
+    assert ctx.ws.provider is not None
+    return get_provider(ctx.ws.provider, ctx.settings)
+
+
+def _spec(ctx: ActionContext, snapshot_id: str | None = None) -> CreateSpec:
+    return CreateSpec(
+        project_id=ctx.ws.project_id,
+        workspace_id=str(ctx.ws.id),
+        port=ctx.ws.port or ctx.settings.workspace_preview_port,
+        env=unseal_env(ctx.settings, ctx.ws.env),
+        snapshot_id=snapshot_id,
+    )
+
+
+def _has_sandbox(ws: WorkspaceState) -> bool:
+    return ws.sandbox is not None and ws.status != "destroyed"
+
+
+def _provision(ctx: ActionContext, snapshot_id: str | None = None) -> Sandbox:
+    ctx.progress("provisioning", None, None)
+    if ctx.ws.status == "destroyed":
+        ctx.ws.id = uuid.uuid4()  # a destroyed workspace comes back as a new one
+    if ctx.ws.provider and snapshot_id:
+        sb = _provider(ctx).create(_spec(ctx, snapshot_id))
+    else:
+        sb = create_with_fallback(ctx.settings, _spec(ctx, snapshot_id))
+    ctx.ws.set_sandbox(sb)
+    ctx.ws.status = "ready"
+    ctx.ws.dev_process = None
+    if snapshot_id is None:
+        ctx.ws.install_hash = None
+    return sb
+
+
+def _sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
+    """The workspace's sandbox, running: provisioned, woken or recreated as needed.
+
+    Returns (sandbox, created).
+    """
+    ws = ctx.ws
+    if not _has_sandbox(ws):
+        return _provision(ctx), True
+    sb = ws.sb
+    assert sb is not None
+    provider = _provider(ctx)
+    status = provider.status(sb)
+    if status is SandboxStatus.RUNNING:
+        if ws.status == "sleeping":
+            ws.status = "ready"
+        return sb, False
+    if status is SandboxStatus.SLEEPING:
+        ctx.progress("waking", None, None)
+        sb = provider.wake(sb)
+        ws.set_sandbox(sb)
+        ws.status = "ready"
+        ws.dev_process = None
+        _verify_after_wake(ctx, sb)
+        return sb, False
+    # Gone behind our back: recreate from the last snapshot we know of.
+    ws.dev_process = None
+    return _provision(ctx, ws.last_snapshot_id), True
+
+
+def _verify_after_wake(ctx: ActionContext, sb: Sandbox) -> None:
+    """Woken sandboxes have been seen to lose files: compare with the sleep manifest."""
+    expected = ctx.ws.sandbox.get("sleep_manifest") if ctx.ws.sandbox else None
+    if not expected or not ctx.ws.last_snapshot_id:
+        return
+    provider = _provider(ctx)
+    actual = provider.hashes(sb, list(expected))
+    if actual != expected:
+        ctx.progress("restoring lost files", None, None)
+        sb = provider.restore(sb, ctx.ws.last_snapshot_id)
+        ctx.ws.set_sandbox(sb)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def _sync_files(ctx: ActionContext, sb: Sandbox, payload: s._WithFiles) -> dict[str, int]:
+    provider = _provider(ctx)
+    written = unchanged = deleted = 0
+    if payload.files:
+        entries = [(f.path, f.data()) for f in payload.files]
+        current = provider.hashes(sb, [p for p, _ in entries])
+        plan = plan_writes(entries, current)
+        total = len(plan.to_write)
+        ctx.progress("syncing", 0, total)
+        chunk = 500
+        for i in range(0, total, chunk):
+            provider.write_files(sb, plan.to_write[i : i + chunk])
+            ctx.progress("syncing", min(total, i + chunk), total)
+        written, unchanged = total, len(plan.unchanged)
+    if payload.delete:
+        deleted = len(provider.delete_files(sb, payload.delete))
+    return {"files_written": written, "files_unchanged": unchanged, "files_deleted": deleted}
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _install(ctx: ActionContext, sb: Sandbox, command: str | None) -> bool:
+    """Run the install when the manifest or lock file changed since the last good install."""
+    provider = _provider(ctx)
+    present = provider.hashes(sb, list(INSTALL_INPUTS))
+    fingerprint = install_fingerprint(present)
+    command = command or ctx.ws.install_command or ctx.settings.workspace_install_command
+    command = command or install_command_for(list(present))
+    if fingerprint is None or command is None or fingerprint == ctx.ws.install_hash:
+        return False
+    ctx.progress("installing", None, None)
+    result = provider.run(
+        sb,
+        ["bash", "-lc", command],
+        env=unseal_env(ctx.settings, ctx.ws.env),
+        timeout_s=ctx.settings.workspace_install_timeout_seconds,
+    )
+    if result.exit_code != 0:
+        ctx.ws.install_hash = None
+        output = _tail(result.stdout + "\n" + result.stderr)
+        reason = "timed out" if result.timed_out else f"exited with {result.exit_code}"
+        raise PermanentError(f"install ({command}) {reason}:\n{output}", code="install_failed")
+    ctx.ws.install_hash = fingerprint
+    return True
+
+
+# --- dev server ------------------------------------------------------------------------------
+
+
+def _dev_server(ctx: ActionContext, sb: Sandbox, *, restart_dead: bool = True) -> str:
+    """Reuse a live dev server or start one; wait for its port to answer HTTP."""
+    ws = ctx.ws
+    provider = _provider(ctx)
+    port = provider.dev_port(sb, ws.port or ctx.settings.workspace_preview_port)
+    command = (ws.dev_command or ctx.settings.workspace_dev_command).replace("{port}", str(port))
+    proc = ws.dev_process
+    alive = bool(proc) and proc.get("command") == command and provider.process_alive(sb, proc)  # type: ignore[union-attr]
+    if not alive:
+        if proc:
+            provider.stop_process(sb, proc)
+        if not restart_dead and proc is None:
+            return provider.preview_url(sb, port)
+        ctx.progress("starting dev server", None, None)
+        proc = dict(provider.start_process(sb, command, env=unseal_env(ctx.settings, ws.env)))
+        proc["command"] = command
+        ws.dev_process = proc
+    assert proc is not None
+    _wait_for_port(ctx, sb, proc, port)
+    ws.preview_url = provider.preview_url(sb, port)
+    return ws.preview_url
+
+
+def _wait_for_port(ctx: ActionContext, sb: Sandbox, proc: Mapping[str, Any], port: int) -> None:
+    provider = _provider(ctx)
+    deadline = time.monotonic() + ctx.settings.workspace_dev_server_timeout_seconds
+    delay = 0.02
+    ctx.progress("waiting for port", None, None)
+    while True:
+        if provider.port_ready(sb, port):
+            return
+        if not provider.process_alive(sb, proc):
+            log = provider.read_log(sb, proc, 40)
+            ctx.ws.dev_process = None
+            raise PermanentError(
+                f"the dev server exited before port {port} answered:\n{log}",
+                code="dev_server_timeout",
+            )
+        if time.monotonic() > deadline:
+            log = provider.read_log(sb, proc, 40)
+            provider.stop_process(sb, proc)
+            ctx.ws.dev_process = None
+            raise PermanentError(
+                f"the dev server did not answer on port {port} within "
+                f"{ctx.settings.workspace_dev_server_timeout_seconds:g}s:\n{log}",
+                code="dev_server_timeout",
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _wants_dev_server(ws: WorkspaceState) -> bool:
+    return bool(ws.sandbox and ws.sandbox.get("dev_server_wanted"))
+
+
+def _set_wants_dev_server(ws: WorkspaceState, wanted: bool) -> None:
+    if ws.sandbox is not None:
+        ws.sandbox = {**ws.sandbox, "dev_server_wanted": wanted}
+
+
+def _after_start(ctx: ActionContext, sb: Sandbox) -> str | None:
+    """After wake/restore/recreate: reinstall if needed and bring the dev server back."""
+    _install(ctx, sb, None)
+    if _wants_dev_server(ctx.ws):
+        return _dev_server(ctx, sb)
+    return ctx.ws.preview_url
+
+
+def _ready_event(ctx: ActionContext, sb: Sandbox) -> None:
+    ctx.events.append(
+        (
+            "workspace.ready",
+            {
+                "preview_url": ctx.ws.preview_url,
+                "provider": sb.provider,
+                "sandbox_id": sb.sandbox_id,
+                "workspace_id": str(ctx.ws.id),
+            },
+        )
+    )
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+def _ensure(ctx: ActionContext) -> dict[str, Any]:
+    p = ctx.payload
+    assert isinstance(p, s.EnsurePayload)
+    ws = ctx.ws
+    if p.env is not None:
+        ws.env = seal_env(ctx.settings, p.env)
+    if p.dev_command is not None:
+        ws.dev_command = p.dev_command
+    if p.install_command is not None:
+        ws.install_command = p.install_command
+    if p.port is not None:
+        ws.port = p.port
+    created = False
+    if p.sandbox_id and p.sandbox_id != ws.sandbox_id:
+        provider_name = ws.provider or ctx.settings.workspace_runtime[0]
+        sb = get_provider(provider_name, ctx.settings).adopt(p.sandbox_id, _spec(ctx))
+        ws.set_sandbox(sb)
+        ws.status = "ready"
+        ws.dev_process = None
+        ws.install_hash = None
+    sb, created = _sandbox(ctx)
+    ws.status = "provisioning" if created else ws.status
+    if p.repo is not None:
+        ctx.progress("fetching repository", None, None)
+        head = _provider(ctx).git_sync(sb, p.repo.url, p.repo.ref)
+        ws.repo = {"url": p.repo.url, "ref": p.repo.ref, "head": head}
+    counts = _sync_files(ctx, sb, p)
+    installed = _install(ctx, sb, p.install_command)
+    preview_url = ws.preview_url
+    if p.start_dev_server:
+        _set_wants_dev_server(ws, True)
+        preview_url = _dev_server(ctx, sb)
+    ws.status = "ready"
+    _ready_event(ctx, sb)
+    return {
+        "workspace_id": str(ws.id),
+        "sandbox_id": sb.sandbox_id,
+        "provider": sb.provider,
+        "preview_url": preview_url,
+        "created": created,
+        "files_written": counts["files_written"],
+        "files_unchanged": counts["files_unchanged"],
+        "installed": installed,
+    }
+
+
+def _prepare(ctx: ActionContext) -> Sandbox:
+    """Every kind but ensure: provision a bare workspace first if there is none, or wake it."""
+    sb, created = _sandbox(ctx)
+    if created and _wants_dev_server(ctx.ws):
+        _after_start(ctx, sb)
+    return sb
+
+
+def _write(ctx: ActionContext) -> dict[str, Any]:
+    p = ctx.payload
+    assert isinstance(p, s.WritePayload)
+    return _sync_files(ctx, _prepare(ctx), p)
+
+
+def _read(ctx: ActionContext) -> dict[str, Any]:
+    p = ctx.payload
+    assert isinstance(p, s.ReadPayload)
+    contents = _provider(ctx).read_files(_prepare(ctx), p.paths)
+    files: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for path in p.paths:
+        data = contents.get(path)
+        if data is None:
+            missing.append(path)
+            continue
+        try:
+            text, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(data).decode(), "base64"
+        files.append({"path": path, "content": text, "encoding": encoding, "size": len(data)})
+    return {"files": files, "missing": missing}
+
+
+def _command(ctx: ActionContext) -> dict[str, Any]:
+    p = ctx.payload
+    assert isinstance(p, s.CommandPayload)
+    sb = _prepare(ctx)
+    argv = ["bash", "-lc", p.cmd] if p.cmd is not None else list(p.argv or [])
+    env = {**unseal_env(ctx.settings, ctx.ws.env), **(p.env or {})}
+    ctx.progress("running", None, None)
+    result = _provider(ctx).run(
+        sb, argv, cwd=p.cwd, env=env, timeout_s=p.timeout_s, on_output=ctx.output
+    )
+    return result.to_json()
+
+
+def _preview(ctx: ActionContext) -> dict[str, Any]:
+    p = ctx.payload
+    assert isinstance(p, s.PreviewPayload)
+    sb = _prepare(ctx)
+    if p.port is not None and p.port != ctx.ws.port:
+        ctx.ws.port = p.port
+    healthy = False
+    if _wants_dev_server(ctx.ws):
+        try:
+            _dev_server(ctx, sb)
+            healthy = True
+        except PermanentError as exc:
+            if exc.code != "dev_server_timeout":
+                raise
+    else:
+        provider = _provider(ctx)
+        port = provider.dev_port(sb, ctx.ws.port or ctx.settings.workspace_preview_port)
+        ctx.ws.preview_url = provider.preview_url(sb, port)
+        healthy = provider.port_ready(sb, port)
+    return {"preview_url": ctx.ws.preview_url, "healthy": healthy}
+
+
+def _logs(ctx: ActionContext) -> dict[str, Any]:
+    p = ctx.payload
+    assert isinstance(p, s.LogsPayload)
+    ws = ctx.ws
+    if not _has_sandbox(ws) or not ws.dev_process:
+        return {"text": ""}
+    sb = ws.sb
+    assert sb is not None
+    try:
+        return {"text": _provider(ctx).read_log(sb, ws.dev_process, p.tail)}
+    except SandboxGone:
+        return {"text": ""}
+
+
+def _sleep(ctx: ActionContext) -> dict[str, Any]:
+    ws = ctx.ws
+    if not _has_sandbox(ws) or ws.status == "sleeping":
+        return {"snapshot_id": ws.last_snapshot_id if _has_sandbox(ws) else None}
+    sb = ws.sb
+    assert sb is not None
+    provider = _provider(ctx)
+    if provider.status(sb) is SandboxStatus.GONE:
+        sb, _ = _sandbox(ctx)
+    ctx.progress("sleeping", None, None)
+    manifest = provider.hashes(sb)
+    outcome = provider.sleep(sb)
+    ws.set_sandbox(outcome.sandbox)
+    if ws.sandbox is not None:
+        ws.sandbox = {**ws.sandbox, "sleep_manifest": manifest}
+    ws.dev_process = None
+    ws.status = "sleeping"
+    if outcome.snapshot_id:
+        ws.last_snapshot_id = outcome.snapshot_id
+        ctx.snapshots.append((outcome.snapshot_id, "sleep", manifest))
+    ctx.events.append(("workspace.sleeping", {"snapshot_id": outcome.snapshot_id}))
+    return {"snapshot_id": outcome.snapshot_id}
+
+
+def _wake(ctx: ActionContext) -> dict[str, Any]:
+    sb = _prepare(ctx)
+    preview_url = _after_start(ctx, sb)
+    _ready_event(ctx, sb)
+    return {"preview_url": preview_url}
+
+
+def _snapshot(ctx: ActionContext) -> dict[str, Any]:
+    sb = _prepare(ctx)
+    provider = _provider(ctx)
+    ctx.progress("snapshotting", None, None)
+    manifest = provider.hashes(sb)
+    snapshot_id = provider.snapshot(sb)
+    ctx.ws.last_snapshot_id = snapshot_id
+    ctx.snapshots.append((snapshot_id, "snapshot", manifest))
+    return {"snapshot_id": snapshot_id}
+
+
+def _restore(ctx: ActionContext) -> dict[str, Any]:
+    p = ctx.payload
+    assert isinstance(p, s.RestorePayload)
+    sb = _prepare(ctx)
+    ctx.progress("restoring", None, None)
+    if ctx.ws.dev_process:
+        _provider(ctx).stop_process(sb, ctx.ws.dev_process)
+        ctx.ws.dev_process = None
+    sb = _provider(ctx).restore(sb, p.snapshot_id)
+    ctx.ws.set_sandbox(sb)
+    ctx.ws.last_snapshot_id = p.snapshot_id
+    preview_url = _after_start(ctx, sb)
+    _ready_event(ctx, sb)
+    return {"preview_url": preview_url}
+
+
+def _destroy(ctx: ActionContext) -> dict[str, Any]:
+    ws = ctx.ws
+    if not _has_sandbox(ws):
+        return {}
+    sb = ws.sb
+    assert sb is not None
+    provider = _provider(ctx)
+    ctx.progress("destroying", None, None)
+    if ws.dev_process:
+        try:
+            provider.stop_process(sb, ws.dev_process)
+        except QaiJobsError:
+            pass  # the sandbox is about to go anyway
+    provider.destroy(sb)
+    ws.set_sandbox(None)
+    ws.status = "destroyed"
+    ws.preview_url = None
+    ws.dev_process = None
+    ws.install_hash = None
+    ws.repo = None
+    ctx.events.append(("workspace.destroyed", {"workspace_id": str(ws.id)}))
+    return {}
+
+
+_HANDLERS: dict[str, Callable[[ActionContext], dict[str, Any]]] = {
+    "ensure": _ensure,
+    "write": _write,
+    "read": _read,
+    "command": _command,
+    "preview": _preview,
+    "logs": _logs,
+    "sleep": _sleep,
+    "wake": _wake,
+    "snapshot": _snapshot,
+    "restore": _restore,
+    "destroy": _destroy,
+}
