@@ -1,0 +1,313 @@
+"""Processes of the local provider: the bubblewrap jail, captured runs, detached dev servers.
+
+Exit codes follow the shell everywhere: a command killed by signal N reports 128+N (bwrap
+already does so; without isolation the negative Popen code is converted), and a command stopped
+by its timeout reports 124 with ``timed_out`` set, like coreutils ``timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PermanentError, TransientError
+from .base import ExecResult, OutputCallback
+from .local_fs import os_error
+
+TIMEOUT_EXIT_CODE = 124
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SANDBOX_HOME = "/home/qai"
+# The worker's environment holds secrets (DATABASE_URL, tokens): a sandbox starts from this.
+BASE_ENV = {
+    "PATH": SAFE_PATH,
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+    "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's private tmpfs
+    "USER": "qai",
+    # npm must not phone home for advisories/funding/updates on every install.
+    "npm_config_update_notifier": "false",
+    "npm_config_fund": "false",
+    "npm_config_audit": "false",
+}
+# What a sandbox sees of the host's /etc: enough for bash, node, npm (TLS, DNS) and git, and not
+# /etc/shadow, SSH host keys or service configs, which uid 0 could read even without caps.
+ETC_ALLOWLIST = (
+    "passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf",
+    "gai.conf", "protocols", "services", "networks", "ssl", "ca-certificates",
+    "ca-certificates.conf", "pki", "crypto-policies", "alternatives", "ld.so.cache",
+    "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "locale.alias", "profile",
+    "profile.d", "bash.bashrc", "inputrc", "os-release", "lsb-release", "debian_version",
+    "mime.types", "fonts", "terminfo", "gitconfig",
+)  # fmt: skip
+# Merged-/usr systems make these symlinks into /usr; older layouts have real directories.
+ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+GRACE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Jail:
+    """How to run a command for one workspace: with bubblewrap, or directly (``none``)."""
+
+    isolation: str
+    tree: Path
+    home: Path
+
+    def command(
+        self,
+        argv: Sequence[str],
+        cwd: str | None,
+        env: Mapping[str, str],
+        *,
+        foreground: bool,
+    ) -> tuple[list[str], dict[str, str], Path | None]:
+        """(argv, environment, cwd) to hand to Popen."""
+        if self.isolation != "bwrap":
+            full = {**BASE_ENV, "HOME": str(self.home), **env}
+            return list(argv), full, self.tree / cwd if cwd else self.tree
+        inner = {**BASE_ENV, "HOME": SANDBOX_HOME, **env}
+        args = ["bwrap"]
+        if foreground:
+            # A dev server must outlive the worker; a command must not.
+            args.append("--die-with-parent")
+        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--hostname", "sandbox", "--cap-drop", "ALL"]
+        args += ["--ro-bind", "/usr", "/usr"]
+        for link in ROOT_LINKS:
+            if os.path.islink(link):
+                args += ["--symlink", os.readlink(link), link]
+            elif os.path.isdir(link):
+                args += ["--ro-bind", link, link]
+        for name in ETC_ALLOWLIST:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        if os.path.isdir("/etc/ssl/private"):
+            args += ["--tmpfs", "/etc/ssl/private"]
+        if os.path.isdir("/opt"):
+            args += ["--ro-bind", "/opt", "/opt"]
+        args += ["--bind", str(self.tree), "/workspace", "--bind", str(self.home), SANDBOX_HOME]
+        # Fresh tmpfs mounts: nothing of the host's /tmp is visible.
+        args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]  # noqa: S108
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--chdir", f"/workspace/{cwd}" if cwd else "/workspace", "--clearenv"]
+        # Values go through --setenv, never bwrap's own environment: bwrap runs on the host as
+        # root before it sandboxes anything, so a user's LD_PRELOAD must not reach it.
+        for key, value in inner.items():
+            args += ["--setenv", key, value]
+        return [*args, "--", *argv], {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, None
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise PermanentError(f"invalid environment variable name {key!r}", code="invalid_env")
+
+
+def _popen(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload,no-any-return]
+    except FileNotFoundError as exc:
+        raise PermanentError(f"cannot start {argv[0]!r}: not found", code="exec_failed") from exc
+    except OSError as exc:
+        raise os_error(exc, "start", argv[0]) from None
+    except subprocess.SubprocessError as exc:
+        # preexec failed: joining the cgroup or lowering a limit; the sandbox cannot be bounded.
+        raise TransientError(f"cannot confine the process: {exc}") from None
+
+
+def run_captured(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path | None,
+    timeout_s: float,
+    max_bytes: int,
+    on_output: OutputCallback | None,
+    preexec: Callable[[], None],
+) -> ExecResult:
+    """Run to completion, reading stdout and stderr together so neither pipe ever blocks."""
+    started = time.monotonic()
+    proc = _popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    kept = {"stdout": bytearray(), "stderr": bytearray()}
+    truncated = timed_out = False
+    deadline = started + timeout_s
+    give_up: float | None = None  # when to stop waiting for EOF after the process is done
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if not timed_out and now >= deadline:
+                timed_out = True
+                kill_tree(proc.pid)
+                give_up = now + 2.0
+            elif give_up is None and proc.poll() is not None:
+                # Background children may still hold the pipes (bwrap kills them with its PID
+                # namespace; without isolation we do it after a short grace).
+                give_up = now + 0.5
+            if give_up is not None and now >= give_up:
+                kill_tree(proc.pid)
+                if now >= give_up + 1.0:
+                    break  # something escaped the group and keeps the pipe: stop reading
+            wait = min(0.1, max(0.0, deadline - now)) if not timed_out else 0.1
+            for key, _ in sel.select(wait):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf = kept[key.data]
+                room = max_bytes - len(buf)
+                if room > 0:
+                    buf += chunk[:room]
+                    if on_output is not None:
+                        on_output(key.data, chunk[:room])
+                if len(chunk) > room:
+                    truncated = True  # keep draining so the child never blocks on a full pipe
+    except BaseException:
+        kill_tree(proc.pid)
+        raise
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+        code = proc.wait()
+    if code < 0:
+        code = 128 - code
+    return ExecResult(
+        exit_code=TIMEOUT_EXIT_CODE if timed_out else code,
+        stdout=kept["stdout"].decode("utf-8", errors="replace"),
+        stderr=kept["stderr"].decode("utf-8", errors="replace"),
+        duration_ms=int((time.monotonic() - started) * 1000),
+        timed_out=timed_out,
+        truncated=truncated,
+    )
+
+
+# Popen objects of dev servers this process started, kept so they are reaped, not GC-warned.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def spawn_detached(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path | None,
+    log_path: Path,
+    preexec: Callable[[], None],
+) -> int:
+    """Start a process in its own session, stdout+stderr appended to ``log_path``."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            del _children[pid]
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        proc = _popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+    finally:
+        os.close(fd)
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat from the state on (index 0 = state, 1 = ppid, 19 = start)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None if gone or a zombie."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int, started_at: int) -> bool:
+    """Whether ``pid`` is still the process we started (a recycled pid has another start)."""
+    if pid in _children:
+        _children[pid].poll()  # reap it if it exited, so it does not linger as a zombie
+    return start_time(pid) == started_at
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal(pids: set[int], group: int, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(group, sig)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the process, its group and every descendant (under bwrap, its PID namespace)."""
+    _signal(descendants(pid) | {pid}, pid, signal.SIGKILL)
+
+
+def stop_tree(pids: Sequence[tuple[int, int]], grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM each (pid, start) still ours with its group and descendants; SIGKILL after grace.
+
+    A PID namespace's init (bwrap) ignores SIGTERM but dies with its last child, and SIGKILL
+    of it tears the whole namespace down.
+    """
+    live = [(pid, start) for pid, start in pids if alive(pid, start)]
+    trees = {pid: descendants(pid) | {pid} for pid, _ in live}
+    # The outer bwrap dies on SIGTERM at once while the server inside may still be shutting
+    # down: wait for every member of each tree, identified by its start time.
+    members = {p: start_time(p) for tree in trees.values() for p in tree}
+    for pid, tree in trees.items():
+        _signal(tree, pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(
+        s is not None and alive(p, s) for p, s in members.items()
+    ):
+        time.sleep(0.02)
+    for pid, tree in trees.items():
+        left = {p for p in tree if members.get(p) is not None and alive(p, members[p] or 0)}
+        _signal(left | descendants(pid), pid, signal.SIGKILL)
+    for pid, _ in live:
+        if pid in _children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                _children.pop(pid).wait(timeout=1)
