@@ -195,6 +195,7 @@ class WorkspaceClient:
         return self.enqueue(project_id, "destroy", **kw)
 
     # -- inspection --------------------------------------------------------------------------
+    @db_retry
     def get_action(self, action_id: str | uuid.UUID) -> dict[str, Any]:
         uid = _uuid(action_id)
         with self.engine.connect() as conn:
@@ -205,6 +206,7 @@ class WorkspaceClient:
             raise NotFound(f"no action {action_id}")
         return action_row_to_dict(row)
 
+    @db_retry
     def list_actions(
         self, project_id: str, limit: int = 100, status: str | None = None
     ) -> list[dict[str, Any]]:
@@ -219,6 +221,7 @@ class WorkspaceClient:
             rows = conn.execute(sa.text(query), params).all()
         return [action_row_to_dict(r) for r in reversed(rows)]
 
+    @db_retry
     def get_workspace(self, project_id: str) -> dict[str, Any]:
         check_project_id(project_id)
         with self.engine.connect() as conn:
@@ -251,6 +254,7 @@ class WorkspaceClient:
             "pending_actions": row.pending,
         }
 
+    @db_retry
     def list_workspaces(self, limit: int = 1000) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             ids = conn.execute(
@@ -283,7 +287,11 @@ class WorkspaceClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         with _subscription(self.settings.redis_url, channel(uid)) as messages:
             while True:
-                action = self.get_action(uid)
+                try:
+                    action = self.get_action(uid)
+                except NotFound:
+                    # Sent straight to the broker by another producer: recorded on receipt.
+                    action = {"status": "unrecorded"}
                 if action["status"] in TERMINAL:
                     return action
                 recheck_at = time.monotonic() + SAFETY_RECHECK_SECONDS

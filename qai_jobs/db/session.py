@@ -64,7 +64,7 @@ def _is_transient_db_error(exc: BaseException) -> bool:
 
 db_retry = retry(
     retry=retry_if_exception(_is_transient_db_error),
-    wait=wait_exponential_jitter(initial=0.05, max=2.0),
+    wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
     stop=stop_after_delay(90),
     reraise=True,
 )

@@ -211,8 +211,17 @@ class FakeProvider(Provider):
                 self.store.delete(f"sb:{sb.sandbox_id}", f"files:{sb.sandbox_id}")
         return started
 
-    def _journal(self, op: str, project_id: str, started: float, sandbox_id: str = "") -> None:
-        entry = {"op": op, "start": started, "end": time.time(), "pid": os.getpid(), "sandbox_id": sandbox_id}
+    def _journal(
+        self, op: str, project_id: str, started: float, sandbox_id: str = "", detail: str = ""
+    ) -> None:
+        entry = {
+            "op": op,
+            "start": started,
+            "end": time.time(),
+            "pid": os.getpid(),
+            "sandbox_id": sandbox_id,
+            "detail": detail,
+        }
         self.store.append(f"journal:{project_id}", json.dumps(entry))
 
     def _project(self, sb: Sandbox) -> str:
@@ -340,7 +349,7 @@ class FakeProvider(Provider):
         code, out, timed_out = self._interpret(sb, script, timeout_s)
         if out and on_output is not None:
             on_output("stdout", out.encode())
-        self._done("run", sb, started)
+        self._journal("run", self._project(sb), started, sb.sandbox_id, script)
         return ExecResult(code, out, "", int((time.time() - started) * 1000), timed_out)
 
     def _interpret(self, sb: Sandbox, script: str, timeout_s: float) -> tuple[int, str, bool]:

@@ -1,0 +1,64 @@
+"""Real Postgres and Redis for the test run: a fresh database and a Redis DB of its own.
+
+CI must fail, not skip, when a service is missing: these helpers raise.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import redis
+import sqlalchemy as sa
+
+PG_ADMIN_URL = os.environ.get("QAI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("QAI_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def require_services() -> None:
+    try:
+        engine = sa.create_engine(PG_ADMIN_URL, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"Postgres is required for the tests and does not answer: {exc}") from exc
+    try:
+        redis.Redis.from_url(REDIS_BASE + "/0").ping()
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"Redis is required for the tests and does not answer: {exc}") from exc
+
+
+def create_database() -> str:
+    """A new, migrated database for this test run; returns its URL."""
+    from qai_jobs.db.migrate import migrate
+
+    name = f"qai_test_{uuid.uuid4().hex[:10]}"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    migrate(url)
+    return url
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def claim_redis_db() -> tuple[str, redis.Redis]:
+    """Claim a Redis database number no other concurrent test run uses."""
+    admin = redis.Redis.from_url(REDIS_BASE + "/0")
+    for n in range(1, 16):
+        if admin.set(f"qai-test-claim:{n}", os.getpid(), nx=True, ex=3600):
+            url = f"{REDIS_BASE}/{n}"
+            r = redis.Redis.from_url(url)
+            r.flushdb()
+            return url, admin
+    raise RuntimeError("no free Redis database for this test run (15 in use)")
+
+
+def release_redis_db(url: str, admin: redis.Redis) -> None:
+    n = url.rsplit("/", 1)[1]
+    redis.Redis.from_url(url).flushdb()
+    admin.delete(f"qai-test-claim:{n}")

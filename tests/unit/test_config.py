@@ -1,0 +1,57 @@
+"""A bad setting stops start-up with one line naming the variable, never echoing the value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from qai_jobs.config import load_settings
+from qai_jobs.errors import ConfigurationError
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORKSPACE_MAX_ATTEMPTS", "many"),
+        ("WORKSPACE_MAX_ATTEMPTS", "0"),
+        ("WORKSPACE_RUNTIME", "docker"),
+        ("WORKSPACE_INACTIVITY_MINUTES", "-1"),
+        ("WORKSPACE_PREVIEW_PORT", "99999"),
+        ("WORKSPACE_WEBHOOK_SECRET", "not-a-whsec-secret-value"),
+        ("WORKSPACE_CALLBACK_URL", "ftp://example.invalid/hook"),
+        ("DATABASE_URL", "mysql://root@localhost/x"),
+        ("WORKSPACE_LOCAL_ISOLATION", "docker"),
+    ],
+)
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(_env_file=None)
+    assert info.value.message.startswith(f"{name}:")
+    if "SECRET" in name:
+        assert value not in info.value.message
+
+
+def test_decimal_durations_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKSPACE_INACTIVITY_MINUTES", "0.05")
+    monkeypatch.setenv("WORKSPACE_RUNTIME", "modal, e2b")
+    monkeypatch.setenv("WORKSPACE_WEBHOOK_RETRY_SCHEDULE", "0.5,1")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
+    s = load_settings(_env_file=None)
+    assert s.inactivity_seconds == pytest.approx(3.0)
+    assert s.workspace_runtime == ["modal", "e2b"]
+    assert s.workspace_webhook_retry_schedule == [0.5, 1.0]
+    assert s.database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_cli_reports_bad_config_in_one_line_with_exit_2() -> None:
+    env = {"PATH": "/usr/bin:/bin", "WORKSPACE_MAX_ATTEMPTS": "lots", "WORKSPACE_TOKEN": "tok-secret-123"}
+    proc = subprocess.run([sys.executable, "-m", "qai_jobs", "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "WORKSPACE_MAX_ATTEMPTS" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert "tok-secret-123" not in proc.stderr + proc.stdout
