@@ -1,4 +1,5 @@
 """The HTTP API (CONTRACT 7) against a real `qai-jobs api` process and a real worker."""
+# ruff: noqa: F811 - the api/http fixtures are imported from api_helpers
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def test_refuses_a_public_bind_without_a_token(base_env: dict[str, str]) -> None
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert done.returncode == 2
     assert "WORKSPACE_TOKEN" in done.stderr and "0.0.0.0" in done.stderr
