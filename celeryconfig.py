@@ -4,6 +4,8 @@ Status lives in Postgres, so there is no result backend. Every countdown we use 
 Redis's visibility timeout, beyond which Redis would re-deliver a message still running.
 """
 
+import os
+
 from qai_jobs.celery_app import current_settings
 
 _settings = current_settings()
@@ -15,7 +17,8 @@ broker_transport_options = {"visibility_timeout": 3600}
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
-task_default_queue = "celery"
+# QAI_QUEUE isolates `qai-jobs bench` from real workers; producers and workers use "celery".
+task_default_queue = os.environ.get("QAI_QUEUE", "celery")
 task_ignore_result = True
 result_backend = None
 
@@ -37,3 +40,19 @@ worker_hijack_root_logger = True
 worker_redirect_stdouts = False
 timezone = "UTC"
 enable_utc = True
+
+# Beat sends one message per sweep and period; the sweep itself makes sure only one of them
+# runs per period (qai_jobs.sweeps.run_sweep), however many beat processes are up.
+# Messages expire after a period so a backlog (workers down) does not replay old sweeps.
+from qai_jobs.sweeps import SWEEPS  # noqa: E402
+
+beat_schedule = {
+    f"sweep-{name}": {
+        "task": f"qai_jobs.beat.{name}",
+        "schedule": _settings.workspace_sweep_seconds,
+        "options": {"expires": max(1.0, _settings.workspace_sweep_seconds)},
+    }
+    for name in SWEEPS
+}
+# Beat wakes at least this often, so a short test period is honoured.
+beat_max_loop_interval = min(300.0, _settings.workspace_sweep_seconds)

@@ -74,7 +74,7 @@ def claim_period(settings: Settings, name: str, period: float) -> tuple[int, flo
     processes; None for everyone else, and when Redis is unreachable (skip, never double-run)."""
     try:
         r = redis_client(settings.redis_url)
-        got = r.eval(_CLAIM_PERIOD_LUA, 1, f"qai:sweep:{name}", max(1, int(period * 1000)))
+        got = r.eval(_CLAIM_PERIOD_LUA, 1, f"qai:sweep:{name}", max(1, int(period * 1000)))  # type: ignore[no-untyped-call]
     except redis.RedisError:
         return None
     if not got:
@@ -221,7 +221,7 @@ def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[
         with engine.begin() as conn:
             gone_actions = conn.execute(_PRUNE_ACTIONS, {"keep": keep, "batch": batch}).all()
             gone_events = conn.execute(_PRUNE_EVENTS, {"keep": keep, "batch": batch}).all()
-            carry_pruned(settings, gone_actions, gone_events)
+        carry_pruned(settings, gone_actions, gone_events)
         actions += len(gone_actions)
         events += len(gone_events)
         if len(gone_actions) < batch and len(gone_events) < batch:
@@ -230,7 +230,8 @@ def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[
 
 
 _OWNED = sa.text(
-    "SELECT provider, sandbox_id FROM workspaces WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL"
+    "SELECT provider, sandbox_id FROM workspaces "
+    "WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL"
 )
 _BUSY = sa.text("SELECT DISTINCT project_id FROM actions WHERE status IN ('queued', 'running')")
 
@@ -253,4 +254,8 @@ def orphans(settings: Settings) -> dict[str, Any]:
     owned |= {(sb.provider, sb.sandbox_id) for sb in listed if sb.project_id in busy}
     report = cloud.SweepReport(cloud.find_orphans(listed, owned), failed_providers=failed)
     cloud.terminate(report, lambda name: get_provider(name, settings))
-    return {"terminated": len(report.terminated), "failed_providers": failed, "errors": len(report.errors)}
+    return {
+        "terminated": len(report.terminated),
+        "failed_providers": failed,
+        "errors": len(report.errors),
+    }
