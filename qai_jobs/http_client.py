@@ -80,7 +80,7 @@ class _Backoff:
     """Exponential backoff with jitter, unless the server said how long with Retry-After."""
 
     def __init__(self, initial: float, maximum: float):
-        self.backoff = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self.backoff = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
 
     def __call__(self, state: RetryCallState) -> float:
         outcome = state.outcome
