@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings
+from .local_proc import start_time
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # warn once per process
@@ -155,11 +156,12 @@ class Limits:
         return value, value
 
     def pids(self) -> set[int]:
+        """Live processes of the workspace (a zombie stays listed until its parent reaps it)."""
         found: set[int] = set()
         for _, path in self.cgroups:
             with contextlib.suppress(OSError):
                 found.update(int(p) for p in (path / "cgroup.procs").read_text().split())
-        return found
+        return {pid for pid in found if start_time(pid) is not None}
 
     def kill_all(self, timeout: float = 5.0) -> None:
         """SIGKILL every process of the workspace, until none is left (a fork loop races us)."""

@@ -300,13 +300,21 @@ def stop_tree(pids: Sequence[tuple[int, int]], grace: float = GRACE_SECONDS) -> 
     for pid, tree in trees.items():
         _signal(tree, pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(
-        s is not None and alive(p, s) for p, s in members.items()
-    ):
-        time.sleep(0.02)
-    for pid, tree in trees.items():
-        left = {p for p in tree if members.get(p) is not None and alive(p, members[p] or 0)}
-        _signal(left | descendants(pid), pid, signal.SIGKILL)
+    while time.monotonic() < deadline:
+        alive_now = [p for p, s in members.items() if s is not None and alive(p, s)]
+        if not alive_now:
+            break
+        # A process forked after the first signal (bwrap still setting up, a shell between
+        # commands) has not had its SIGTERM yet.
+        for pid in {d for p in alive_now for d in descendants(p)} - members.keys():
+            members[pid] = start_time(pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(0.05)
+    left = {p for p, s in members.items() if s is not None and alive(p, s)}
+    left |= {d for p in left for d in descendants(p)}
+    for pid in trees:
+        _signal(left, pid, signal.SIGKILL)
     for pid, _ in live:
         if pid in _children:
             with contextlib.suppress(subprocess.TimeoutExpired):

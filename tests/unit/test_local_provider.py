@@ -1,0 +1,355 @@
+"""The local provider's own promises: isolation, symlink safety, ports, detached dev servers.
+
+Real bwrap, real processes, real HTTP; each test's workspaces live under its tmp_path and are
+destroyed afterwards. Behaviour shared with every provider is in tests/conformance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qai_jobs.errors import PermanentError
+from qai_jobs.providers.base import CreateSpec, Sandbox, SandboxStatus
+from qai_jobs.providers.local import LocalProvider
+from qai_jobs.providers.local_limits import _cgroup_bases
+from tests.conformance.conftest import make_settings
+
+REPO = Path(__file__).resolve().parents[2]
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing")
+
+
+class Local:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.made: list[tuple[LocalProvider, Sandbox]] = []
+
+    def provider(self, **extra: Any) -> LocalProvider:
+        extra.setdefault("workspace_local_isolation", "bwrap")
+        return LocalProvider(make_settings(self.tmp, **extra))
+
+    def sandbox(self, provider: LocalProvider | None = None, project: str = "p") -> Sandbox:
+        provider = provider or self.provider()
+        sb = provider.create(CreateSpec(project, uuid.uuid4().hex, 3000))
+        self.made.append((provider, sb))
+        return sb
+
+    def pair(self, **extra: Any) -> tuple[LocalProvider, Sandbox]:
+        provider = self.provider(**extra)
+        return provider, self.sandbox(provider)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Local]:
+    helper = Local(tmp_path)
+    try:
+        yield helper
+    finally:
+        for provider, sb in helper.made:
+            with contextlib.suppress(Exception):
+                provider.destroy(sb)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def sh(cmd: str) -> list[str]:
+    return ["bash", "-lc", cmd]
+
+
+# -- isolation -------------------------------------------------------------------------------
+@needs_bwrap
+def test_sandbox_sees_only_its_workspace_and_a_readonly_system(
+    local: Local, tmp_path: Path
+) -> None:
+    provider, sb = local.pair()
+    neighbour = local.sandbox(provider, "other")
+    provider.write_files(neighbour, [("secret.txt", b"neighbour")])
+    host_tmp = Path("/tmp") / f"qai-host-{uuid.uuid4().hex}"
+    host_tmp.write_text("host")
+    other_tree = Path(neighbour.state["dir"]) / "tree"
+    try:
+        checks = {
+            "root_home": "test -e /root",
+            "host_tmp": f"test -e {host_tmp}",
+            "neighbour": f"test -e {other_tree}/secret.txt",
+            "workspace_root": f"test -e {tmp_path}",
+            "usr_writable": "touch /usr/qai-probe",
+            "shadow": "test -r /etc/shadow",
+        }
+        for name, check in checks.items():
+            assert provider.run(sb, sh(check)).exit_code != 0, name
+        result = provider.run(
+            sb, sh("pwd; echo $HOME; ls /proc | grep -c '^[0-9]'; cat /proc/1/comm")
+        )
+        cwd, home, nprocs, init = result.stdout.split()
+        assert (cwd, home, init) == ("/workspace", "/home/qai", "bwrap")
+        assert int(nprocs) < 10  # its own PID namespace: no host processes
+        caps = provider.run(sb, sh("grep CapEff /proc/self/status")).stdout
+        assert caps.split()[1] == "0000000000000000"
+        assert provider.run(sb, sh("touch /workspace/ok && echo > /tmp/t")).exit_code == 0
+    finally:
+        host_tmp.unlink()
+
+
+@needs_bwrap
+def test_env_cannot_reach_bwrap_itself(local: Local, tmp_path: Path) -> None:
+    """A user's LD_PRELOAD is set inside the sandbox, not on the host-side bwrap process."""
+    provider, sb = local.pair()
+    result = provider.run(sb, ["sh", "-c", "echo $LD_PRELOAD"], env={"LD_PRELOAD": "/nope.so"})
+    assert result.exit_code == 0 and result.stdout == "/nope.so\n"
+    # Only the sandboxed sh complains about the missing library: bwrap itself never saw it.
+    assert result.stderr.count("cannot be preloaded") == 1
+
+
+def test_invalid_env_and_cwd_are_refused(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    with pytest.raises(PermanentError):
+        provider.run(sb, ["true"], env={"A=B": "x"})
+    with pytest.raises(PermanentError) as err:
+        provider.run(sb, ["true"], cwd="missing/dir")
+    assert err.value.code == "invalid_cwd"
+
+
+# -- symlinks planted by sandboxed code ------------------------------------------------------
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_host_file_io_never_follows_symlinks_out(local: Local, isolation: str) -> None:
+    if isolation == "bwrap" and not shutil.which("bwrap"):
+        pytest.skip("bubblewrap missing")
+    provider, sb = local.pair(workspace_local_isolation=isolation)
+    target = local.tmp / "outside"
+    target.mkdir()
+    (target / "victim.txt").write_text("untouched")
+    # Under bwrap the link targets are host paths the sandbox cannot see; they still exist
+    # as links in the tree, which is what the host side must not follow.
+    plant = f"ln -s {target} evil; ln -s {target}/victim.txt link; mkdir d; ln -s {target} d/up"
+    assert provider.run(sb, sh(plant + "; mkfifo fifo")).exit_code == 0
+    refused: list[Callable[[], object]] = [
+        lambda: provider.write_files(sb, [("evil/victim.txt", b"pwned")]),
+        lambda: provider.write_files(sb, [("evil/new.txt", b"pwned")]),
+        lambda: provider.write_files(sb, [("link", b"pwned")]),
+        lambda: provider.write_files(sb, [("d/up/victim.txt", b"pwned")]),
+        lambda: provider.read_files(sb, ["evil/victim.txt"]),
+        lambda: provider.read_files(sb, ["link"]),
+        lambda: provider.delete_files(sb, ["evil/victim.txt"]),
+        lambda: provider.hashes(sb, ["d/up/victim.txt"]),
+    ]
+    for attempt in refused:
+        with pytest.raises(PermanentError) as err:
+            attempt()
+        assert err.value.code == "path_outside_workspace"
+    assert (target / "victim.txt").read_text() == "untouched"
+    assert sorted(os.listdir(target)) == ["victim.txt"]
+    assert provider.hashes(sb) == {}  # links and the FIFO are not files; no hang on the FIFO
+    with pytest.raises(PermanentError):
+        provider.read_files(sb, ["fifo"])
+    # Deleting a link removes the link itself, never its target.
+    assert provider.delete_files(sb, ["link", "evil"]) == ["link", "evil"]
+    assert (target / "victim.txt").read_text() == "untouched"
+
+
+def test_restore_replaces_planted_links(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    provider.write_files(sb, [("src/a.txt", b"a")])
+    snapshot_id = provider.snapshot(sb)
+    outside = local.tmp / "outside2"
+    outside.mkdir()
+    provider.run(sb, sh(f"rm -r src && ln -s {outside} src"))
+    provider.restore(sb, snapshot_id)
+    assert provider.read_files(sb, ["src/a.txt"]) == {"src/a.txt": b"a"}
+    assert os.listdir(outside) == []
+
+
+# -- ports -----------------------------------------------------------------------------------
+def _two_free_ports() -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < 65535:
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("0.0.0.0", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_ports_are_unique_skip_busy_ones_and_are_freed(local: Local) -> None:
+    low = _two_free_ports()
+    provider = local.provider(
+        workspace_local_isolation="none",
+        workspace_local_port_min=low,
+        workspace_local_port_max=low + 1,
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", low))
+        busy.listen()
+        first = local.sandbox(provider)
+        assert provider.dev_port(first, 3000) == low + 1
+    second = local.sandbox(provider)
+    assert provider.dev_port(second, 3000) == low
+    assert provider.preview_url(second, low) == f"http://127.0.0.1:{low}"
+    # A second provider object (another worker process) sees the same allocations.
+    other = local.provider(
+        workspace_local_isolation="none",
+        workspace_local_port_min=low,
+        workspace_local_port_max=low + 1,
+    )
+    assert other.adopt(first.sandbox_id, CreateSpec("p", "w", 3000)).state["port"] == low + 1
+    provider.destroy(second)
+    assert provider.ports.owner_of(low) is None
+    third = local.sandbox(provider)
+    assert provider.dev_port(third, 3000) == low
+
+
+# -- processes -------------------------------------------------------------------------------
+@needs_bwrap
+def test_dev_server_outlives_the_process_that_started_it(local: Local) -> None:
+    provider, sb = local.pair()
+    port = provider.dev_port(sb, 3000)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from qai_jobs.providers.base import Sandbox
+        from qai_jobs.providers.local import LocalProvider
+        from tests.conformance.conftest import make_settings
+        from pathlib import Path
+        settings = make_settings(Path({str(local.tmp)!r}), workspace_local_isolation="bwrap")
+        p = LocalProvider(settings)
+        sb = Sandbox.from_json(json.loads(sys.argv[1]))
+        print(json.dumps(p.start_process(sb, "exec python3 -m http.server {port}")))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(sb.to_json())],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    proc = json.loads(out.stdout)
+    assert wait_for(lambda: provider.port_ready(sb, port))
+    assert provider.process_alive(sb, proc)
+    provider.stop_process(sb, proc)
+    assert not provider.process_alive(sb, proc)
+
+
+def test_sleep_stops_processes_that_left_their_session(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    if not _cgroup_bases():
+        pytest.skip("no writable cgroup: escaped processes cannot be found")
+    marker = f"qai-escape-{uuid.uuid4().hex[:8]}"
+    provider.start_process(sb, f"setsid bash -c 'exec -a {marker} sleep 300' & sleep 300")
+    assert wait_for(lambda: _running(marker), 5)
+    provider.sleep(sb)
+    assert wait_for(lambda: not _running(marker), 5)
+
+
+def _running(name: str) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(name.encode()):
+                return True
+    return False
+
+
+@needs_bwrap
+def test_run_timeout_kills_the_whole_sandbox(local: Local) -> None:
+    provider, sb = local.pair()
+    marker = f"qai-bg-{uuid.uuid4().hex[:8]}"
+    result = provider.run(sb, sh(f"(exec -a {marker} sleep 300) & sleep 300"), timeout_s=0.5)
+    assert result.timed_out and result.exit_code == 124
+    assert wait_for(lambda: not _running(marker), 3)
+
+
+# -- sleep / wake ----------------------------------------------------------------------------
+def test_wake_repairs_files_lost_or_changed_while_asleep(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    provider.write_files(sb, [("a.txt", b"a"), ("dir/b.txt", b"b")])
+    slept = provider.sleep(sb).sandbox
+    tree = Path(sb.state["dir"]) / "tree"
+    (tree / "a.txt").write_text("corrupted")
+    (tree / "dir" / "b.txt").unlink()
+    provider.wake(slept)
+    assert provider.read_files(sb, ["a.txt", "dir/b.txt"]) == {"a.txt": b"a", "dir/b.txt": b"b"}
+    # A whole workspace directory lost while asleep comes back from the sleep snapshot.
+    slept = provider.sleep(sb).sandbox
+    shutil.rmtree(sb.state["dir"])
+    assert provider.status(slept) is SandboxStatus.GONE
+    provider.wake(slept)
+    assert provider.status(slept) is SandboxStatus.RUNNING
+    assert provider.read_files(slept, ["dir/b.txt"]) == {"dir/b.txt": b"b"}
+
+
+def test_restore_keeps_ignored_dirs(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    provider.write_files(sb, [("package.json", b"{}")])
+    snapshot_id = provider.snapshot(sb)
+    provider.write_files(sb, [("node_modules/x/i.js", b"x"), ("stray.txt", b"s")])
+    provider.restore(sb, snapshot_id)
+    got = provider.read_files(sb, ["node_modules/x/i.js", "stray.txt"])
+    assert got == {"node_modules/x/i.js": b"x", "stray.txt": None}
+
+
+# -- git -------------------------------------------------------------------------------------
+def test_git_sync_runs_nothing_planted_in_the_tree(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    repo = local.tmp / "repo"
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null"}
+    ident = ["-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q", str(repo)],):
+        subprocess.run(["git", *ident, *args], check=True, env=env)
+    (repo / "f.txt").write_text("f")
+    subprocess.run(["git", *ident, "add", "-A"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", *ident, "commit", "-qm", "c"], cwd=repo, check=True, env=env)
+    pwned = local.tmp / "pwned"
+    hook = f"[core]\n\tfsmonitor = touch {pwned}\n\thooksPath = .git/hooks\n"
+    provider.write_files(
+        sb, [(".git/config", hook.encode()), (".git/HEAD", b"ref: refs/heads/x\n")]
+    )
+    provider.git_sync(sb, str(repo), "main")
+    provider.git_sync(sb, str(repo), "main")
+    assert not pwned.exists()
+    assert provider.read_files(sb, ["f.txt"]) == {"f.txt": b"f"}
+
+
+# -- the example app -------------------------------------------------------------------------
+@needs_bwrap
+def test_example_hello_installs_and_serves_through_npm(local: Local) -> None:
+    if not shutil.which("npm"):
+        pytest.skip("npm missing")
+    provider, sb = local.pair()
+    example = REPO / "examples" / "hello"
+    provider.write_files(sb, [(f.name, f.read_bytes()) for f in example.iterdir() if f.is_file()])
+    install = provider.run(sb, sh("npm ci"), timeout_s=60)
+    assert install.exit_code == 0, install.stderr
+    port = provider.dev_port(sb, 3000)
+    command = provider.settings.workspace_dev_command.format(port=port)
+    proc = provider.start_process(sb, command)
+    assert wait_for(lambda: provider.port_ready(sb, port), 15), provider.read_log(sb, proc, 20)
+    with urllib.request.urlopen(provider.preview_url(sb, port), timeout=5) as resp:
+        assert b"Hello from qai-jobs" in resp.read()
+    assert f"--port {port}" in provider.read_log(sb, proc, 20)
+    provider.stop_process(sb, proc)
