@@ -132,3 +132,11 @@ def dumps(value: Any) -> str:
 
 def cli_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "PATH": os.environ.get("PATH", "")}
+
+
+def settings_for(env: dict[str, str]) -> Any:
+    from qai_jobs.config import load_settings
+
+    prefixes = ("WORKSPACE_", "DATABASE_", "REDIS_")
+    fields = {k.lower(): v for k, v in env.items() if k.startswith(prefixes)}
+    return load_settings(_env_file=None, **fields)
