@@ -304,8 +304,10 @@ class LocalProvider(Provider):
     ) -> dict[str, Any]:
         layout = self._awake(sb)
         limits = Limits(self.settings, sb.sandbox_id)
+        # $PORT too, for servers started without the {port} placeholder (node server.js).
+        port_env = {"PORT": str(sb.state["port"])} if sb.state.get("port") else {}
         full, popen_env, popen_cwd = self._jail(layout).command(
-            ["bash", "-lc", command], None, self._env(layout, env), foreground=False
+            ["bash", "-lc", command], None, {**port_env, **self._env(layout, env)}, foreground=False
         )
         layout.logs.mkdir(exist_ok=True)
         log_path = layout.logs / f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}.log"

@@ -353,3 +353,11 @@ def test_example_hello_installs_and_serves_through_npm(local: Local) -> None:
         assert b"Hello from qai-jobs" in resp.read()
     assert f"--port {port}" in provider.read_log(sb, proc, 20)
     provider.stop_process(sb, proc)
+
+
+def test_dev_server_gets_its_port_in_the_environment(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    port = provider.dev_port(sb, 3000)
+    proc = provider.start_process(sb, "echo port=$PORT; sleep 5")
+    assert wait_for(lambda: f"port={port}" in provider.read_log(sb, proc, 5), 5)
+    provider.stop_process(sb, proc)
