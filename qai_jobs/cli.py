@@ -173,15 +173,14 @@ def api(ctx: click.Context, host: str, port: int, log_level: str) -> None:
 def flower(ctx: click.Context, address: str, port: int, flower_args: tuple[str, ...]) -> None:
     """Run Flower to monitor workers and tasks (Flower's own flags pass through).
 
-    Basic auth comes from FLOWER_BASIC_AUTH=user:password when set.
+    Basic auth comes from FLOWER_BASIC_AUTH=user:password when set (Flower reads every
+    FLOWER_* variable itself; it is not put on the command line, where `ps` would show it).
+    Flower's REST API answers only with auth or FLOWER_UNAUTHENTICATED_API=true.
     """
     settings_from(ctx)
     from .celery_app import app
 
-    argv = ["flower", f"--address={address}", f"--port={port}"]
-    if os.environ.get("FLOWER_BASIC_AUTH") and not any(a.startswith("--basic-auth") for a in flower_args):
-        argv.append(f"--basic-auth={os.environ['FLOWER_BASIC_AUTH']}")
-    app.start([*argv, *flower_args])
+    app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])
 
 
 @main.command()
