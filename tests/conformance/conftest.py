@@ -75,6 +75,26 @@ register(
 register(ProviderFactory("local-none", _local, REAL, {"workspace_local_isolation": "none"}))
 
 
+# -- cloud adapters (modal, e2b) over their SDK fakes ------------------------------------------
+# Owned by the cloud-providers work (issue 4). The fakes run real subprocesses in a temp dir, so
+# shell, processes and git are real; the preview URL is a provider host that does not resolve.
+def _modal_fake(settings: Settings) -> Provider:
+    from tests.fakes.cloud import modal_over_fake
+
+    return modal_over_fake(settings)
+
+
+def _e2b_fake(settings: Settings) -> Provider:
+    from tests.fakes.cloud import e2b_over_fake
+
+    return e2b_over_fake(settings)
+
+
+CLOUD_FAKE = Capabilities(real_shell=True, real_processes=True, real_http=False, real_git=True)
+register(ProviderFactory("modal", _modal_fake, CLOUD_FAKE))
+register(ProviderFactory("e2b", _e2b_fake, CLOUD_FAKE))
+
+
 def make_settings(tmp: Path, **extra: Any) -> Settings:
     """Settings for a test: no .env, a private workspace root, small output cap."""
     fields: dict[str, Any] = {
@@ -135,22 +155,3 @@ def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     finally:
         harness.cleanup()
 
-
-# -- cloud adapters (modal, e2b) over their SDK fakes ------------------------------------------
-# Owned by the cloud-providers work (issue 4). The fakes run real subprocesses in a temp dir, so
-# shell, processes and git are real; the preview URL is a provider host that does not resolve.
-def _modal_fake(settings: Settings) -> Provider:
-    from tests.fakes.cloud import modal_over_fake
-
-    return modal_over_fake(settings)
-
-
-def _e2b_fake(settings: Settings) -> Provider:
-    from tests.fakes.cloud import e2b_over_fake
-
-    return e2b_over_fake(settings)
-
-
-CLOUD_FAKE = Capabilities(real_shell=True, real_processes=True, real_http=False, real_git=True)
-register(ProviderFactory("modal", _modal_fake, CLOUD_FAKE))
-register(ProviderFactory("e2b", _e2b_fake, CLOUD_FAKE))
