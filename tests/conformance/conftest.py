@@ -154,4 +154,3 @@ def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
         yield harness
     finally:
         harness.cleanup()
-
