@@ -28,11 +28,14 @@ def _echo_json(value: Any) -> None:
 
 
 class Progress:
-    """Prints an action's stages to stderr as they happen (one line per change)."""
+    """An action's stages on stderr: one live line on a terminal, else one line per stage
+    (and its final count), so logs of a CI run stay short."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.live = enabled and sys.stderr.isatty()
         self.last: str | None = None
+        self.stage: str | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled or event.get("type") != "progress":
@@ -40,13 +43,26 @@ class Progress:
         stage = str(event.get("stage"))
         done, total = event.get("done"), event.get("total")
         line = f"{stage} {done}/{total}" if total else stage
-        if line != self.last:
-            self.last = line
+        if line == self.last:
+            return
+        self.last = line
+        if self.live:
+            click.echo(f"\r\x1b[2K  … {line}", err=True, nl=False)
+        elif stage != self.stage or (total and done == total):
             click.echo(f"  … {line}", err=True)
+        self.stage = stage
+
+    def close(self) -> None:
+        if self.live and self.last is not None:
+            click.echo("", err=True)
 
 
 def _wait(handle: ActionHandle, timeout: float | None, quiet: bool = False) -> dict[str, Any]:
-    return handle.wait(timeout=timeout, on_event=Progress(not quiet))
+    progress = Progress(not quiet)
+    try:
+        return handle.wait(timeout=timeout, on_event=progress)
+    finally:
+        progress.close()
 
 
 def _read_dir(directory: Path) -> list[dict[str, str]]:
@@ -256,6 +272,8 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
         click.echo(f"queue:      {stats['queued']} queued, {stats['running']} running"
                    + (f", oldest queued {age:.1f}s" if age is not None else ""))
         click.echo(f"webhooks:   {stats['webhooks_by_status'] or '{}'}")
+        d = stats["webhook_deliveries"]
+        click.echo(f"deliveries: {d['ok']} ok, {d['retried']} retried, {d['dead']} dead")
 
     @main.command()
     @click.argument("project")
