@@ -123,6 +123,8 @@ def create_app(settings: Settings) -> FastAPI:
         kind = body.pop("kind", None)
         if kind is None:
             raise ValidationFailed("kind: required", field="kind")
+        if not isinstance(kind, str):
+            raise ValidationFailed("kind: must be a string naming the action", field="kind")
         payload = {k: v for k, v in body.items() if v is not None}
 
         def record() -> dict[str, Any]:

@@ -153,6 +153,7 @@ def test_project_routes(http: httpx.Client, project: str) -> None:
     ("body", "field"),
     [
         ({"kind": "explode"}, "kind"),
+        ({"kind": {}, "snapshot_id": "0"}, "kind"),
         ({"files": {"a": "b"}}, "kind"),
         ({"kind": "write", "files": {"../escape": "x"}}, "files[0].path"),
         ({"kind": "write", "files": {"/etc/passwd": "x"}}, "files[0].path"),
