@@ -363,3 +363,7 @@ def _uuid(value: str | uuid.UUID) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise NotFound(f"no action {value}") from None
+
+
+# The HTTP twin of WorkspaceClient, named here by CONTRACT 6/7; imported last to avoid a cycle.
+from .http_client import HttpWorkspaceClient  # noqa: E402, F401
