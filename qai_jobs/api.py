@@ -249,24 +249,10 @@ async def _check_redis(waiter: Waiter) -> str:
 
 
 def _render_metrics(settings: Settings) -> tuple[bytes, str]:
-    """The metrics module's exposition when it exists, else this process's default registry."""
-    import importlib
+    """The fleet's metrics, read from Postgres at scrape time (``qai_jobs.metrics``)."""
+    from .metrics import render
 
-    try:
-        metrics_module: Any = importlib.import_module("qai_jobs.metrics")
-    except ImportError:
-        metrics_module = None
-    render = getattr(metrics_module, "render", None)
-    if render is not None:
-        out = render(settings)
-        if isinstance(out, tuple):
-            return bytes(out[0]), str(out[1])
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return (out.encode() if isinstance(out, str) else bytes(out)), CONTENT_TYPE_LATEST
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    return generate_latest(), CONTENT_TYPE_LATEST
+    return render(settings)
 
 
 def _install_openapi(app: FastAPI, request_defs: dict[str, Any]) -> None:
