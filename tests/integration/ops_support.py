@@ -1,9 +1,12 @@
-"""Helpers for the operations tests: an isolated broker and database, and a webhook receiver.
+"""Helpers for the operations tests: an isolated queue and database, and a webhook receiver.
 
 Webhook and sweep tests need workers configured with a callback URL and a secret. The session's
-``shared_worker`` (started by other tests) listens on the session's broker without them and
-would happily take our delivery and sweep messages; so these modules run on a Redis DB and a
-Postgres database of their own (``isolated_env``) and start their workers with ``workers``.
+``shared_worker`` (started by other tests) listens on the default queue without them and would
+happily take our delivery and sweep messages; and our sweeps must not touch other tests'
+workspaces. So these modules run on a Celery queue (``QAI_QUEUE``) and a Postgres database of
+their own (``isolated_env``), on the session's Redis, and start their workers with ``workers``.
+The Celery app of this test process is global, so its default queue is switched for the
+module and switched back afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,13 +29,18 @@ SECRET = "whsec_" + base64.b64encode(b"qai-jobs-test-secret-0123456789ab").decod
 
 
 def isolated_env(base: dict[str, str]) -> Iterator[dict[str, str]]:
-    """``base`` with a fresh migrated database and a Redis DB of this module's own."""
+    """``base`` with a fresh migrated database and a queue of this module's own."""
+    from qai_jobs.celery_app import app, configure
+
+    configure(settings_for(base))  # in case nothing configured the app yet: the session's Redis
     database_url = services.create_database()
-    redis_url, admin = services.claim_redis_db()
+    queue = f"qai-ops-{uuid.uuid4().hex[:8]}"
+    previous = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
     try:
-        yield {**base, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        yield {**base, "DATABASE_URL": database_url, "QAI_QUEUE": queue}
     finally:
-        services.release_redis_db(redis_url, admin)
+        app.conf.task_default_queue = previous
         services.drop_database(database_url)
 
 
