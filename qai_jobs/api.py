@@ -35,6 +35,7 @@ from .api_support import (
     error_body,
     install_error_handlers,
     read_json_object,
+    reject_nul,
 )
 from .client import TERMINAL, WorkspaceClient
 from .config import Settings
@@ -126,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         if not isinstance(kind, str):
             raise ValidationFailed("kind: must be a string naming the action", field="kind")
         payload = {k: v for k, v in body.items() if v is not None}
+        reject_nul(payload)
 
         def record() -> dict[str, Any]:
             # Validated here first so a payload key can never collide with enqueue's own

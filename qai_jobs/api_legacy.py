@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import provider_events
 from .api_models import ErrorBody, LegacyRequest, LegacyResponse
-from .api_support import Waiter, error_response
+from .api_support import Waiter, error_response, reject_nul
 from .client import TERMINAL, WorkspaceClient
 from .config import Settings
 from .errors import NotFound, ValidationFailed
@@ -104,6 +104,7 @@ async def workspaces(
     client: WorkspaceClient = request.app.state.client
     waiter: Waiter = request.app.state.waiter
     payload = _payload(body)
+    reject_nul(payload)
 
     def record() -> str:
         try:

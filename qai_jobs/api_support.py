@@ -229,6 +229,25 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return body
 
 
+def reject_nul(value: Any, field: str = "") -> None:
+    """Postgres cannot store NUL in JSON text: refuse it up front as a 422 naming the field,
+    rather than failing at insert time (binary file content belongs in base64)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            name = field or "body"
+            raise ValidationFailed(
+                f"{name}: contains a NUL character (send binary content base64-encoded)",
+                field=name,
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key, field or "body")
+            reject_nul(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            reject_nul(item, f"{field}[{i}]")
+
+
 class Waiter:
     """Waits for an action to become terminal without holding a thread: an async Redis
     subscription wakes it, Postgres (read in the threadpool) stays the truth."""

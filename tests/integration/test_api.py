@@ -154,6 +154,8 @@ def test_project_routes(http: httpx.Client, project: str) -> None:
     [
         ({"kind": "explode"}, "kind"),
         ({"kind": {}, "snapshot_id": "0"}, "kind"),
+        ({"kind": "restore", "snapshot_id": "a\u0000b"}, "snapshot_id"),
+        ({"kind": "write", "files": {"a.txt": "nul\u0000"}}, "files.a.txt"),
         ({"files": {"a": "b"}}, "kind"),
         ({"kind": "write", "files": {"../escape": "x"}}, "files[0].path"),
         ({"kind": "write", "files": {"/etc/passwd": "x"}}, "files[0].path"),
