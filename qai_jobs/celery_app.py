@@ -26,5 +26,5 @@ def current_settings() -> Settings:
     return _settings
 
 
-app = Celery("qai_jobs", include=["qai_jobs.tasks", "qai_jobs.tasks_ops"])
+app = Celery("qai_jobs", include=["qai_jobs.tasks", "qai_jobs.tasks_ops", "qai_jobs.bench_tasks"])
 app.config_from_object("celeryconfig")

@@ -271,10 +271,10 @@ def validate_payload(
     kind: object, payload: dict[str, Any], limits: Limits | None = None
 ) -> BaseModel:
     """Validate one action's payload; raise ValidationFailed naming the first bad field."""
-    if kind not in PAYLOAD_MODELS:
-        raise ValidationFailed(
-            f"kind must be one of {', '.join(KINDS)} (got {kind!r})", field="kind"
-        )
+    if not isinstance(kind, str) or kind not in PAYLOAD_MODELS:
+        shown = repr(kind)[:40]
+        raise ValidationFailed(f"kind must be one of {', '.join(KINDS)} (got {shown})", field="kind")
+    _reject_nul(payload, ())
     model = PAYLOAD_MODELS[str(kind)]
     try:
         parsed = model.model_validate(payload)
@@ -288,6 +288,20 @@ def validate_payload(
         raise ValidationFailed(f"{field}: {message}", field=field, errors=errors) from None
     _check_limits(parsed, limits or Limits())
     return parsed
+
+
+def _reject_nul(value: object, loc: tuple[int | str, ...]) -> None:
+    """Postgres cannot store NUL in JSON text: refuse it here, naming where it is."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationFailed(f"{_field_name(loc)}: contains a NUL character", field=_field_name(loc))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key, loc)
+            _reject_nul(item, (*loc, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _reject_nul(item, (*loc, i))
 
 
 def _check_limits(parsed: BaseModel, limits: Limits) -> None:

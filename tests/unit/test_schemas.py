@@ -13,7 +13,8 @@ BAD_PAYLOADS = [
     ("write", {"files": {"/etc/passwd": "x"}}, "files[0].path", "absolute"),
     ("write", {"files": {"../up.txt": "x"}}, "files[0].path", ".."),
     ("write", {"files": {"a//b.txt": "x"}}, "files[0].path", "empty segment"),
-    ("write", {"files": {"a\x00b": "x"}}, "files[0].path", "NUL"),
+    ("write", {"files": {"a\x00b": "x"}}, "files", "NUL"),
+    ("restore", {"snapshot_id": "a\x00b"}, "snapshot_id", "NUL"),
     ("write", {"files": {"": "x"}}, "files[0].path", "empty"),
     ("write", {"files": [{"path": "a", "content": "!!", "encoding": "base64"}]}, "files[0]", "base64"),
     ("write", {"files": [{"path": "a", "content": "x", "encoding": "latin-1"}]}, "files[0].encoding", ""),
@@ -44,9 +45,10 @@ def test_bad_payload_names_the_field(kind: str, payload: dict, field: str, words
     assert words.lower() in info.value.message.lower()
 
 
-def test_unknown_kind() -> None:
+@pytest.mark.parametrize("kind", ["explode", ["ensure"], None, 3])
+def test_unknown_kind(kind: object) -> None:
     with pytest.raises(ValidationFailed) as info:
-        validate_payload("explode", {})
+        validate_payload(kind, {})
     assert info.value.field == "kind"
     assert "ensure" in info.value.message
 
