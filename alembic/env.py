@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context
 
+from alembic import context
 from qai_jobs.db.models import Base
 
 config = context.config

@@ -1,8 +1,8 @@
 """qai-jobs: durable, ordered workspace actions for AI coding-agent sandboxes.
 
-    from qai_jobs import WorkspaceClient, ActionFailed
-    client = WorkspaceClient.from_env()
-    result = client.ensure("proj-1", files={"server.js": "..."}).wait(timeout=120)
+from qai_jobs import WorkspaceClient, ActionFailed
+client = WorkspaceClient.from_env()
+result = client.ensure("proj-1", files={"server.js": "..."}).wait(timeout=120)
 """
 
 from .client import ActionHandle, WorkspaceClient

@@ -46,7 +46,11 @@ def percentile(values: list[float], q: float) -> float:
 
 def summarize(values_s: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values_s]
-    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "mean_ms": statistics.fmean(ms) if ms else float("nan")}
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+    }
 
 
 def bench_settings(settings: Settings) -> Settings:
@@ -79,9 +83,18 @@ class Worker:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qai_jobs", "worker", f"--concurrency={concurrency}",
-             "--loglevel=WARNING", f"--hostname=bench-{uuid.uuid4().hex[:6]}@%h"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "qai_jobs",
+                "worker",
+                f"--concurrency={concurrency}",
+                "--loglevel=WARNING",
+                f"--hostname=bench-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, app: Any, timeout: float = 60) -> None:
@@ -119,17 +132,19 @@ def _bare_celery(app: Any, redis_url: str, n: int, threads: int, log: Log) -> di
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(send, range(n)))
-    while int(r.llen(key)) < n:  # type: ignore[arg-type]
+    while int(r.llen(key)) < n:
         time.sleep(0.005)
         if time.time() - start > 600:
             raise TimeoutError("bare Celery tasks did not finish")
-    done = [float(x) for x in r.lrange(key, 0, -1)]  # type: ignore[union-attr]
+    done = [float(x) for x in r.lrange(key, 0, -1)]
     r.delete(key)
     elapsed = max(done) - start
     return {"tasks": n, "seconds": elapsed, "per_second": n / elapsed}
 
 
-def _durable(client: Any, engine: sa.Engine, n: int, projects: int, threads: int, log: Log) -> dict[str, Any]:
+def _durable(
+    client: Any, engine: sa.Engine, n: int, projects: int, threads: int, log: Log
+) -> dict[str, Any]:
     log(f"durable actions: {n} commands over {projects} projects")
     run_id = uuid.uuid4().hex[:6]
     names = [f"bench-{run_id}-{i}" for i in range(projects)]
@@ -144,7 +159,7 @@ def _durable(client: Any, engine: sa.Engine, n: int, projects: int, threads: int
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(enqueue, range(n)))
     query = sa.text(
-        "SELECT count(*) FILTER (WHERE status IN ('succeeded','failed','cancelled')) AS done, count(*) AS total "
+        "SELECT count(*) FILTER (WHERE status IN ('succeeded','failed','cancelled')) AS done "
         "FROM actions WHERE project_id LIKE :p"
     )
     while True:
@@ -193,10 +208,15 @@ def _wait_latency(client: Any, engine: sa.Engine, samples: int, log: Log) -> dic
         returned = time.time()
         with engine.connect() as conn:
             finished = conn.execute(
-                sa.text("SELECT extract(epoch FROM finished_at) FROM actions WHERE id = :id"), {"id": handle.id}
+                sa.text("SELECT extract(epoch FROM finished_at) FROM actions WHERE id = :id"),
+                {"id": handle.id},
             ).scalar_one()
         gaps.append(max(0.0, returned - float(finished)))
-    return {"samples": samples, "after_finish": summarize(gaps), "enqueue_alone": summarize(enqueues)}
+    return {
+        "samples": samples,
+        "after_finish": summarize(gaps),
+        "enqueue_alone": summarize(enqueues),
+    }
 
 
 def run_bench(
@@ -230,7 +250,9 @@ def run_bench(
         worker = Worker(bsettings, concurrency, queue, logs_dir / "worker.log")
         try:
             worker.wait_ready(app)
-            _bare_celery(app, bsettings.redis_url, min(200, n_actions), 4, lambda m: None)  # warm-up
+            _bare_celery(
+                app, bsettings.redis_url, min(200, n_actions), 4, lambda m: None
+            )  # warm-up
             _durable(client, engine, min(200, n_actions), projects, 4, lambda m: None)
             report["bare_celery"] = _bare_celery(app, bsettings.redis_url, n_actions, 4, log)
             report["durable"] = _durable(client, engine, n_actions, projects, 4, log)
@@ -252,19 +274,26 @@ def run_bench(
     return report
 
 
+def _lat(label: str, stats: dict[str, float], note: str = "") -> str:
+    return f"  {label:22} p50 {stats['p50_ms']:7.2f} ms   p99 {stats['p99_ms']:7.2f} ms{note}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"qai-jobs bench  (worker concurrency {report['concurrency']}, {report['cpus']} CPUs)"]
     if "bare_celery" in report:
         bare, dur, wait = report["bare_celery"], report["durable"], report["wait"]
         lines += [
-            f"  bare Celery no-op      {bare['per_second']:8.0f} tasks/s   ({bare['tasks']} in {bare['seconds']:.2f}s)",
-            f"  durable actions        {dur['per_second']:8.0f} actions/s ({dur['actions']} over {dur['projects']} projects in {dur['seconds']:.2f}s, {dur['failed']} failed)",
+            f"  bare Celery no-op      {bare['per_second']:8.0f} tasks/s   "
+            f"({bare['tasks']} in {bare['seconds']:.2f}s)",
+            f"  durable actions        {dur['per_second']:8.0f} actions/s "
+            f"({dur['actions']} over {dur['projects']} projects in {dur['seconds']:.2f}s, "
+            f"{dur['failed']} failed)",
             f"  ratio durable/bare     {report['ratio']:8.2f}",
-            f"  enqueue, one producer  p50 {wait['enqueue_alone']['p50_ms']:7.2f} ms   p99 {wait['enqueue_alone']['p99_ms']:7.2f} ms",
-            f"  enqueue, 4 producers   p50 {dur['enqueue']['p50_ms']:7.2f} ms   p99 {dur['enqueue']['p99_ms']:7.2f} ms   (beside the busy worker)",
-            f"  enqueue -> start       p50 {dur['enqueue_to_start']['p50_ms']:7.2f} ms   p99 {dur['enqueue_to_start']['p99_ms']:7.2f} ms",
-            f"  enqueue -> done        p50 {dur['enqueue_to_done']['p50_ms']:7.2f} ms   p99 {dur['enqueue_to_done']['p99_ms']:7.2f} ms",
-            f"  wait() after finish    p50 {wait['after_finish']['p50_ms']:7.2f} ms   p99 {wait['after_finish']['p99_ms']:7.2f} ms",
+            _lat("enqueue, one producer", wait["enqueue_alone"]),
+            _lat("enqueue, 4 producers", dur["enqueue"], "   (beside the busy worker)"),
+            _lat("enqueue -> start", dur["enqueue_to_start"]),
+            _lat("enqueue -> done", dur["enqueue_to_done"]),
+            _lat("wait() after finish", wait["after_finish"]),
         ]
     for key, value in report.items():
         if key in ("concurrency", "cpus", "bare_celery", "durable", "wait", "ratio"):

@@ -18,7 +18,14 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from .config import Settings, load_settings
-from .errors import ActionFailed, ConfigurationError, Conflict, NotFound, QaiJobsError, ValidationFailed
+from .errors import (
+    ActionFailed,
+    ConfigurationError,
+    Conflict,
+    NotFound,
+    QaiJobsError,
+    ValidationFailed,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,7 +55,10 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
             return fn(*args, **kwargs)
         except ActionFailed as exc:
             error = exc.error
-            fail(f"action {exc.action_id} failed: {error.get('code')}: {error.get('message')}", EXIT_FAILED)
+            fail(
+                f"action {exc.action_id} failed: {error.get('code')}: {error.get('message')}",
+                EXIT_FAILED,
+            )
         except (ConfigurationError, ValidationFailed) as exc:
             fail(exc.message, EXIT_USAGE)
         except (NotFound, Conflict) as exc:
@@ -58,7 +68,10 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
         except TimeoutError as exc:
             fail(str(exc), EXIT_FAILED)
         except sa.exc.OperationalError as exc:
-            fail(f"cannot reach Postgres: {str(exc.orig).splitlines()[0] if exc.orig else exc}", EXIT_USAGE)
+            fail(
+                f"cannot reach Postgres: {str(exc.orig).splitlines()[0] if exc.orig else exc}",
+                EXIT_USAGE,
+            )
         except redis.ConnectionError as exc:
             fail(f"cannot reach Redis: {exc}", EXIT_USAGE)
         raise AssertionError("unreachable")
@@ -105,12 +118,25 @@ def migrate(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPU count).")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes (default: CPU count).",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--hostname", "-n", default=None, help="Worker node name (default: qai@%h plus pid).")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int | None, loglevel: str, hostname: str | None, pool: str) -> None:
+def worker(
+    ctx: click.Context, concurrency: int | None, loglevel: str, hostname: str | None, pool: str
+) -> None:
     """Run a Celery worker that executes workspace actions."""
     settings = settings_from(ctx)
     _warn_isolation(settings)
@@ -155,7 +181,8 @@ def api(ctx: click.Context, host: str, port: int, log_level: str) -> None:
     settings = settings_from(ctx)
     if settings.workspace_token is None and host not in ("127.0.0.1", "localhost", "::1"):
         fail(
-            f"refusing to listen on {host} without WORKSPACE_TOKEN: set a token, or bind to 127.0.0.1",
+            f"refusing to listen on {host} without WORKSPACE_TOKEN: "
+            "set a token, or bind to 127.0.0.1",
             EXIT_USAGE,
         )
     import uvicorn
@@ -213,7 +240,10 @@ def up(ctx: click.Context, concurrency: int | None, host: str, port: int) -> Non
     signal.signal(signal.SIGTERM, stop)
     for name, cmd in commands.items():
         procs[name] = subprocess.Popen(cmd)
-    click.echo(f"qai-jobs up: worker, beat and api (http://{host}:{port}) running; Ctrl-C stops all", err=True)
+    click.echo(
+        f"qai-jobs up: worker, beat and api (http://{host}:{port}) running; Ctrl-C stops all",
+        err=True,
+    )
     exit_code = 0
     while not stopping:
         for name, proc in procs.items():

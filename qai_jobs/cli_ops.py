@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from .cli import EXIT_FAILED, fail, guarded, settings_from
 
 
-def register(main: click.Group, client_of: Callable[[click.Context], Any], echo_json: Callable[[Any], None]) -> None:
+def register(
+    main: click.Group, client_of: Callable[[click.Context], Any], echo_json: Callable[[Any], None]
+) -> None:
     json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
     @main.group()
@@ -25,7 +27,9 @@ def register(main: click.Group, client_of: Callable[[click.Context], Any], echo_
     @json_opt
     @click.pass_context
     @guarded
-    def list_(ctx: click.Context, dead: bool, project: str | None, limit: int, as_json: bool) -> None:
+    def list_(
+        ctx: click.Context, dead: bool, project: str | None, limit: int, as_json: bool
+    ) -> None:
         """List recent webhook events and their delivery state."""
         query = (
             "SELECT id, project_id, action_id, type, sequence, target, status, attempts, "
@@ -48,8 +52,10 @@ def register(main: click.Group, client_of: Callable[[click.Context], Any], echo_
             echo_json(rows)
             return
         for r in rows:
-            click.echo(f"{r['id']}  {r['type']:20} {r['status']:9} attempts={r['attempts']} "
-                       f"{r['project_id']} seq={r['sequence']} {r['last_error'] or ''}")
+            click.echo(
+                f"{r['id']}  {r['type']:20} {r['status']:9} attempts={r['attempts']} "
+                f"{r['project_id']} seq={r['sequence']} {r['last_error'] or ''}"
+            )
 
     @webhooks.command()
     @click.argument("event_id", required=False)
@@ -63,13 +69,15 @@ def register(main: click.Group, client_of: Callable[[click.Context], Any], echo_
             fail("give an EVENT_ID or --dead")
         where = "status = 'dead'" if dead else "id = :id"
         with client_of(ctx).engine.begin() as conn:
-            ids = list(conn.execute(
-                sa.text(
-                    f"UPDATE webhook_events SET status = 'pending', attempts = 0, "
-                    f"next_attempt_at = now(), last_error = NULL WHERE {where} RETURNING id"
-                ),
-                {"id": event_id},
-            ).scalars())
+            ids = list(
+                conn.execute(
+                    sa.text(
+                        f"UPDATE webhook_events SET status = 'pending', attempts = 0, "
+                        f"next_attempt_at = now(), last_error = NULL WHERE {where} RETURNING id"
+                    ),
+                    {"id": event_id},
+                ).scalars()
+            )
         if event_id and not ids:
             fail(f"no webhook event {event_id}", EXIT_FAILED)
         from .celery_app import app
@@ -100,20 +108,45 @@ def register(main: click.Group, client_of: Callable[[click.Context], Any], echo_
             raise SystemExit(EXIT_FAILED)
 
     @main.command()
-    @click.option("--actions", "n_actions", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
+    @click.option(
+        "--actions", "n_actions", type=click.IntRange(1, 1_000_000), default=2000, show_default=True
+    )
     @click.option("--projects", type=click.IntRange(1, 100_000), default=50, show_default=True)
-    @click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker concurrency for both runs.")
-    @click.option("--scenarios", default="pipeline", show_default=True, help="Comma list: pipeline (and any added by providers).")
+    @click.option(
+        "--concurrency",
+        type=click.IntRange(1, 64),
+        default=2,
+        show_default=True,
+        help="Worker concurrency for both runs.",
+    )
+    @click.option(
+        "--scenarios",
+        default="pipeline",
+        show_default=True,
+        help="Comma list: pipeline (and any added by providers).",
+    )
     @json_opt
     @click.pass_context
     @guarded
-    def bench(ctx: click.Context, n_actions: int, projects: int, concurrency: int, scenarios: str, as_json: bool) -> None:
+    def bench(
+        ctx: click.Context,
+        n_actions: int,
+        projects: int,
+        concurrency: int,
+        scenarios: str,
+        as_json: bool,
+    ) -> None:
         """Measure action throughput and latency on the fake provider beside bare Celery."""
         from .bench import run_bench
 
-        report = run_bench(settings_from(ctx), n_actions=n_actions, projects=projects,
-                           concurrency=concurrency, scenarios=scenarios.split(","),
-                           log=lambda m: click.echo(m, err=True))
+        report = run_bench(
+            settings_from(ctx),
+            n_actions=n_actions,
+            projects=projects,
+            concurrency=concurrency,
+            scenarios=scenarios.split(","),
+            log=lambda m: click.echo(m, err=True),
+        )
         if as_json:
             echo_json(report)
         else:

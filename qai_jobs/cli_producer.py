@@ -72,31 +72,58 @@ def _read_dir(directory: Path) -> list[dict[str, str]]:
         try:
             files.append({"path": rel, "content": data.decode("utf-8"), "encoding": "utf-8"})
         except UnicodeDecodeError:
-            files.append({"path": rel, "content": base64.b64encode(data).decode(), "encoding": "base64"})
+            files.append(
+                {"path": rel, "content": base64.b64encode(data).decode(), "encoding": "base64"}
+            )
     return files
 
 
-def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists every command
-    timeout_opt = click.option("--timeout", "wait_timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+def register(main: click.Group) -> None:
+    timeout_opt = click.option(
+        "--timeout",
+        "wait_timeout",
+        type=float,
+        default=600,
+        show_default=True,
+        help="Seconds to wait.",
+    )
     json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
     @main.command()
     @click.argument("project")
-    @click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Sync this directory's files.")
+    @click.option(
+        "--dir",
+        "directory",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Sync this directory's files.",
+    )
     @click.option("--repo", help="Git repository URL to clone or fast-forward.")
     @click.option("--ref", default=None, help="Git ref (with --repo; default main).")
     @click.option("--dev-command", help="Dev server command; {port} is filled in.")
     @click.option("--install-command", help="Install command (default: from the lock file).")
-    @click.option("--port", type=click.IntRange(1, 65535), help="Dev server port inside the sandbox.")
+    @click.option(
+        "--port", type=click.IntRange(1, 65535), help="Dev server port inside the sandbox."
+    )
     @click.option("--no-dev-server", is_flag=True, help="Do not start a dev server.")
     @click.option("--no-wait", is_flag=True, help="Print the action id and return at once.")
     @timeout_opt
     @json_opt
     @click.pass_context
     @guarded
-    def ensure(ctx: click.Context, project: str, directory: Path | None, repo: str | None, ref: str | None,
-               dev_command: str | None, install_command: str | None, port: int | None,
-               no_dev_server: bool, no_wait: bool, wait_timeout: float, as_json: bool) -> None:
+    def ensure(
+        ctx: click.Context,
+        project: str,
+        directory: Path | None,
+        repo: str | None,
+        ref: str | None,
+        dev_command: str | None,
+        install_command: str | None,
+        port: int | None,
+        no_dev_server: bool,
+        no_wait: bool,
+        wait_timeout: float,
+        as_json: bool,
+    ) -> None:
         """Provision or reuse PROJECT's workspace, sync files, install, start the dev server."""
         if ref and not repo:
             fail("--ref needs --repo")
@@ -125,10 +152,19 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
     @click.argument("project")
     @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
     @click.option("--cwd", help="Working directory inside the workspace.")
-    @click.option("--timeout", "timeout_s", type=float, default=300, show_default=True, help="Command timeout in seconds.")
+    @click.option(
+        "--timeout",
+        "timeout_s",
+        type=float,
+        default=300,
+        show_default=True,
+        help="Command timeout in seconds.",
+    )
     @click.pass_context
     @guarded
-    def run(ctx: click.Context, project: str, cmd: tuple[str, ...], cwd: str | None, timeout_s: float) -> None:
+    def run(
+        ctx: click.Context, project: str, cmd: tuple[str, ...], cwd: str | None, timeout_s: float
+    ) -> None:
         """Run CMD in PROJECT's workspace: `qai-jobs run PROJECT -- npm test`.
 
         Prints the output as it is produced and exits with the command's exit code.
@@ -185,12 +221,20 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
     @main.command()
     @click.argument("project")
     @click.argument("path")
-    @click.option("--from", "source", type=click.File("rb"), default="-", help="Read the content from FILE (default stdin).")
+    @click.option(
+        "--from",
+        "source",
+        type=click.File("rb"),
+        default="-",
+        help="Read the content from FILE (default stdin).",
+    )
     @timeout_opt
     @json_opt
     @click.pass_context
     @guarded
-    def write(ctx: click.Context, project: str, path: str, source: Any, wait_timeout: float, as_json: bool) -> None:
+    def write(
+        ctx: click.Context, project: str, path: str, source: Any, wait_timeout: float, as_json: bool
+    ) -> None:
         """Write PATH in PROJECT's workspace from --from FILE or stdin."""
         data: bytes = source.read()
         try:
@@ -220,9 +264,15 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
             else:
                 click.echo(f"{kind}: done")
 
-    simple("preview", "Check PROJECT's dev server (restarting it if dead) and print its URL.", "preview_url")
+    simple(
+        "preview",
+        "Check PROJECT's dev server (restarting it if dead) and print its URL.",
+        "preview_url",
+    )
     simple("logs", "Print the recent output of PROJECT's dev server.", "text")
-    simple("sleep", "Put PROJECT's workspace to sleep (prints the snapshot id, if any).", "snapshot_id")
+    simple(
+        "sleep", "Put PROJECT's workspace to sleep (prints the snapshot id, if any).", "snapshot_id"
+    )
     simple("wake", "Wake PROJECT's workspace and print its preview URL.", "preview_url")
     simple("snapshot", "Snapshot PROJECT's workspace and print the snapshot id.", "snapshot_id")
     simple("destroy", "Destroy PROJECT's workspace.", None)
@@ -234,7 +284,9 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
     @json_opt
     @click.pass_context
     @guarded
-    def restore(ctx: click.Context, project: str, snapshot_id: str, wait_timeout: float, as_json: bool) -> None:
+    def restore(
+        ctx: click.Context, project: str, snapshot_id: str, wait_timeout: float, as_json: bool
+    ) -> None:
         """Restore PROJECT's workspace to SNAPSHOT_ID."""
         result = _wait(_client(ctx).restore(project, snapshot_id), wait_timeout, quiet=as_json)
         if as_json:
@@ -256,8 +308,16 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
             if as_json:
                 _echo_json(ws)
             else:
-                for key in ("project_id", "status", "provider", "sandbox_id", "preview_url",
-                            "pending_actions", "last_activity_at", "last_snapshot_id"):
+                for key in (
+                    "project_id",
+                    "status",
+                    "provider",
+                    "sandbox_id",
+                    "preview_url",
+                    "pending_actions",
+                    "last_activity_at",
+                    "last_snapshot_id",
+                ):
                     click.echo(f"{key:18} {ws.get(key) if ws.get(key) is not None else '-'}")
             return
         from .stats import summary
@@ -269,8 +329,10 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
         click.echo(f"workspaces: {stats['workspaces_by_status'] or '{}'}")
         click.echo(f"actions:    {stats['actions_by_status'] or '{}'}")
         age = stats["oldest_queued_age_seconds"]
-        click.echo(f"queue:      {stats['queued']} queued, {stats['running']} running"
-                   + (f", oldest queued {age:.1f}s" if age is not None else ""))
+        click.echo(
+            f"queue:      {stats['queued']} queued, {stats['running']} running"
+            + (f", oldest queued {age:.1f}s" if age is not None else "")
+        )
         click.echo(f"webhooks:   {stats['webhooks_by_status'] or '{}'}")
         d = stats["webhook_deliveries"]
         click.echo(f"deliveries: {d['ok']} ok, {d['retried']} retried, {d['dead']} dead")
@@ -289,7 +351,10 @@ def register(main: click.Group) -> None:  # noqa: PLR0915 - one place lists ever
             return
         for a in rows:
             code = (a["error"] or {}).get("code", "")
-            click.echo(f"{a['id']}  {a['kind']:8} {a['status']:9} attempts={a['attempts']} {a['created_at']} {code}")
+            click.echo(
+                f"{a['id']}  {a['kind']:8} {a['status']:9} attempts={a['attempts']} "
+                f"{a['created_at']} {code}"
+            )
 
     @main.command()
     @click.argument("action_id")

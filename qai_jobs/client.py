@@ -8,6 +8,7 @@ a slow safety interval in case a notification was lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -23,7 +24,8 @@ from . import ordering
 from .config import Settings, load_settings
 from .db.session import db_retry, engine_for
 from .errors import ActionFailed, Conflict, NotFound, ValidationFailed
-from .notify import channel, client as redis_client
+from .notify import channel
+from .notify import client as redis_client
 from .schemas import Limits, check_project_id, payload_to_json, validate_payload
 from .sealing import seal_payload
 
@@ -83,7 +85,9 @@ class ActionHandle:
         if action["status"] == "succeeded":
             result: dict[str, Any] = action["result"] or {}
             return result
-        raise ActionFailed(self.id, action["error"] or {"code": action["status"], "message": action["status"]})
+        raise ActionFailed(
+            self.id, action["error"] or {"code": action["status"], "message": action["status"]}
+        )
 
 
 class WorkspaceClient:
@@ -164,7 +168,9 @@ class WorkspaceClient:
     def ensure(self, project_id: str, **payload: Any) -> ActionHandle:
         return self.enqueue(project_id, "ensure", **payload)
 
-    def write(self, project_id: str, files: Any, delete: list[str] | None = None, **kw: Any) -> ActionHandle:
+    def write(
+        self, project_id: str, files: Any, delete: list[str] | None = None, **kw: Any
+    ) -> ActionHandle:
         return self.enqueue(project_id, "write", files=files, delete=delete, **kw)
 
     def read(self, project_id: str, paths: list[str], **kw: Any) -> ActionHandle:
@@ -257,9 +263,14 @@ class WorkspaceClient:
     @db_retry
     def list_workspaces(self, limit: int = 1000) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            ids = conn.execute(
-                sa.text("SELECT project_id FROM workspaces ORDER BY project_id LIMIT :l"), {"l": limit}
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    sa.text("SELECT project_id FROM workspaces ORDER BY project_id LIMIT :l"),
+                    {"l": limit},
+                )
+                .scalars()
+                .all()
+            )
         return [self.get_workspace(p) for p in ids]
 
     def cancel(self, action_id: str | uuid.UUID) -> dict[str, Any]:
@@ -269,7 +280,9 @@ class WorkspaceClient:
             cancelled = ordering.cancel(conn, uid)
         action = self.get_action(uid)
         if not cancelled:
-            raise Conflict(f"action {action_id} is {action['status']}; only a queued action can be cancelled")
+            raise Conflict(
+                f"action {action_id} is {action['status']}; only a queued action can be cancelled"
+            )
         from .notify import publish
 
         publish(self.settings.redis_url, uid, {"type": "done", "status": "cancelled"})
@@ -298,7 +311,9 @@ class WorkspaceClient:
                 while True:
                     now = time.monotonic()
                     if deadline is not None and now >= deadline:
-                        raise TimeoutError(f"action {action_id} is still {action['status']} after {timeout}s")
+                        raise TimeoutError(
+                            f"action {action_id} is still {action['status']} after {timeout}s"
+                        )
                     limit = recheck_at if deadline is None else min(recheck_at, deadline)
                     message = messages(max(0.0, limit - now))
                     if message is None:
@@ -339,13 +354,11 @@ class _Subscription:
 
     def close(self) -> None:
         if self.pubsub is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self.pubsub.close()
-            except redis.RedisError:
-                pass
 
 
-class _subscription:  # noqa: N801 - used as a context manager
+class _subscription:
     def __init__(self, url: str, name: str):
         self.sub = _Subscription(url, name)
 

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     workspace_heartbeat_seconds: PositiveFloat = 10
     workspace_sweep_seconds: PositiveFloat = 60
     workspace_webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000]
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
     )
     # Not in the contract's table, but needed by anyone tuning retries or secrets at rest.
     workspace_retry_base_seconds: PositiveFloat = 1.0
@@ -93,7 +93,9 @@ class Settings(BaseSettings):
             raise ValueError("name at least one provider")
         unknown = [name for name in value if name not in KNOWN_PROVIDERS]
         if unknown:
-            raise ValueError(f"unknown provider {unknown[0]!r}; choose from {', '.join(KNOWN_PROVIDERS)}")
+            raise ValueError(
+                f"unknown provider {unknown[0]!r}; choose from {', '.join(KNOWN_PROVIDERS)}"
+            )
         return value
 
     @field_validator("workspace_callback_url", mode="before")

@@ -14,16 +14,25 @@ def _check(name: str, status: str, detail: str) -> dict[str, Any]:
 
 def run_checks(settings: Settings) -> list[dict[str, Any]]:
     checks = [
-        _check("config", "ok", f"providers {','.join(settings.workspace_runtime)}; "
-               f"webhook targets {len(settings.workspace_callback_url)}; "
-               f"API token {'set' if settings.workspace_token else 'unset (loopback only)'}"),
+        _check(
+            "config",
+            "ok",
+            f"providers {','.join(settings.workspace_runtime)}; "
+            f"webhook targets {len(settings.workspace_callback_url)}; "
+            f"API token {'set' if settings.workspace_token else 'unset (loopback only)'}",
+        ),
         _postgres(settings),
         _redis(settings),
     ]
     if "local" in settings.workspace_runtime:
         iso = settings.isolation
-        checks.append(_check("local isolation", "ok" if iso == "bwrap" else "warn",
-                             "bubblewrap" if iso == "bwrap" else "none: workspaces are NOT isolated"))
+        checks.append(
+            _check(
+                "local isolation",
+                "ok" if iso == "bwrap" else "warn",
+                "bubblewrap" if iso == "bwrap" else "none: workspaces are NOT isolated",
+            )
+        )
     try:
         provider_checks = importlib.import_module("qai_jobs.providers.doctor")
     except ImportError:
@@ -31,7 +40,13 @@ def run_checks(settings: Settings) -> list[dict[str, Any]]:
     for name in settings.workspace_runtime:
         if name in ("modal", "e2b"):
             result: dict[str, Any] = provider_checks.check(name, settings)
-            checks.append(_check(f"provider {name}", str(result.get("status", "warn")), str(result.get("detail", ""))))
+            checks.append(
+                _check(
+                    f"provider {name}",
+                    str(result.get("status", "warn")),
+                    str(result.get("detail", "")),
+                )
+            )
     return checks
 
 

@@ -74,7 +74,9 @@ class Heartbeat(threading.Thread):
         while not self._stop.wait(self.settings.workspace_heartbeat_seconds):
             try:
                 with self.engine.begin() as conn:
-                    held = ordering.renew(conn, self.lease, self.settings.lease_seconds, self.current)
+                    held = ordering.renew(
+                        conn, self.lease, self.settings.lease_seconds, self.current
+                    )
             except sa.exc.SQLAlchemyError:
                 continue  # Postgres may be restarting: the next beat tries again
             if not held:
@@ -163,7 +165,12 @@ def _acquire(
                     settings,
                     project_id,
                     row.id,
-                    [("workspace.error", {"error": error, "kind": row.kind, "attempts": row.attempts})],
+                    [
+                        (
+                            "workspace.error",
+                            {"error": error, "kind": row.kind, "attempts": row.attempts},
+                        )
+                    ],
                 )
             else:
                 alog.warning("worker lost while running a %s: queued to run again", row.kind)
@@ -214,7 +221,9 @@ def _log_outcome(project_id: str, action_id: uuid.UUID, kind: str, outcome: Outc
         alog.info("%s succeeded", kind)
     elif outcome.status == "retry":
         error = outcome.error or {}
-        alog.warning("%s failed transiently (%s); retrying in %.2fs", kind, error.get("code"), outcome.delay)
+        alog.warning(
+            "%s failed transiently (%s); retrying in %.2fs", kind, error.get("code"), outcome.delay
+        )
     else:
         error = outcome.error or {}
         alog.error("%s failed: %s: %s", kind, error.get("code"), error.get("message"))
@@ -248,13 +257,19 @@ def _run_one(
         if isinstance(exc, SandboxGone):
             ws.status = "error"  # the next attempt reconciles and recreates
         if action.attempts < settings.workspace_max_attempts:
-            return Outcome("retry", error=exc.to_dict(), delay=backoff(settings, action.attempts)), ctx
+            return Outcome(
+                "retry", error=exc.to_dict(), delay=backoff(settings, action.attempts)
+            ), ctx
         return _failed(ctx, action, exc.to_dict()), ctx
     except QaiJobsError as exc:
         return _failed(ctx, action, exc.to_dict()), ctx
     except Exception as exc:  # a bug or an unmapped library error: fail, and keep the trace
         alog.exception("%s raised unexpectedly", action.kind)
-        error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000], "retryable": False}
+        error = {
+            "code": "internal_error",
+            "message": f"{type(exc).__name__}: {exc}"[:2000],
+            "retryable": False,
+        }
         return _failed(ctx, action, error), ctx
     return Outcome("succeeded", result=result, events=list(ctx.events)), ctx
 
@@ -262,7 +277,9 @@ def _run_one(
 def _failed(ctx: runner.ActionContext, action: ordering.Started, error: dict[str, Any]) -> Outcome:
     if ctx.ws.status in ("provisioning", "new"):
         ctx.ws.status = "error"
-    events = [("workspace.error", {"error": error, "kind": action.kind, "attempts": action.attempts})]
+    events = [
+        ("workspace.error", {"error": error, "kind": action.kind, "attempts": action.attempts})
+    ]
     return Outcome("failed", error=error, events=events)
 
 
@@ -303,10 +320,17 @@ def _settle(
                     },
                 )
         if outcome.status == "retry":
-            ordering.retry_later(conn, lease, action.id, error=outcome.error or {}, delay=outcome.delay)
+            ordering.retry_later(
+                conn, lease, action.id, error=outcome.error or {}, delay=outcome.delay
+            )
         else:
             ordering.finish(
-                conn, lease, action.id, status=outcome.status, result=outcome.result, error=outcome.error
+                conn,
+                lease,
+                action.id,
+                status=outcome.status,
+                result=outcome.result,
+                error=outcome.error,
             )
         event_ids = record_events(conn, settings, lease.project_id, action.id, outcome.events)
         following = ordering.start_next(conn, lease) if start_another else None

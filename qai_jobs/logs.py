@@ -10,7 +10,9 @@ logger = logging.getLogger("qai_jobs")
 
 
 class ActionLog(logging.LoggerAdapter[logging.Logger]):
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = self.extra or {}
         prefix = f"[project_id={extra.get('project_id')} action_id={extra.get('action_id')}]"
         return f"{prefix} {msg}", kwargs

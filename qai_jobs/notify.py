@@ -14,11 +14,11 @@ from typing import Any
 
 import redis
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
+_clients: dict[tuple[int, str], redis.Redis[bytes]] = {}
 _lock = threading.Lock()
 
 
-def client(url: str) -> redis.Redis:
+def client(url: str) -> redis.Redis[bytes]:
     key = (os.getpid(), url)
     with _lock:
         r = _clients.get(key)

@@ -41,9 +41,7 @@ _BUMP = sa.text(
     RETURNING next_seq
     """
 )
-_FIND_KEY = sa.text(
-    "SELECT id FROM actions WHERE project_id = :p AND idempotency_key = :k"
-)
+_FIND_KEY = sa.text("SELECT id FROM actions WHERE project_id = :p AND idempotency_key = :k")
 _FIND_ID = sa.text("SELECT project_id FROM actions WHERE id = :id")
 _INSERT = sa.text(
     """
@@ -158,7 +156,9 @@ class Settled:
     attempts: int
 
 
-def acquire(conn: Connection, project_id: str, owner: str, ttl: float) -> tuple[Lease, list[Settled]] | None:
+def acquire(
+    conn: Connection, project_id: str, owner: str, ttl: float
+) -> tuple[Lease, list[Settled]] | None:
     gen = conn.execute(_ACQUIRE, {"p": project_id, "o": owner, "ttl": ttl}).scalar()
     if gen is None:
         return None
@@ -166,7 +166,9 @@ def acquire(conn: Connection, project_id: str, owner: str, ttl: float) -> tuple[
     rows = conn.execute(
         _SETTLE, {"p": project_id, "idem": sorted(IDEMPOTENT_KINDS), "error": json.dumps(error)}
     ).all()
-    return Lease(project_id, gen, owner), [Settled(r.id, r.kind, r.status, r.attempts) for r in rows]
+    return Lease(project_id, gen, owner), [
+        Settled(r.id, r.kind, r.status, r.attempts) for r in rows
+    ]
 
 
 _RENEW = sa.text(
@@ -181,7 +183,9 @@ _BEAT = sa.text("UPDATE actions SET heartbeat_at = now() WHERE id = :id AND stat
 
 def renew(conn: Connection, lease: Lease, ttl: float, action_id: uuid.UUID | None) -> bool:
     """Extend the lease (the heartbeat); False when it was lost to another holder."""
-    held = conn.execute(_RENEW, {"p": lease.project_id, "g": lease.gen, "o": lease.owner, "ttl": ttl}).first()
+    held = conn.execute(
+        _RENEW, {"p": lease.project_id, "g": lease.gen, "o": lease.owner, "ttl": ttl}
+    ).first()
     if held is not None and action_id is not None:
         conn.execute(_BEAT, {"id": action_id})
     return held is not None
@@ -216,7 +220,7 @@ def pending_delay(conn: Connection, project_id: str) -> float | None:
     row = conn.execute(_PENDING, {"p": project_id}).one()
     if row.due is None:
         return None
-    return max(0.0, (row.due - row.now).total_seconds())
+    return max(0.0, float((row.due - row.now).total_seconds()))
 
 
 # --- running actions -------------------------------------------------------------------------
@@ -250,7 +254,9 @@ class Started:
 
 def start_next(conn: Connection, lease: Lease) -> Started | None:
     """Mark the project's head action running if it is due; the caller has fenced ``conn``."""
-    row = conn.execute(_START_NEXT, {"p": lease.project_id, "g": lease.gen, "o": lease.owner}).first()
+    row = conn.execute(
+        _START_NEXT, {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
+    ).first()
     if row is None:
         return None
     return Started(row.id, row.kind, row.payload, row.attempts, row.seq)
@@ -286,7 +292,13 @@ def finish(
 ) -> None:
     row = conn.execute(
         _FINISH,
-        {"id": action_id, "g": lease.gen, "status": status, "result": _json(result), "error": _json(error)},
+        {
+            "id": action_id,
+            "g": lease.gen,
+            "status": status,
+            "result": _json(result),
+            "error": _json(error),
+        },
     ).first()
     if row is None:
         raise LeaseLost(f"action {action_id} is no longer ours to finish")
@@ -295,7 +307,9 @@ def finish(
 def retry_later(
     conn: Connection, lease: Lease, action_id: uuid.UUID, *, error: dict[str, Any], delay: float
 ) -> None:
-    res = conn.execute(_RETRY, {"id": action_id, "g": lease.gen, "error": json.dumps(error), "delay": delay})
+    res = conn.execute(
+        _RETRY, {"id": action_id, "g": lease.gen, "error": json.dumps(error), "delay": delay}
+    )
     if res.rowcount == 0:
         raise LeaseLost(f"action {action_id} is no longer ours to retry")
 
@@ -332,7 +346,9 @@ def stale_projects(engine: Engine, stale_after: float, limit: int = 1000) -> set
     """Projects whose work nobody is doing: due queued actions whose message may be lost, or
     running actions whose holder's lease expired. Marks the queued ones as kicked."""
     with engine.begin() as conn:
-        projects = {r.project_id for r in conn.execute(_STALE, {"stale": stale_after, "limit": limit})}
+        projects = {
+            r.project_id for r in conn.execute(_STALE, {"stale": stale_after, "limit": limit})
+        }
         projects |= {r.project_id for r in conn.execute(_STALE_RUNNING_ONLY, {"limit": limit})}
     return projects
 

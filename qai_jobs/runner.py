@@ -184,19 +184,17 @@ def _install(ctx: ActionContext, sb: Sandbox, command: str | None) -> bool:
 # --- dev server ------------------------------------------------------------------------------
 
 
-def _dev_server(ctx: ActionContext, sb: Sandbox, *, restart_dead: bool = True) -> str:
+def _dev_server(ctx: ActionContext, sb: Sandbox) -> str:
     """Reuse a live dev server or start one; wait for its port to answer HTTP."""
     ws = ctx.ws
     provider = _provider(ctx)
     port = provider.dev_port(sb, ws.port or ctx.settings.workspace_preview_port)
     command = (ws.dev_command or ctx.settings.workspace_dev_command).replace("{port}", str(port))
     proc = ws.dev_process
-    alive = bool(proc) and proc.get("command") == command and provider.process_alive(sb, proc)  # type: ignore[union-attr]
+    alive = proc is not None and proc.get("command") == command and provider.process_alive(sb, proc)
     if not alive:
         if proc:
             provider.stop_process(sb, proc)
-        if not restart_dead and proc is None:
-            return provider.preview_url(sb, port)
         ctx.progress("starting dev server", None, None)
         proc = dict(provider.start_process(sb, command, env=unseal_env(ctx.settings, ws.env)))
         proc["command"] = command

@@ -273,7 +273,9 @@ def validate_payload(
     """Validate one action's payload; raise ValidationFailed naming the first bad field."""
     if not isinstance(kind, str) or kind not in PAYLOAD_MODELS:
         shown = repr(kind)[:40]
-        raise ValidationFailed(f"kind must be one of {', '.join(KINDS)} (got {shown})", field="kind")
+        raise ValidationFailed(
+            f"kind must be one of {', '.join(KINDS)} (got {shown})", field="kind"
+        )
     _reject_nul(payload, ())
     model = PAYLOAD_MODELS[str(kind)]
     try:
@@ -294,7 +296,9 @@ def _reject_nul(value: object, loc: tuple[int | str, ...]) -> None:
     """Postgres cannot store NUL in JSON text: refuse it here, naming where it is."""
     if isinstance(value, str):
         if "\x00" in value:
-            raise ValidationFailed(f"{_field_name(loc)}: contains a NUL character", field=_field_name(loc))
+            raise ValidationFailed(
+                f"{_field_name(loc)}: contains a NUL character", field=_field_name(loc)
+            )
     elif isinstance(value, dict):
         for key, item in value.items():
             _reject_nul(key, loc)

@@ -28,7 +28,7 @@ log = logging.getLogger("qai_jobs.tasks")
 
 def dispatch() -> Dispatch:
     def kick(project_id: str, countdown: float) -> None:
-        drain_task.apply_async(kwargs={"project_id": project_id}, countdown=countdown or None)
+        drain_task.apply_async(kwargs={"project_id": project_id}, countdown=countdown)
 
     def deliver(event_ids: list[str]) -> None:
         for event_id in event_ids:
@@ -38,7 +38,9 @@ def dispatch() -> Dispatch:
 
 
 @db_retry
-def _record_foreign(action_id: uuid.UUID, kind: str, project_id: str, payload: dict[str, Any]) -> None:
+def _record_foreign(
+    action_id: uuid.UUID, kind: str, project_id: str, payload: dict[str, Any]
+) -> None:
     """Record an action that another service sent straight to the broker."""
     settings = current_settings()
     engine = engine_for(settings.database_url)
@@ -68,7 +70,7 @@ def _record_foreign(action_id: uuid.UUID, kind: str, project_id: str, payload: d
 
 def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
     @app.task(name=f"qai_jobs.{kind}", bind=True)
-    def action_task(self: Task, project_id: str, **payload: Any) -> dict[str, Any]:  # type: ignore[type-arg]
+    def action_task(self: Task, /, project_id: str, **payload: Any) -> dict[str, Any]:  # type: ignore[type-arg]
         try:
             check_project_id(project_id)
             action_id = uuid.UUID(str(self.request.id))
@@ -80,7 +82,7 @@ def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
         ran = drain(current_settings(), project_id, dispatch())
         return {"project_id": project_id, "ran": ran}
 
-    return action_task  # type: ignore[no-any-return]
+    return action_task
 
 
 ACTION_TASKS = {kind: _make_action_task(kind) for kind in KINDS}

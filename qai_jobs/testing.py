@@ -4,6 +4,13 @@ Select it with ``WORKSPACE_RUNTIME=fake``; inject faults into every worker with
 :func:`inject_fault` and read what really ran with :func:`journal`.
 """
 
-from .providers.fake import FakeProvider, MemoryStore, RedisStore, clear_faults, inject_fault, journal
+from .providers.fake import (
+    FakeProvider,
+    MemoryStore,
+    RedisStore,
+    clear_faults,
+    inject_fault,
+    journal,
+)
 
 __all__ = ["FakeProvider", "MemoryStore", "RedisStore", "clear_faults", "inject_fault", "journal"]

@@ -56,7 +56,9 @@ class WorkspaceState:
     @classmethod
     def load(cls, conn: Connection, project_id: str) -> WorkspaceState:
         row = conn.execute(
-            sa.text(f"SELECT project_id, {', '.join(MUTABLE)} FROM workspaces WHERE project_id = :p"),
+            sa.text(
+                f"SELECT project_id, {', '.join(MUTABLE)} FROM workspaces WHERE project_id = :p"
+            ),
             {"p": project_id},
         ).one()
         state = cls(**row._asdict())
@@ -116,6 +118,8 @@ def write_changes(conn: Connection, state: WorkspaceState) -> None:
             sets.append(f"{name} = :{name}")
             params[name] = value
     conn.execute(
-        sa.text(f"UPDATE workspaces SET {', '.join(sets)}, updated_at = now() WHERE project_id = :p"),
+        sa.text(
+            f"UPDATE workspaces SET {', '.join(sets)}, updated_at = now() WHERE project_id = :p"
+        ),
         params,
     )

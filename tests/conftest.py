@@ -31,10 +31,16 @@ def service_urls() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def base_env(service_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def base_env(
+    service_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """The environment of every process a test starts (fast timers, fake provider)."""
     root = tmp_path_factory.mktemp("workspaces")
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")}
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
+    }
     return {
         **keep,
         **service_urls,
@@ -110,14 +116,21 @@ def beats(base_env: dict[str, str], log_dir: Path) -> Iterator[Callable[..., Pro
 
 
 @pytest.fixture(scope="module")
-def isolated_env(tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, str]) -> Iterator[dict[str, str]]:
+def isolated_env(
+    tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, str]
+) -> Iterator[dict[str, str]]:
     """A database and Redis DB of the module's own: no other test's worker consumes its
     messages, so a test may kill workers, wipe Redis or restart connections freely."""
     database_url = services.create_database()
     redis_url, admin = services.claim_redis_db()
     root = tmp_path_factory.mktemp("iso-workspaces")
     try:
-        yield {**base_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "WORKSPACE_ROOT": str(root)}
+        yield {
+            **base_env,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "WORKSPACE_ROOT": str(root),
+        }
     finally:
         services.release_redis_db(redis_url, admin)
         services.drop_database(database_url)
@@ -126,5 +139,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, s
 def settings_for(env: dict[str, str]) -> Settings:
     from qai_jobs.config import load_settings
 
-    fields = {k.lower(): v for k, v in env.items() if k.startswith(("WORKSPACE_", "DATABASE_", "REDIS_"))}
+    fields = {
+        k.lower(): v for k, v in env.items() if k.startswith(("WORKSPACE_", "DATABASE_", "REDIS_"))
+    }
     return load_settings(_env_file=None, **fields)

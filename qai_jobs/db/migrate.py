@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
+
+from alembic import command
 
 # alembic/ sits at the top of the repository (CONTRACT 1), beside the package.
 ROOT = Path(__file__).resolve().parents[2]

@@ -72,7 +72,7 @@ db_retry = retry(
 
 
 def retrying(fn: Callable[P, T]) -> Callable[P, T]:
-    return db_retry(fn)  # type: ignore[no-any-return]
+    return db_retry(fn)
 
 
 @contextmanager

@@ -122,7 +122,10 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
-        """Make the tree exactly the snapshot's; PermanentError(code=snapshot_not_found) if unknown."""
+        """Make the tree exactly the snapshot's.
+
+        PermanentError(code="snapshot_not_found") if the id is unknown.
+        """
 
     @abc.abstractmethod
     def destroy(self, sb: Sandbox) -> None:
@@ -200,7 +203,7 @@ class Provider(abc.ABC):
         from ..errors import PermanentError
 
         script = (
-            'set -e; if [ ! -d .git ]; then git init -q . ; fi; '
+            "set -e; if [ ! -d .git ]; then git init -q . ; fi; "
             'git fetch -q --depth 1 "$QAI_REPO_URL" "$QAI_REPO_REF"; '
             "git reset -q --hard FETCH_HEAD; git rev-parse HEAD"
         )

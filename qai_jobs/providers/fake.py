@@ -24,7 +24,16 @@ from typing import Any, ClassVar, Protocol
 from ..config import Settings
 from ..errors import PermanentError, SandboxGone, TransientError
 from ..sync import is_ignored
-from .base import CreateSpec, ExecResult, OutputCallback, Provider, Sandbox, SandboxStatus, SleepResult, sha256
+from .base import (
+    CreateSpec,
+    ExecResult,
+    OutputCallback,
+    Provider,
+    Sandbox,
+    SandboxStatus,
+    SleepResult,
+    sha256,
+)
 
 PREFIX = "qai:fake:"
 
@@ -112,7 +121,7 @@ class RedisStore:
         self._take = self.r.register_script(_TAKE_FAULT_LUA)
 
     def get(self, key: str) -> bytes | None:
-        return self.r.get(PREFIX + key)  # type: ignore[return-value]
+        return self.r.get(PREFIX + key)
 
     def set(self, key: str, value: bytes) -> None:
         self.r.set(PREFIX + key, value)
@@ -122,7 +131,7 @@ class RedisStore:
             self.r.delete(*(PREFIX + k for k in keys))
 
     def hgetall(self, key: str) -> dict[str, bytes]:
-        raw: dict[bytes, bytes] = self.r.hgetall(PREFIX + key)  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.r.hgetall(PREFIX + key)
         return {k.decode(): v for k, v in raw.items()}
 
     def hset(self, key: str, mapping: Mapping[str, bytes]) -> None:
@@ -130,7 +139,7 @@ class RedisStore:
             self.r.hset(PREFIX + key, mapping=dict(mapping))  # type: ignore[arg-type]
 
     def hdel(self, key: str, *fields: str) -> int:
-        return int(self.r.hdel(PREFIX + key, *fields)) if fields else 0  # type: ignore[arg-type]
+        return int(self.r.hdel(PREFIX + key, *fields)) if fields else 0
 
     def append(self, key: str, value: str) -> None:
         self.r.rpush(PREFIX + key, value)
@@ -155,7 +164,7 @@ def inject_fault(
     import redis
 
     r = redis.Redis.from_url(redis_url)
-    faults = json.loads(r.get(PREFIX + "faults") or b"[]")  # type: ignore[arg-type]
+    faults = json.loads(r.get(PREFIX + "faults") or b"[]")
     faults.append({"op": op, "count": count, "mode": mode, "latency": latency})
     r.set(PREFIX + "faults", json.dumps(faults))
 
@@ -171,7 +180,7 @@ def journal(redis_url: str, project_id: str) -> list[dict[str, Any]]:
     import redis
 
     r = redis.Redis.from_url(redis_url)
-    rows: list[bytes] = r.lrange(PREFIX + f"journal:{project_id}", 0, -1)  # type: ignore[assignment]
+    rows: list[bytes] = r.lrange(PREFIX + f"journal:{project_id}", 0, -1)
     return [json.loads(row) for row in rows]
 
 
@@ -244,7 +253,8 @@ class FakeProvider(Provider):
         files: dict[str, bytes] = {}
         if spec.snapshot_id:
             files = self._snapshot_files(spec.snapshot_id)
-        self._save(sandbox_id, {"status": "running", "project_id": spec.project_id, "processes": {}})
+        meta = {"status": "running", "project_id": spec.project_id, "processes": {}}
+        self._save(sandbox_id, meta)
         self.store.hset(f"files:{sandbox_id}", files)
         self._journal("create", spec.project_id, started, sandbox_id)
         return Sandbox(self.name, sandbox_id, {"project_id": spec.project_id})
@@ -284,7 +294,9 @@ class FakeProvider(Provider):
 
     def _snapshot_files(self, snapshot_id: str) -> dict[str, bytes]:
         if self.store.get(f"snapmeta:{snapshot_id}") is None:
-            raise PermanentError(f"snapshot {snapshot_id} does not exist", code="snapshot_not_found")
+            raise PermanentError(
+                f"snapshot {snapshot_id} does not exist", code="snapshot_not_found"
+            )
         return self.store.hgetall(f"snap:{snapshot_id}")
 
     def snapshot(self, sb: Sandbox) -> str:

@@ -28,9 +28,18 @@ def local_worker(env: dict[str, str], log_dir: Path) -> Iterator[Proc]:
     proc.stop()
 
 
-def qai(env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qai_jobs", *args], env=env, cwd=REPO, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+def qai(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qai_jobs", *args],
+        env=env,
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -38,7 +47,9 @@ def project() -> str:
     return f"cli-{uuid.uuid4().hex[:8]}"
 
 
-def test_readme_walkthrough_preview_answers(env: dict[str, str], local_worker: Proc, project: str) -> None:
+def test_readme_walkthrough_preview_answers(
+    env: dict[str, str], local_worker: Proc, project: str
+) -> None:
     out = qai(env, "ensure", project, "--dir", "examples/hello")
     assert out.returncode == 0, out.stderr
     url = out.stdout.strip().splitlines()[-1]
@@ -47,20 +58,29 @@ def test_readme_walkthrough_preview_answers(env: dict[str, str], local_worker: P
     assert page.status_code == 200 and "Hello from qai-jobs" in page.text
     again = qai(env, "ensure", project, "--dir", "examples/hello", "--json")
     result = json.loads(again.stdout)
-    assert result["created"] is False and result["files_written"] == 0 and result["installed"] is False
+    assert (
+        result["created"] is False and result["files_written"] == 0 and result["installed"] is False
+    )
     assert result["preview_url"] == url
-    assert "listening" in qai(env, "logs", project).stdout.lower() or qai(env, "logs", project).returncode == 0
+    assert (
+        "listening" in qai(env, "logs", project).stdout.lower()
+        or qai(env, "logs", project).returncode == 0
+    )
     assert qai(env, "destroy", project).returncode == 0
 
 
-def test_run_prints_output_and_exits_with_the_code(env: dict[str, str], local_worker: Proc, project: str) -> None:
+def test_run_prints_output_and_exits_with_the_code(
+    env: dict[str, str], local_worker: Proc, project: str
+) -> None:
     out = qai(env, "run", project, "--", "bash", "-c", "echo out; echo err >&2; exit 7")
     assert out.returncode == 7
     assert out.stdout == "out\n" and "err" in out.stderr
     assert qai(env, "run", project, "--", "true").returncode == 0
 
 
-def test_write_read_and_inspection(env: dict[str, str], local_worker: Proc, project: str, tmp_path: Path) -> None:
+def test_write_read_and_inspection(
+    env: dict[str, str], local_worker: Proc, project: str, tmp_path: Path
+) -> None:
     source = tmp_path / "note.txt"
     source.write_text("from a file\n")
     assert qai(env, "write", project, "docs/note.txt", "--from", str(source)).returncode == 0
@@ -82,7 +102,9 @@ def test_write_read_and_inspection(env: dict[str, str], local_worker: Proc, proj
     assert fleet["actions_by_status"]["succeeded"] >= 5
 
 
-def test_failures_and_bad_input_exit_codes(env: dict[str, str], local_worker: Proc, project: str) -> None:
+def test_failures_and_bad_input_exit_codes(
+    env: dict[str, str], local_worker: Proc, project: str
+) -> None:
     bad = qai(env, "write", "not a valid id!", "x.txt", stdin="x")
     assert bad.returncode == 2 and "project_id" in bad.stderr and "Traceback" not in bad.stderr
     escape = qai(env, "read", project, "../etc/passwd")

@@ -11,14 +11,41 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT_COMMANDS = [
-    "migrate", "worker", "beat", "api", "flower", "up", "ensure", "run", "read", "write",
-    "preview", "logs", "sleep", "wake", "snapshot", "destroy", "restore", "status", "actions",
-    "action", "cancel", "webhooks", "doctor", "bench",
+    "migrate",
+    "worker",
+    "beat",
+    "api",
+    "flower",
+    "up",
+    "ensure",
+    "run",
+    "read",
+    "write",
+    "preview",
+    "logs",
+    "sleep",
+    "wake",
+    "snapshot",
+    "destroy",
+    "restore",
+    "status",
+    "actions",
+    "action",
+    "cancel",
+    "webhooks",
+    "doctor",
+    "bench",
 ]
 
 
 def qai(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qai_jobs", *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "qai_jobs", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 def test_help_lists_every_command() -> None:

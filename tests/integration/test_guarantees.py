@@ -4,7 +4,7 @@ when, independently of the pipeline's own bookkeeping."""
 
 from __future__ import annotations
 
-import os
+import itertools
 import time
 import uuid
 from collections import defaultdict
@@ -34,7 +34,12 @@ def iso_workers(isolated_env: dict[str, str], log_dir: Path) -> Iterator[Callabl
     started: list[Proc] = []
 
     def start(concurrency: int = 2, name: str | None = None) -> Proc:
-        proc = start_worker(isolated_env, log_dir, concurrency=concurrency, name=name or f"iso-{uuid.uuid4().hex[:6]}")
+        proc = start_worker(
+            isolated_env,
+            log_dir,
+            concurrency=concurrency,
+            name=name or f"iso-{uuid.uuid4().hex[:6]}",
+        )
         started.append(proc)
         return proc
 
@@ -50,7 +55,9 @@ def _wait_status(client: WorkspaceClient, action_id: str, status: str, timeout: 
         time.sleep(0.02)
 
 
-def test_exclusion_order_and_parallelism(iso_client: WorkspaceClient, iso_workers: Callable[..., Proc]) -> None:
+def test_exclusion_order_and_parallelism(
+    iso_client: WorkspaceClient, iso_workers: Callable[..., Proc]
+) -> None:
     iso_workers(concurrency=4)
     iso_workers(concurrency=4)
     projects = [f"ex-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
@@ -65,16 +72,16 @@ def test_exclusion_order_and_parallelism(iso_client: WorkspaceClient, iso_worker
     all_runs = []
     for p in projects:
         runs = sorted((e for e in journal(url, p) if e["op"] == "run"), key=lambda e: e["start"])
-        assert [r["detail"] for r in runs] == [f"sleep 0.02 {n}" for n in range(10)], "start order = enqueue order"
-        for before, after in zip(runs, runs[1:], strict=False):
+        assert [r["detail"] for r in runs] == [f"sleep 0.02 {n}" for n in range(10)], (
+            "start order = enqueue order"
+        )
+        for before, after in itertools.pairwise(runs):
             assert after["start"] >= before["end"], f"two actions of {p} overlapped"
         actions = iso_client.list_actions(p)
         assert [a["started_at"] for a in actions] == sorted(a["started_at"] for a in actions)
         all_runs += [(r["start"], r["end"], p, r["pid"]) for r in runs]
     all_runs.sort()
-    overlapping = sum(
-        1 for a, b in zip(all_runs, all_runs[1:], strict=False) if b[0] < a[1] and b[2] != a[2]
-    )
+    overlapping = sum(1 for a, b in itertools.pairwise(all_runs) if b[0] < a[1] and b[2] != a[2])
     assert overlapping > 0, "actions of different projects never ran concurrently"
     assert len({r[3] for r in all_runs}) > 1, "only one worker process did all the work"
 
@@ -101,7 +108,9 @@ def test_sigkill_reruns_idempotent_and_fails_commands(
     recovered_in = time.monotonic() - killed_at
     assert getattr(info.value, "error", {}).get("code") == "worker_lost"
     assert iso_client.get_action(write.id)["attempts"] == 2
-    assert iso_client.read(p_write, paths=["kept.txt"]).wait(30)["files"][0]["content"] == "survives"
+    assert (
+        iso_client.read(p_write, paths=["kept.txt"]).wait(30)["files"][0]["content"] == "survives"
+    )
     assert iso_client.command(p_cmd, "echo alive").wait(30)["stdout"] == "alive\n", "project wedged"
     # Within a few heartbeats (0.5 s here), not Redis's one-hour visibility timeout.
     assert recovered_in < 30
@@ -130,11 +139,15 @@ def test_postgres_connections_terminated_mid_run(
     handles = [iso_client.command(p, "sleep 0.05") for _ in range(8) for p in projects]
     time.sleep(0.3)
     db = isolated_env["DATABASE_URL"].rsplit("/", 1)[1]
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
     for _ in range(3):
         with admin.connect() as conn:
             conn.execute(
-                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
                 {"d": db},
             )
         time.sleep(0.3)
@@ -144,15 +157,22 @@ def test_postgres_connections_terminated_mid_run(
         assert result["status"] in ("succeeded", "failed")
         if result["status"] == "failed":  # a command caught mid-run may be settled as worker_lost
             assert result["error"]["code"] == "worker_lost"
-    assert sum(a["status"] == "succeeded" for p in projects for a in iso_client.list_actions(p)) >= len(handles) // 2
+    assert (
+        sum(a["status"] == "succeeded" for p in projects for a in iso_client.list_actions(p))
+        >= len(handles) // 2
+    )
 
 
-def test_fencing_a_stale_holder_cannot_overwrite(iso_client: WorkspaceClient, isolated_env: dict[str, str]) -> None:
+def test_fencing_a_stale_holder_cannot_overwrite(
+    iso_client: WorkspaceClient, isolated_env: dict[str, str]
+) -> None:
     engine = engine_for(isolated_env["DATABASE_URL"])
     project = f"fence-{uuid.uuid4().hex[:6]}"
     action_id = uuid.uuid4()
     with engine.begin() as conn:
-        ordering.enqueue(conn, action_id=action_id, project_id=project, kind="read", payload={"paths": ["a"]})
+        ordering.enqueue(
+            conn, action_id=action_id, project_id=project, kind="read", payload={"paths": ["a"]}
+        )
     with engine.begin() as conn:
         got = ordering.acquire(conn, project, "old-holder", ttl=0.05)
         assert got is not None

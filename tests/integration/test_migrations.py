@@ -26,10 +26,22 @@ def test_migrate_creates_the_database_then_is_idempotent(base_env: dict[str, str
     url = services.PG_ADMIN_URL.rsplit("/", 1)[0] + f"/qai_mig_{uuid.uuid4().hex[:8]}"
     env = {**base_env, "DATABASE_URL": url}
     try:
-        first = subprocess.run([sys.executable, "-m", "qai_jobs", "migrate"], env=env, capture_output=True, text=True, timeout=120)
+        first = subprocess.run(
+            [sys.executable, "-m", "qai_jobs", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert first.returncode == 0, first.stderr
         assert "created the database" in first.stdout
-        again = subprocess.run([sys.executable, "-m", "qai_jobs", "migrate"], env=env, capture_output=True, text=True, timeout=120)
+        again = subprocess.run(
+            [sys.executable, "-m", "qai_jobs", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert again.returncode == 0 and "created" not in again.stdout
     finally:
         services.drop_database(url)

@@ -27,7 +27,9 @@ def _no_faults(settings):  # type: ignore[no-untyped-def]
 
 
 def test_every_kind_round_trips(client: WorkspaceClient, project: str) -> None:
-    ready = client.ensure(project, files={"server.js": "console.log(1)", "bin.dat": "x"}, dev_command="node server.js").wait(30)
+    ready = client.ensure(
+        project, files={"server.js": "console.log(1)", "bin.dat": "x"}, dev_command="node server.js"
+    ).wait(30)
     assert ready["created"] is True
     assert ready["files_written"] == 2
     assert ready["preview_url"]
@@ -35,7 +37,9 @@ def test_every_kind_round_trips(client: WorkspaceClient, project: str) -> None:
     assert again["created"] is False
     assert again["files_written"] == 0 and again["files_unchanged"] == 1
     assert client.write(project, files={"a.txt": "hello"}, delete=["bin.dat"]).wait(30) == {
-        "files_written": 1, "files_unchanged": 0, "files_deleted": 1,
+        "files_written": 1,
+        "files_unchanged": 0,
+        "files_deleted": 1,
     }
     got = client.read(project, paths=["a.txt", "bin.dat"]).wait(30)
     assert got["files"] == [{"path": "a.txt", "content": "hello", "encoding": "utf-8", "size": 5}]
@@ -96,7 +100,9 @@ def test_cancel_queued_but_not_running(client: WorkspaceClient, project: str) ->
         client.cancel(first.id)
 
 
-def test_transient_errors_are_retried_then_succeed(client: WorkspaceClient, settings, project: str) -> None:  # type: ignore[no-untyped-def]
+def test_transient_errors_are_retried_then_succeed(
+    client: WorkspaceClient, settings, project: str
+) -> None:  # type: ignore[no-untyped-def]
     client.ensure(project, start_dev_server=False).wait(30)
     inject_fault(settings.redis_url, op="run", count=2, mode="transient")
     handle = client.command(project, "echo ok")
@@ -118,7 +124,9 @@ def test_permanent_errors_fail_at_once(client: WorkspaceClient, settings, projec
     assert client.command(project, "echo next").wait(30)["stdout"] == "next\n"
 
 
-def test_exhausted_retries_fail_with_the_last_error(client: WorkspaceClient, settings, project: str) -> None:  # type: ignore[no-untyped-def]
+def test_exhausted_retries_fail_with_the_last_error(
+    client: WorkspaceClient, settings, project: str
+) -> None:  # type: ignore[no-untyped-def]
     client.ensure(project, start_dev_server=False).wait(30)
     inject_fault(settings.redis_url, op="run", count=50, mode="transient")
     handle = client.command(project, "echo never")
@@ -126,7 +134,11 @@ def test_exhausted_retries_fail_with_the_last_error(client: WorkspaceClient, set
     with pytest.raises(ActionFailed) as info:
         handle.wait(60)
     clear_faults(settings.redis_url)
-    assert info.value.error == {"code": "provider_unavailable", "message": "injected transient fault in run", "retryable": True}
+    assert info.value.error == {
+        "code": "provider_unavailable",
+        "message": "injected transient fault in run",
+        "retryable": True,
+    }
     assert client.get_action(handle.id)["attempts"] == settings.workspace_max_attempts
     # FIFO: the later action waited behind the retrying one
     assert later.wait(30)["exit_code"] == 0
@@ -148,7 +160,9 @@ def test_invalid_input_enqueues_nothing(client: WorkspaceClient, project: str) -
     with pytest.raises(ValidationFailed):
         client.command("bad project id", "true")
     with client.engine.connect() as conn:
-        count = conn.execute(sa.text("SELECT count(*) FROM actions WHERE project_id = :p"), {"p": project}).scalar()
+        count = conn.execute(
+            sa.text("SELECT count(*) FROM actions WHERE project_id = :p"), {"p": project}
+        ).scalar()
     assert count == 0
 
 
@@ -157,27 +171,39 @@ def test_foreign_producer_speaks_celery(client: WorkspaceClient, settings, proje
     app = Celery(broker=settings.redis_url)
     app.conf.task_serializer = "json"
     task_id = str(uuid.uuid4())
-    app.send_task("qai_jobs.command", kwargs={"project_id": project, "cmd": "echo foreign", "env": {"TOKEN": "sekrit-123"}}, task_id=task_id)
+    app.send_task(
+        "qai_jobs.command",
+        kwargs={"project_id": project, "cmd": "echo foreign", "env": {"TOKEN": "sekrit-123"}},
+        task_id=task_id,
+    )
     result = client.wait_for(task_id, timeout=30)
     assert result["status"] == "succeeded", result
     assert result["result"]["stdout"] == "foreign\n"
     bad_id = str(uuid.uuid4())
-    app.send_task("qai_jobs.write", kwargs={"project_id": project, "files": {"/abs": "x"}}, task_id=bad_id)
+    app.send_task(
+        "qai_jobs.write", kwargs={"project_id": project, "files": {"/abs": "x"}}, task_id=bad_id
+    )
     bad = client.wait_for(bad_id, timeout=30)
     assert bad["status"] == "failed"
     assert bad["error"]["code"] == "invalid_payload" and "files[0].path" in bad["error"]["message"]
     with client.engine.connect() as conn:
-        payload = conn.execute(sa.text("SELECT payload FROM actions WHERE id = :id"), {"id": task_id}).scalar()
+        payload = conn.execute(
+            sa.text("SELECT payload FROM actions WHERE id = :id"), {"id": task_id}
+        ).scalar()
     assert "sekrit-123" not in json.dumps(payload)
 
 
-def test_env_values_never_reach_rows_or_logs(client: WorkspaceClient, shared_worker: Proc, project: str) -> None:
+def test_env_values_never_reach_rows_or_logs(
+    client: WorkspaceClient, shared_worker: Proc, project: str
+) -> None:
     secret = f"s3cret-{uuid.uuid4().hex}"
     client.ensure(project, env={"API_KEY": secret}, start_dev_server=False).wait(30)
     client.command(project, "true", env={"OTHER": secret}).wait(30)
     with client.engine.connect() as conn:
         dump = conn.execute(
-            sa.text("SELECT coalesce(json_agg(a)::text, '') || coalesce((SELECT json_agg(w)::text FROM workspaces w WHERE project_id = :p), '') FROM actions a WHERE project_id = :p"),
+            sa.text(
+                "SELECT coalesce(json_agg(a)::text, '') || coalesce((SELECT json_agg(w)::text FROM workspaces w WHERE project_id = :p), '') FROM actions a WHERE project_id = :p"
+            ),
             {"p": project},
         ).scalar()
     assert project in dump

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +23,11 @@ class Proc:
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            args, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO,
+            args,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd or REPO,
             start_new_session=True,
         )
 
@@ -39,7 +44,9 @@ class Proc:
             if text in self.log():
                 return
             if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.args} exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.args} exited with {self.popen.returncode}:\n{self.log()[-3000:]}"
+                )
             time.sleep(0.05)
         raise TimeoutError(f"{self.args} did not log {text!r} in {timeout}s:\n{self.log()[-3000:]}")
 
@@ -52,25 +59,23 @@ class Proc:
             except httpx.HTTPError:
                 pass
             if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.args} exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.args} exited with {self.popen.returncode}:\n{self.log()[-3000:]}"
+                )
             time.sleep(0.05)
         raise TimeoutError(f"{url} did not answer in {timeout}s:\n{self.log()[-3000:]}")
 
     def kill(self) -> None:
         """SIGKILL the whole process group (the worker and its pool children)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait(timeout=10)
         self._log.close()
 
     def stop(self, timeout: float = 15) -> None:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -79,15 +84,28 @@ class Proc:
         self._log.close()
 
 
-def start_worker(env: Mapping[str, str], log_dir: Path, concurrency: int = 2, name: str | None = None) -> Proc:
+def start_worker(
+    env: Mapping[str, str], log_dir: Path, concurrency: int = 2, name: str | None = None
+) -> Proc:
     name = name or f"w{time.monotonic_ns()}"
-    proc = Proc([*QAI, "worker", f"--concurrency={concurrency}", f"--hostname={name}@%h",
-                 "--loglevel=INFO"], env, log_dir / f"{name}.log")
+    proc = Proc(
+        [
+            *QAI,
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}@%h",
+            "--loglevel=INFO",
+        ],
+        env,
+        log_dir / f"{name}.log",
+    )
     proc.wait_for_log(" ready.", timeout=60)
     return proc
 
 
 def start_beat(env: Mapping[str, str], log_dir: Path, name: str = "beat") -> Proc:
-    proc = Proc([*QAI, "beat", "--loglevel=INFO"], env, log_dir / f"{name}-{time.monotonic_ns()}.log")
+    proc = Proc(
+        [*QAI, "beat", "--loglevel=INFO"], env, log_dir / f"{name}-{time.monotonic_ns()}.log"
+    )
     proc.wait_for_log("beat: Starting", timeout=60)
     return proc

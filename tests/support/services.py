@@ -11,7 +11,9 @@ import uuid
 import redis
 import sqlalchemy as sa
 
-PG_ADMIN_URL = os.environ.get("QAI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "QAI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_BASE = os.environ.get("QAI_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
@@ -20,11 +22,13 @@ def require_services() -> None:
         engine = sa.create_engine(PG_ADMIN_URL, poolclass=sa.pool.NullPool)
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
-        raise RuntimeError(f"Postgres is required for the tests and does not answer: {exc}") from exc
+    except Exception as exc:
+        raise RuntimeError(
+            f"Postgres is required for the tests and does not answer: {exc}"
+        ) from exc
     try:
         redis.Redis.from_url(REDIS_BASE + "/0").ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise RuntimeError(f"Redis is required for the tests and does not answer: {exc}") from exc
 
 
@@ -40,7 +44,9 @@ def create_database() -> str:
 
 def drop_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
-    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(
+        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()

@@ -25,7 +25,9 @@ from qai_jobs.errors import ConfigurationError
         ("WORKSPACE_LOCAL_ISOLATION", "docker"),
     ],
 )
-def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError) as info:
         load_settings(_env_file=None)
@@ -47,8 +49,18 @@ def test_decimal_durations_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cli_reports_bad_config_in_one_line_with_exit_2() -> None:
-    env = {"PATH": "/usr/bin:/bin", "WORKSPACE_MAX_ATTEMPTS": "lots", "WORKSPACE_TOKEN": "tok-secret-123"}
-    proc = subprocess.run([sys.executable, "-m", "qai_jobs", "status"], env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "WORKSPACE_MAX_ATTEMPTS": "lots",
+        "WORKSPACE_TOKEN": "tok-secret-123",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "qai_jobs", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

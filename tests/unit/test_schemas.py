@@ -16,8 +16,18 @@ BAD_PAYLOADS = [
     ("write", {"files": {"a\x00b": "x"}}, "files", "NUL"),
     ("restore", {"snapshot_id": "a\x00b"}, "snapshot_id", "NUL"),
     ("write", {"files": {"": "x"}}, "files[0].path", "empty"),
-    ("write", {"files": [{"path": "a", "content": "!!", "encoding": "base64"}]}, "files[0]", "base64"),
-    ("write", {"files": [{"path": "a", "content": "x", "encoding": "latin-1"}]}, "files[0].encoding", ""),
+    (
+        "write",
+        {"files": [{"path": "a", "content": "!!", "encoding": "base64"}]},
+        "files[0]",
+        "base64",
+    ),
+    (
+        "write",
+        {"files": [{"path": "a", "content": "x", "encoding": "latin-1"}]},
+        "files[0].encoding",
+        "",
+    ),
     ("write", {}, "files", "required"),
     ("write", {"files": {"a": "x"}, "delete": ["../b"]}, "delete", ".."),
     ("read", {"paths": []}, "paths", ""),
@@ -53,7 +63,9 @@ def test_unknown_kind(kind: object) -> None:
     assert "ensure" in info.value.message
 
 
-@pytest.mark.parametrize("project_id", ["", "-starts-with-dash", "has space", "x" * 129, "a/b", None, 5])
+@pytest.mark.parametrize(
+    "project_id", ["", "-starts-with-dash", "has space", "x" * 129, "a/b", None, 5]
+)
 def test_bad_project_ids(project_id: object) -> None:
     with pytest.raises(ValidationFailed) as info:
         check_project_id(project_id)
@@ -79,7 +91,15 @@ def test_limits_are_enforced_per_file_count_and_total() -> None:
 def test_good_payloads_normalise() -> None:
     parsed = validate_payload(
         "write",
-        {"files": [{"path": "./src/a.txt", "content": base64.b64encode(b"\x00\xff").decode(), "encoding": "base64"}]},
+        {
+            "files": [
+                {
+                    "path": "./src/a.txt",
+                    "content": base64.b64encode(b"\x00\xff").decode(),
+                    "encoding": "base64",
+                }
+            ]
+        },
     )
     entry = parsed.files[0]  # type: ignore[attr-defined]
     assert entry.path == "src/a.txt"
