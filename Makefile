@@ -39,7 +39,7 @@ services:
 up: install services
 	$(BIN)/qai-jobs up
 
-test: install services
+test: install services lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install services

@@ -166,9 +166,9 @@ def beat(ctx: click.Context, loglevel: str) -> None:
     settings_from(ctx)
     from .celery_app import app
 
-    schedule = os.path.join(".qai", f"beat-schedule-{os.getpid()}")
-    os.makedirs(".qai", exist_ok=True)
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    # Every sweep takes a per-period lock, so beat needs no schedule file: the in-memory
+    # scheduler lets several beat processes share a directory without clashing.
+    app.start(["beat", f"--loglevel={loglevel}", "--scheduler=celery.beat:Scheduler"])
 
 
 @main.command()
