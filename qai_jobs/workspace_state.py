@@ -84,7 +84,14 @@ class WorkspaceState:
             self.sandbox = None
             self.sandbox_id = None
             return
-        self.sandbox = sb.to_json()
+        # The runner's bookkeeping rides in this dict: a new handle from the provider (wake,
+        # restore, recreate) must not drop whether a dev server is wanted, nor the sleep
+        # manifest that wake verifies against (same sandbox only).
+        old = self.sandbox or {}
+        carried = {k: old[k] for k in ("dev_server_wanted",) if k in old}
+        if old.get("sandbox_id") == sb.sandbox_id and "sleep_manifest" in old:
+            carried["sleep_manifest"] = old["sleep_manifest"]
+        self.sandbox = {**sb.to_json(), **carried}
         self.sandbox_id = sb.sandbox_id
         self.provider = sb.provider
 
