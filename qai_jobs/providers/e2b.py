@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from ..config import Settings
 from ..errors import ConfigurationError, PermanentError, QaiJobsError, SandboxGone, TransientError
+from ..sealing import seal_env, unseal_env
 from . import remote
 from .base import (
     CreateSpec,
@@ -174,7 +175,7 @@ class E2BProvider(Provider):
                     template=template,
                     timeout=self._lifetime(),
                     metadata=remote.tags_for(state["project_id"], state["workspace_id"]),
-                    envs=dict(state.get("env") or {}),
+                    envs=unseal_env(self.settings, state.get("env")),
                     lifecycle={"on_timeout": "pause", "auto_resume": False},
                     **self._opts(),
                 )
@@ -206,7 +207,8 @@ class E2BProvider(Provider):
             "project_id": spec.project_id,
             "workspace_id": spec.workspace_id,
             "port": spec.port,
-            "env": dict(spec.env),
+            # Sealed: this state is stored on the workspace row, and env values are secrets.
+            "env": seal_env(self.settings, dict(spec.env)),
             "template": self._template(),
         }
         if spec.snapshot_id:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from ..config import Settings
 from ..errors import ConfigurationError, PermanentError, QaiJobsError, SandboxGone, TransientError
+from ..sealing import seal_env, unseal_env
 from . import remote
 from .base import (
     CreateSpec,
@@ -203,7 +204,7 @@ class ModalProvider(Provider):
                     idle_timeout=idle_backstop,
                     workdir=remote.WORKDIR,
                     encrypted_ports=ports,
-                    env=dict(spec_state.get("env") or {}),
+                    env=unseal_env(self.settings, spec_state.get("env")),
                     tags=remote.tags_for(spec_state["project_id"], spec_state["workspace_id"]),
                 )
         except SandboxGone as exc:
@@ -226,7 +227,8 @@ class ModalProvider(Provider):
             "project_id": spec.project_id,
             "workspace_id": spec.workspace_id,
             "port": spec.port,
-            "env": dict(spec.env),
+            # Sealed: this state is stored on the workspace row, and env values are secrets.
+            "env": seal_env(self.settings, dict(spec.env)),
         }
         return self._new(state, spec.snapshot_id)
 

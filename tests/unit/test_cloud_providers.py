@@ -132,3 +132,17 @@ def test_doctor_reports_without_secrets() -> None:
     assert all(r["sdk_installed"] and r["credentials"] == "set" for r in reports)
     assert "SECRET" not in repr(reports)
     assert doctor.check(settings(), reach=False)[0]["credentials"].startswith("missing")
+
+
+def test_env_values_are_sealed_in_the_persisted_state(cloud: tuple[Provider, Any]) -> None:
+    """Sandbox.state is stored on the workspace row: env values must not be readable there,
+    yet a wake (which recreates the sandbox on Modal) still gets them."""
+    import json
+
+    provider, _ = cloud
+    sb = provider.create(CreateSpec("p", "w", 3000, env={"API_KEY": "sk-live-123"}))
+    assert "sk-live-123" not in json.dumps(sb.to_json())
+    woken = provider.wake(provider.sleep(sb).sandbox)
+    assert "sk-live-123" not in json.dumps(woken.to_json())
+    out = provider.run(woken, ["bash", "-lc", 'printf %s "$API_KEY"'])
+    assert out.stdout == "sk-live-123"
