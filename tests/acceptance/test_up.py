@@ -21,17 +21,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_up_runs_everything_and_ctrl_c_stops_all(isolated_env: dict[str, str], log_dir: Path) -> None:
+def test_up_runs_everything_and_ctrl_c_stops_all(
+    isolated_env: dict[str, str], log_dir: Path
+) -> None:
     port = _free_port()
     env = {**isolated_env, "WORKSPACE_TOKEN": "up-token"}
-    up = Proc([sys.executable, "-m", "qai_jobs", "up", "--port", str(port), "--concurrency", "2"], env, log_dir / "up.log")
+    up = Proc(
+        [sys.executable, "-m", "qai_jobs", "up", "--port", str(port), "--concurrency", "2"],
+        env,
+        log_dir / "up.log",
+    )
     try:
         up.wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
         up.wait_for_log(" ready.", timeout=60)
         project = f"up-{uuid.uuid4().hex[:6]}"
         out = subprocess.run(
             [sys.executable, "-m", "qai_jobs", "run", project, "--", "echo", "from-up"],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout == "from-up\n"
