@@ -68,7 +68,14 @@ def bench_settings(settings: Settings) -> Settings:
 class Worker:
     """A real `qai-jobs worker` subprocess on the bench's own queue."""
 
-    def __init__(self, settings: Settings, concurrency: int, queue: str, log_path: Path):
+    def __init__(
+        self,
+        settings: Settings,
+        concurrency: int,
+        queue: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+    ):
         env = {
             **os.environ,
             "DATABASE_URL": settings.database_url,
@@ -80,6 +87,7 @@ class Worker:
         }
         if settings.workspace_secret_key is not None:
             env["WORKSPACE_SECRET_KEY"] = settings.workspace_secret_key.get_secret_value()
+        env.update(extra_env or {})  # e.g. the local scenario's runtime and workspace root
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -1,0 +1,176 @@
+"""`qai-jobs bench --scenarios local`: issue 3's targets on the real local provider.
+
+A real worker with ``WORKSPACE_RUNTIME=local`` and a throwaway ``WORKSPACE_ROOT`` runs on the
+bench's own database and queue; every figure is end to end (client enqueue -> ``wait`` returns):
+warm and cold ``ensure`` of examples/hello, a ``command`` round trip, and delta sync of a
+5,000-file tree against its cold sync.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .config import Settings
+
+Log = Callable[[str], None]
+HELLO = Path(__file__).resolve().parents[1] / "examples" / "hello"
+TARGETS_MS = {"warm_ensure": 50.0, "cold_ensure": 1000.0, "command_true": 40.0}
+DELTA_TARGET_RATIO = 0.10
+WAIT = 300.0
+
+
+def _hello_files() -> dict[str, str]:
+    if not HELLO.is_dir():
+        raise RuntimeError(f"examples/hello not found at {HELLO}")
+    return {p.name: p.read_text() for p in sorted(HELLO.iterdir()) if p.is_file()}
+
+
+def _tree(count: int) -> dict[str, str]:
+    # Small files in 50 directories, like a source tree with its assets.
+    return {f"src/d{i % 50:02d}/file{i:05d}.txt": f"content of file {i}\n" for i in range(count)}
+
+
+def _timed(fn: Callable[[], dict[str, Any]]) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def _cold_ensures(client: Any, names: list[str], log: Log) -> list[float]:
+    log(f"local: cold ensure of examples/hello to a preview that answers, {len(names)} projects")
+    times: list[float] = []
+    files = _hello_files()
+    for name in names:
+        started = time.perf_counter()
+        result = client.ensure(name, files=files).wait(WAIT)
+        page = httpx.get(result["preview_url"], timeout=10)
+        times.append(time.perf_counter() - started)
+        if page.status_code != 200 or not result["created"]:
+            raise RuntimeError(f"cold ensure of {name}: preview answered {page.status_code}")
+    return times
+
+
+def _warm_ensures(client: Any, name: str, samples: int, log: Log) -> list[float]:
+    log(f"local: warm ensure with nothing changed, {samples} in a row")
+    files = _hello_files()
+    times: list[float] = []
+    for _ in range(samples):
+        elapsed, result = _timed(lambda: client.ensure(name, files=files).wait(WAIT))
+        if result["files_written"] or result["installed"] or result["created"]:
+            raise RuntimeError(f"warm ensure was not a no-op: {result}")
+        times.append(elapsed)
+    return times
+
+
+def _commands(client: Any, name: str, samples: int, log: Log) -> list[float]:
+    log(f"local: command `true`, {samples} round trips")
+    times: list[float] = []
+    for _ in range(samples):
+        elapsed, result = _timed(lambda: client.command(name, "true").wait(WAIT))
+        if result["exit_code"] != 0:
+            raise RuntimeError(f"`true` exited with {result['exit_code']}")
+        times.append(elapsed)
+    return times
+
+
+def _delta_sync(client: Any, name: str, count: int, log: Log) -> dict[str, Any]:
+    log(f"local: delta sync, {count}-file tree cold, then one file changed")
+    tree = _tree(count)
+    cold_s, cold = _timed(
+        lambda: client.ensure(name, files=tree, start_dev_server=False).wait(WAIT)
+    )
+    changed = dict(tree)
+    first = next(iter(changed))
+    changed[first] = "changed\n"
+    delta_s, delta = _timed(
+        lambda: client.ensure(name, files=changed, start_dev_server=False).wait(WAIT)
+    )
+    if cold["files_written"] != count or delta["files_written"] != 1:
+        raise RuntimeError(
+            f"delta sync wrote {delta['files_written']} files (cold {cold['files_written']})"
+        )
+    return {
+        "files": count,
+        "cold_ms": round(cold_s * 1000, 1),
+        "one_changed_ms": round(delta_s * 1000, 1),
+        "files_written": delta["files_written"],
+        "ratio": round(delta_s / cold_s, 3),
+    }
+
+
+def run_local_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
+    from .bench import Worker, summarize
+    from .celery_app import app
+    from .client import WorkspaceClient
+
+    root = Path(tempfile.mkdtemp(prefix="qai-bench-local-"))
+    queue = os.environ.get("QAI_QUEUE", "celery")
+    worker = Worker(
+        settings,
+        2,
+        queue,
+        root / "worker.log",
+        extra_env={"WORKSPACE_RUNTIME": "local", "WORKSPACE_ROOT": str(root / "workspaces")},
+    )
+    client = WorkspaceClient(settings)
+    run_id = uuid.uuid4().hex[:6]
+    cold_names = [f"bench-local-{run_id}-cold{i}" for i in range(5)]
+    cmd_name, tree_name = f"bench-local-{run_id}-cmd", f"bench-local-{run_id}-tree"
+    samples = max(20, min(200, n // 10))
+    used: list[str] = []
+    try:
+        worker.wait_ready(app)
+        used.append(cmd_name)
+        client.command(cmd_name, "true").wait(WAIT)  # warm-up: imports, first connections
+        used.extend(cold_names)
+        cold = _cold_ensures(client, cold_names, log)
+        warm = _warm_ensures(client, cold_names[0], samples, log)
+        commands = _commands(client, cmd_name, samples, log)
+        used.append(tree_name)
+        delta = _delta_sync(client, tree_name, 5000, log)
+    finally:
+        for name in used:
+            try:
+                client.destroy(name).wait(60)
+            except Exception as exc:  # clean up the rest, report this one
+                log(f"local: destroy {name} failed: {exc}")
+        worker.stop()
+        client.engine.dispose()
+        shutil.rmtree(root / "workspaces", ignore_errors=True)
+    figures = {
+        "warm_ensure": summarize(warm),
+        "cold_ensure": summarize(cold),
+        "command_true": summarize(commands),
+    }
+    met = {k: figures[k]["p50_ms"] < TARGETS_MS[k] for k in TARGETS_MS}
+    met["delta_sync"] = delta["ratio"] < DELTA_TARGET_RATIO
+    for key, value in figures.items():
+        log(
+            f"local: {key:13s} p50 {value['p50_ms']:8.1f} ms  p99 {value['p99_ms']:8.1f} ms"
+            f"  (target < {TARGETS_MS[key]:g} ms)"
+        )
+    log(
+        f"local: delta sync {delta['files']} files: cold {delta['cold_ms']} ms, one changed "
+        f"{delta['one_changed_ms']} ms, ratio {delta['ratio']:.1%}"
+        f" (target < {DELTA_TARGET_RATIO:.0%})"
+    )
+    return {
+        **{k: {m: round(v, 1) for m, v in f.items()} for k, f in figures.items()},
+        "samples": {
+            "cold_ensure": len(cold),
+            "warm_ensure": len(warm),
+            "command_true": len(commands),
+        },
+        "delta_sync": delta,
+        "targets_met": met,
+        "logs": str(root),
+    }
