@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -102,7 +103,7 @@ class WorkspaceClient:
             max_files=settings.workspace_max_files,
             max_timeout_s=settings.workspace_max_timeout_s,
         )
-        self._producer: Any = None
+        self._pool: tuple[int, Any] | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> WorkspaceClient:
@@ -146,16 +147,19 @@ class WorkspaceClient:
 
     def _send(self, kind: str, project_id: str, action_id: uuid.UUID) -> None:
         """Announce after commit; if the broker is down the recovery sweep re-sends it."""
-        from .celery_app import app, configure
+        from .celery_app import app
 
-        configure(self.settings)
         try:
-            app.send_task(
-                f"qai_jobs.{kind}",
-                kwargs={"project_id": project_id},
-                task_id=str(action_id),
-                retry=False,
-            )
+            # This client's own broker (its settings), not whatever the process-wide app was
+            # configured with: one process may hold clients for several deployments.
+            with self._broker().acquire(block=True, timeout=5) as conn:
+                app.send_task(
+                    f"qai_jobs.{kind}",
+                    kwargs={"project_id": project_id},
+                    task_id=str(action_id),
+                    connection=conn,
+                    retry=False,
+                )
         except Exception:  # kombu raises many types; the action is durable either way
             import logging
 
@@ -164,6 +168,14 @@ class WorkspaceClient:
                 project_id,
                 action_id,
             )
+
+    def _broker(self) -> Any:
+        """A pool of broker connections for this client, per process (never across a fork)."""
+        if self._pool is None or self._pool[0] != os.getpid():
+            from kombu import Connection
+
+            self._pool = (os.getpid(), Connection(self.settings.redis_url).Pool(limit=16))
+        return self._pool[1]
 
     def ensure(self, project_id: str, **payload: Any) -> ActionHandle:
         return self.enqueue(project_id, "ensure", **payload)

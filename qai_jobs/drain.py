@@ -68,10 +68,11 @@ class Heartbeat(threading.Thread):
         self.settings = settings
         self.current: uuid.UUID | None = None
         self.lost = threading.Event()
-        self._stop = threading.Event()
+        # Not `_stop`: that name is a method of Thread, used after fork.
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.settings.workspace_heartbeat_seconds):
+        while not self._halt.wait(self.settings.workspace_heartbeat_seconds):
             try:
                 with self.engine.begin() as conn:
                     held = ordering.renew(
@@ -84,7 +85,7 @@ class Heartbeat(threading.Thread):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def owner_name() -> str:

@@ -103,6 +103,15 @@ def _sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
     if status is SandboxStatus.RUNNING:
         if ws.status == "sleeping":
             ws.status = "ready"
+        if provider.needs_recycle(sb):
+            # Near the provider's lifetime cap (Modal: 24 h): move to a fresh sandbox now,
+            # between actions, rather than lose it in the middle of one.
+            ctx.progress("recycling sandbox", None, None)
+            sb = provider.recycle(sb)
+            ws.set_sandbox(sb)
+            ws.dev_process = None
+            if _wants_dev_server(ws):
+                _after_start(ctx, sb)
         return sb, False
     if status is SandboxStatus.SLEEPING:
         ctx.progress("waking", None, None)

@@ -131,6 +131,14 @@ class Provider(abc.ABC):
     def destroy(self, sb: Sandbox) -> None:
         """Stop everything and free the sandbox; a sandbox already gone is not an error."""
 
+    def needs_recycle(self, sb: Sandbox) -> bool:
+        """Whether the sandbox nears a lifetime cap and should move to a fresh one."""
+        return False
+
+    def recycle(self, sb: Sandbox) -> Sandbox:
+        """Move the workspace to a fresh sandbox (processes must be restarted)."""
+        return sb
+
     # -- files -------------------------------------------------------------------------------
     @abc.abstractmethod
     def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
