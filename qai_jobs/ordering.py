@@ -68,18 +68,20 @@ def enqueue(
     payload: dict[str, Any],
     idempotency_key: str | None = None,
     failed_error: dict[str, Any] | None = None,
+    known_id: bool = False,
 ) -> Enqueued:
     """Record an action in ``conn``'s transaction (the caller commits, then sends the message).
 
     ``failed_error`` records an action that arrived invalid (from a foreign producer) as failed,
-    so whoever sent it can see why.
+    so whoever sent it can see why. ``known_id``: the id came from outside (a task id) and
+    may already be recorded; a fresh uuid from our own producer cannot be.
     """
     seq = conn.execute(_BUMP, {"p": project_id, "wid": uuid.uuid4()}).scalar_one()
     if idempotency_key is not None:
         existing = conn.execute(_FIND_KEY, {"p": project_id, "k": idempotency_key}).scalar()
         if existing is not None:
             return Enqueued(existing, created=False)
-    if conn.execute(_FIND_ID, {"id": action_id}).scalar() is not None:
+    if known_id and conn.execute(_FIND_ID, {"id": action_id}).scalar() is not None:
         return Enqueued(action_id, created=False)
     conn.execute(
         _INSERT,

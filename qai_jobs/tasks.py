@@ -63,6 +63,7 @@ def _record_foreign(
             kind=kind,
             payload=stored,
             failed_error=error,
+            known_id=True,
         )
     if error:
         for_action(project_id, action_id).error("rejected %s: %s", kind, error["message"])
