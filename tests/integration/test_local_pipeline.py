@@ -29,7 +29,7 @@ from tests.support.procs import REPO, Proc, start_worker
 HELLO = REPO / "examples" / "hello"
 WAIT = 90  # hang guard only
 MAX_OUTPUT = 4096
-DEV_TIMEOUT = 4
+DEV_TIMEOUT = 8  # small, yet roomy enough for node to start on a loaded 2-CPU host
 
 
 @pytest.fixture(scope="module")
