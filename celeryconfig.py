@@ -26,7 +26,9 @@ result_backend = None
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Not True: with acks late that SIGTERMs every running action on a Redis blip; the drain
+# messages are only hints and Postgres holds the truth, so a running action just goes on.
+worker_cancel_long_running_tasks_on_connection_loss = False
 # A stopping worker finishes or hands back its messages instead of leaving them unacked.
 worker_soft_shutdown_timeout = 10.0
 worker_enable_soft_shutdown_on_idle = True

@@ -122,7 +122,8 @@ class WorkspaceClient:
         stored = seal_payload(self.settings, payload_to_json(parsed))
         action_id = uuid.uuid4()
         got = self._record(action_id, project_id, kind, stored, idempotency_key)
-        if got.created:
+        # Ours even when not "created": a retry found the row its first attempt committed.
+        if got.created or got.id == action_id:
             self._send(kind, project_id, got.id)
         return ActionHandle(self, got.id, project_id, kind)
 
@@ -342,8 +343,10 @@ class _Subscription:
     def __init__(self, url: str, name: str):
         self.pubsub: redis.client.PubSub | None = None
         try:
-            self.pubsub = redis_client(url).pubsub(ignore_subscribe_messages=True)
+            self.pubsub = redis_client(url).pubsub()
             self.pubsub.subscribe(name)
+            # Wait for the confirmation: only then can no later PUBLISH pass us by.
+            self.pubsub.get_message(timeout=1.0)
         except redis.RedisError:
             self.pubsub = None  # degrade to the safety re-check
 

@@ -72,6 +72,7 @@ class Heartbeat(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
+        renewed = time.monotonic()
         while not self._halt.wait(self.settings.workspace_heartbeat_seconds):
             try:
                 with self.engine.begin() as conn:
@@ -79,10 +80,21 @@ class Heartbeat(threading.Thread):
                         conn, self.lease, self.settings.lease_seconds, self.current
                     )
             except sa.exc.SQLAlchemyError:
-                continue  # Postgres may be restarting: the next beat tries again
+                # Postgres may be restarting: try again next beat, but once the lease could
+                # have expired, another worker may hold the project: we must stop.
+                if time.monotonic() - renewed >= self.settings.lease_seconds:
+                    self.lost.set()
+                    return
+                continue
             if not held:
                 self.lost.set()
                 return
+            renewed = time.monotonic()
+
+    def check(self) -> None:
+        """Raise LeaseLost if the lease is (or may be) gone: nothing more may be done."""
+        if self.lost.is_set():
+            raise LeaseLost(f"lease {self.lease.gen} of {self.lease.project_id} was lost")
 
     def stop(self) -> None:
         self._halt.set()
@@ -114,7 +126,8 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         beat = Heartbeat(engine, lease, settings)
         beat.start()
         try:
-            ran += _run_batch(engine, settings, lease, ws, beat, dispatch)
+            done, cut = _run_batch(engine, settings, lease, ws, beat, dispatch)
+            ran += done
         except LeaseLost:
             for_project(project_id).warning("lease lost; a newer holder owns the project")
             return ran
@@ -124,7 +137,7 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         delay = db_retry(_pending)(engine, project_id)
         if delay is None:
             return ran
-        if delay > 0 or ran >= BATCH_ACTIONS:
+        if delay > 0 or cut:
             # Not due yet (backoff), or fairness: hand the rest to a fresh message.
             dispatch.kick(project_id, delay)
             return ran
@@ -146,7 +159,9 @@ def _acquire(
     engine: Engine, settings: Settings, project_id: str, owner: str, dispatch: Dispatch
 ) -> tuple[ordering.Lease, WorkspaceState] | None:
     with engine.begin() as conn:
-        got = ordering.acquire(conn, project_id, owner, settings.lease_seconds)
+        got = ordering.acquire(
+            conn, project_id, owner, settings.lease_seconds, settings.workspace_max_attempts
+        )
         if got is None:
             return None
         lease, settled = got
@@ -191,20 +206,23 @@ def _run_batch(
     ws: WorkspaceState,
     beat: Heartbeat,
     dispatch: Dispatch,
-) -> int:
+) -> tuple[int, bool]:
+    """Run due actions in order; return how many ran and whether the batch limit cut it."""
     started_at = time.monotonic()
 
     @db_retry
     def first() -> ordering.Started | None:
         with engine.begin() as conn:
+            ordering.fence(conn, lease, settings.lease_seconds)
             return ordering.start_next(conn, lease)
 
     current = first()
     ran = 0
+    more = True
     while current is not None:
+        beat.check()
         beat.current = current.id
-        ctx_ws = ws
-        outcome, ctx = _run_one(settings, engine, lease, ctx_ws, current)
+        outcome, ctx = _run_one(settings, engine, lease, ws, current, beat)
         more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < BATCH_SECONDS
         current_id, kind = current.id, current.kind
         current, event_ids = _settle(engine, settings, lease, ws, current, outcome, ctx, more)
@@ -213,7 +231,7 @@ def _run_batch(
             dispatch.deliver(event_ids)
         _log_outcome(lease.project_id, current_id, kind, outcome)
         ran += 1
-    return ran
+    return ran, not more
 
 
 def _log_outcome(project_id: str, action_id: uuid.UUID, kind: str, outcome: Outcome) -> None:
@@ -236,24 +254,29 @@ def _run_one(
     lease: ordering.Lease,
     ws: WorkspaceState,
     action: ordering.Started,
+    beat: Heartbeat,
 ) -> tuple[Outcome, runner.ActionContext | None]:
     alog = for_action(lease.project_id, action.id)
     try:
         payload = validate_payload(action.kind, unseal_payload(settings, action.payload))
     except QaiJobsError as exc:
-        return Outcome("failed", error={**exc.to_dict(), "code": "invalid_payload"}), None
+        error = {**exc.to_dict(), "code": "invalid_payload"}
+        events = [("workspace.error", {"error": error, "kind": action.kind, "attempts": 1})]
+        return Outcome("failed", error=error, events=events), None
     ctx = runner.ActionContext(
         settings=settings,
         action_id=action.id,
         kind=action.kind,
         payload=payload,
         ws=ws,
-        progress=_progress_writer(settings, engine, lease, action.id),
+        progress=_progress_writer(settings, engine, lease, action.id, beat.check),
         output=_output_publisher(settings, action.id) if action.kind == "command" else None,
     )
     alog.info("%s started (attempt %d)", action.kind, action.attempts)
     try:
         result = runner.execute(ctx)
+    except LeaseLost:
+        raise  # another worker owns the project now: record nothing
     except (TransientError, SandboxGone) as exc:
         if isinstance(exc, SandboxGone):
             ws.status = "error"  # the next attempt reconciles and recreates
@@ -340,7 +363,11 @@ def _settle(
 
 
 def _progress_writer(
-    settings: Settings, engine: Engine, lease: ordering.Lease, action_id: uuid.UUID
+    settings: Settings,
+    engine: Engine,
+    lease: ordering.Lease,
+    action_id: uuid.UUID,
+    check_lease: Callable[[], None],
 ) -> runner.Progress:
     """Record the action's stage (throttled) so get_action and the CLI can show progress."""
     last = [0.0]
@@ -350,6 +377,7 @@ def _progress_writer(
     )
 
     def progress(stage: str, done: int | None, total: int | None) -> None:
+        check_lease()  # between steps: stop before doing more if the lease is gone
         now = time.monotonic()
         final = done is not None and done == total
         if now - last[0] < 0.2 and not final and done is not None:

@@ -42,13 +42,14 @@ _BUMP = sa.text(
     """
 )
 _FIND_KEY = sa.text("SELECT id FROM actions WHERE project_id = :p AND idempotency_key = :k")
-_FIND_ID = sa.text("SELECT project_id FROM actions WHERE id = :id")
 _INSERT = sa.text(
     """
     INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
                          idempotency_key, kicked_at)
     VALUES (:id, :p, :seq, :kind, CAST(:payload AS jsonb), :status, CAST(:error AS jsonb),
             CAST(:finished AS timestamptz), :k, now())
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
     """
 )
 
@@ -68,22 +69,19 @@ def enqueue(
     payload: dict[str, Any],
     idempotency_key: str | None = None,
     failed_error: dict[str, Any] | None = None,
-    known_id: bool = False,
 ) -> Enqueued:
     """Record an action in ``conn``'s transaction (the caller commits, then sends the message).
 
     ``failed_error`` records an action that arrived invalid (from a foreign producer) as failed,
-    so whoever sent it can see why. ``known_id``: the id came from outside (a task id) and
-    may already be recorded; a fresh uuid from our own producer cannot be.
+    so whoever sent it can see why. An id already recorded (a redelivered task, or a retry of
+    a transaction whose commit succeeded unseen) comes back with ``created=False``.
     """
     seq = conn.execute(_BUMP, {"p": project_id, "wid": uuid.uuid4()}).scalar_one()
     if idempotency_key is not None:
         existing = conn.execute(_FIND_KEY, {"p": project_id, "k": idempotency_key}).scalar()
         if existing is not None:
             return Enqueued(existing, created=False)
-    if known_id and conn.execute(_FIND_ID, {"id": action_id}).scalar() is not None:
-        return Enqueued(action_id, created=False)
-    conn.execute(
+    inserted = conn.execute(
         _INSERT,
         {
             "id": action_id,
@@ -96,8 +94,8 @@ def enqueue(
             "error": _json(failed_error),
             "k": idempotency_key,
         },
-    )
-    return Enqueued(action_id, created=True)
+    ).first()
+    return Enqueued(action_id, created=inserted is not None)
 
 
 _CANCEL = sa.text(
@@ -131,7 +129,8 @@ _ACQUIRE = sa.text(
     UPDATE workspaces
     SET lease_gen = lease_gen + 1, lease_owner = :o,
         lease_expires_at = now() + make_interval(secs => :ttl)
-    WHERE project_id = :p AND (lease_owner IS NULL OR lease_expires_at < now())
+    WHERE project_id = :p
+      AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
     RETURNING lease_gen
     """
 )
@@ -140,9 +139,9 @@ _ACQUIRE = sa.text(
 _SETTLE = sa.text(
     """
     UPDATE actions
-    SET status = CASE WHEN kind = ANY(:idem) THEN 'queued' ELSE 'failed' END,
+    SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN 'queued' ELSE 'failed' END,
         error = CAST(:error AS jsonb),
-        finished_at = CASE WHEN kind = ANY(:idem) THEN NULL ELSE now() END,
+        finished_at = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN NULL ELSE now() END,
         worker = NULL, next_attempt_at = NULL
     WHERE project_id = :p AND status = 'running'
     RETURNING id, kind, status, attempts
@@ -159,14 +158,20 @@ class Settled:
 
 
 def acquire(
-    conn: Connection, project_id: str, owner: str, ttl: float
+    conn: Connection, project_id: str, owner: str, ttl: float, max_attempts: int = 5
 ) -> tuple[Lease, list[Settled]] | None:
     gen = conn.execute(_ACQUIRE, {"p": project_id, "o": owner, "ttl": ttl}).scalar()
     if gen is None:
         return None
     error = WorkerLost("the worker running this action stopped before it finished").to_dict()
     rows = conn.execute(
-        _SETTLE, {"p": project_id, "idem": sorted(IDEMPOTENT_KINDS), "error": json.dumps(error)}
+        _SETTLE,
+        {
+            "p": project_id,
+            "idem": sorted(IDEMPOTENT_KINDS),
+            "error": json.dumps(error),
+            "max": max_attempts,
+        },
     ).all()
     return Lease(project_id, gen, owner), [
         Settled(r.id, r.kind, r.status, r.attempts) for r in rows
@@ -207,8 +212,9 @@ _RELEASE = sa.text(
 )
 _PENDING = sa.text(
     """
-    SELECT min(coalesce(next_attempt_at, created_at)) AS due, now() AS now
+    SELECT coalesce(next_attempt_at, created_at) AS due, now() AS now
     FROM actions WHERE project_id = :p AND status = 'queued'
+    ORDER BY seq LIMIT 1
     """
 )
 
@@ -219,8 +225,8 @@ def release(conn: Connection, lease: Lease) -> None:
 
 def pending_delay(conn: Connection, project_id: str) -> float | None:
     """Seconds until the project's next queued action is due (0 if due now); None if none."""
-    row = conn.execute(_PENDING, {"p": project_id}).one()
-    if row.due is None:
+    row = conn.execute(_PENDING, {"p": project_id}).first()
+    if row is None:
         return None
     return max(0.0, float((row.due - row.now).total_seconds()))
 
@@ -239,7 +245,8 @@ _START_NEXT = sa.text(
         attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
         next_attempt_at = NULL
     FROM head
-    WHERE a.id = head.id AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
+    WHERE a.id = head.id AND a.status = 'queued'
+      AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
     RETURNING a.id, a.kind, a.payload, a.attempts, a.seq
     """
 )
@@ -325,7 +332,10 @@ _STALE = sa.text(
         WHERE (w.lease_owner IS NULL OR w.lease_expires_at < now())
           AND (
             (a.status = 'queued' AND coalesce(a.next_attempt_at, a.created_at) <= now()
-             AND (a.kicked_at IS NULL OR a.kicked_at < now() - make_interval(secs => :stale)))
+             AND (a.kicked_at IS NULL OR a.kicked_at < now() - make_interval(secs => :stale))
+             -- only the head counts: the actions behind a retrying head wait for it
+             AND a.seq = (SELECT min(q.seq) FROM actions q
+                          WHERE q.project_id = a.project_id AND q.status = 'queued'))
             OR a.status = 'running'
           )
         LIMIT :limit

@@ -83,6 +83,7 @@ def _provision(ctx: ActionContext, snapshot_id: str | None = None) -> Sandbox:
     ctx.ws.set_sandbox(sb)
     ctx.ws.status = "ready"
     ctx.ws.dev_process = None
+    ctx.ws.preview_url = None  # the old sandbox's URL means nothing for the new one
     if snapshot_id is None:
         ctx.ws.install_hash = None
     return sb
@@ -101,8 +102,11 @@ def _sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
     provider = _provider(ctx)
     status = provider.status(sb)
     if status is SandboxStatus.RUNNING:
-        if ws.status == "sleeping":
+        if ws.status == "sleeping":  # resumed behind our back: its processes did not survive
             ws.status = "ready"
+            ws.dev_process = None
+            if _wants_dev_server(ws):
+                _after_start(ctx, sb)
         if provider.needs_recycle(sb):
             # Near the provider's lifetime cap (Modal: 24 h): move to a fresh sandbox now,
             # between actions, rather than lose it in the middle of one.
@@ -120,6 +124,8 @@ def _sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
         ws.status = "ready"
         ws.dev_process = None
         _verify_after_wake(ctx, sb)
+        if _wants_dev_server(ws):  # any action wakes the workspace whole, preview included
+            _after_start(ctx, sb)
         return sb, False
     # Gone behind our back: recreate from the last snapshot we know of.
     ws.dev_process = None

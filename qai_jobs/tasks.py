@@ -27,12 +27,22 @@ log = logging.getLogger("qai_jobs.tasks")
 
 
 def dispatch() -> Dispatch:
+    # Both run after a commit: a broker error must not escape into the drain (the state is
+    # already safe in Postgres, and recovery and the webhook sweep re-send what is lost).
     def kick(project_id: str, countdown: float) -> None:
-        drain_task.apply_async(kwargs={"project_id": project_id}, countdown=countdown)
+        try:
+            drain_task.apply_async(kwargs={"project_id": project_id}, countdown=countdown)
+        except Exception as exc:
+            log.warning(
+                "[project_id=%s] could not re-send work: %s", project_id, type(exc).__name__
+            )
 
     def deliver(event_ids: list[str]) -> None:
-        for event_id in event_ids:
-            app.send_task("qai_jobs.webhooks.deliver", kwargs={"event_id": event_id})
+        try:
+            for event_id in event_ids:
+                app.send_task("qai_jobs.webhooks.deliver", kwargs={"event_id": event_id})
+        except Exception as exc:
+            log.warning("could not send webhook deliveries: %s", type(exc).__name__)
 
     return Dispatch(kick=kick, deliver=deliver)
 
@@ -63,7 +73,6 @@ def _record_foreign(
             kind=kind,
             payload=stored,
             failed_error=error,
-            known_id=True,
         )
     if error:
         for_action(project_id, action_id).error("rejected %s: %s", kind, error["message"])

@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 
 from ..config import Settings
 from ..errors import PermanentError, SandboxGone
-from ..sync import sha256
 from .base import (
     CreateSpec,
     ExecResult,
@@ -45,6 +44,7 @@ from .base import (
 )
 from .local_fs import SafeTree
 from .local_git import git_sync
+from .local_hashcache import HashCache
 from .local_limits import Limits
 from .local_proc import Jail, check_env, run_captured, spawn_detached, start_time, stop_tree
 from .local_proc import alive as pid_alive
@@ -261,14 +261,13 @@ class LocalProvider(Provider):
         return {path: tree.read(path) for path in paths}
 
     def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
-        tree = SafeTree(self._existing(sb).tree)
+        layout = self._existing(sb)
+        tree = SafeTree(layout.tree)
         if paths is None:
             return tree.manifest()
-        found: dict[str, str] = {}
-        for path in paths:
-            data = tree.read(path)
-            if data is not None:
-                found[path] = sha256(data)
+        cache = HashCache(layout.base / "hashcache.json")
+        found = cache.hashes(tree, paths)
+        cache.save()
         return found
 
     # -- processes ---------------------------------------------------------------------------

@@ -100,6 +100,13 @@ class SafeTree:
             raise
         return fd
 
+    def open_dir(self, path: str) -> int | None:
+        """An fd of directory ``path`` ("" is the root), walked without following symlinks;
+        None if it does not exist. The caller closes it."""
+        if not path:
+            return self._root_fd()
+        return self._parent(path + "/x", path.split("/"), create=False)
+
     @staticmethod
     def _classify(dir_fd: int, name: str, path: str) -> None:
         """Raise the right error for a component that is not a plain directory."""

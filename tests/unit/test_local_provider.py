@@ -361,3 +361,37 @@ def test_dev_server_gets_its_port_in_the_environment(local: Local) -> None:
     proc = provider.start_process(sb, "echo port=$PORT; sleep 5")
     assert wait_for(lambda: f"port={port}" in provider.read_log(sb, proc, 5), 5)
     provider.stop_process(sb, proc)
+
+
+def test_hash_cache_sees_every_change_and_never_follows_symlinks(tmp_path: Path) -> None:
+    """Hashes come from a stat-keyed cache on the second call; edits, deletions and a file
+    swapped for a symlink are still seen."""
+    import hashlib
+    import os
+
+    from qai_jobs.config import Settings
+    from qai_jobs.providers.base import CreateSpec
+    from qai_jobs.providers.local import LocalProvider
+
+    provider = LocalProvider(
+        Settings(workspace_root=tmp_path / "ws", workspace_local_isolation="none")
+    )
+    sb = provider.create(CreateSpec("hc", "w1", 3000))
+    try:
+        files = [(f"d{i % 7}/f{i}.txt", f"content {i}".encode()) for i in range(50)]
+        provider.write_files(sb, files)
+        paths = [p for p, _ in files]
+        first = provider.hashes(sb, paths)
+        assert first == {p: hashlib.sha256(d).hexdigest() for p, d in files}
+        assert provider.hashes(sb, paths) == first  # from the cache
+        provider.write_files(sb, [("d0/f0.txt", b"changed")])
+        provider.delete_files(sb, ["d1/f1.txt"])
+        tree = Path(sb.state["dir"]) / "tree"
+        (tree / "d2/f2.txt").unlink()
+        os.symlink("/etc/passwd", tree / "d2/f2.txt")
+        again = provider.hashes(sb, paths)
+        assert again["d0/f0.txt"] == hashlib.sha256(b"changed").hexdigest()
+        assert "d1/f1.txt" not in again and "d2/f2.txt" not in again
+        assert again["d3/f3.txt"] == first["d3/f3.txt"]
+    finally:
+        provider.destroy(sb)
