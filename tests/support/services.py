@@ -56,7 +56,11 @@ def claim_redis_db() -> tuple[str, redis.Redis]:
     """Claim a Redis database number no other concurrent test run uses."""
     admin = redis.Redis.from_url(REDIS_BASE + "/0")
     for n in range(1, 16):
-        if admin.set(f"qai-test-claim:{n}", os.getpid(), nx=True, ex=3600):
+        key = f"qai-test-claim:{n}"
+        holder = admin.get(key)
+        if holder is not None and not os.path.exists(f"/proc/{int(holder)}"):
+            admin.delete(key)  # left by a run that was killed before it could release it
+        if admin.set(key, os.getpid(), nx=True, ex=3600):
             url = f"{REDIS_BASE}/{n}"
             r = redis.Redis.from_url(url)
             r.flushdb()
