@@ -19,9 +19,11 @@ from .db.session import db_retry, dispose_all, engine_for
 from .drain import Dispatch, drain
 from .errors import QaiJobsError, ValidationFailed
 from .logs import for_action
+from .notify import publish
 from .notify import reset as reset_redis
 from .schemas import KINDS, check_project_id, payload_to_json, validate_payload
 from .sealing import seal_payload
+from .webhooks import record_events
 
 log = logging.getLogger("qai_jobs.tasks")
 
@@ -65,8 +67,9 @@ def _record_foreign(
         stored = seal_payload(settings, payload_to_json(validate_payload(kind, payload)))
     except ValidationFailed as exc:
         error = {"code": "invalid_payload", "message": exc.message, "retryable": False}
+    event_ids: list[str] = []
     with engine.begin() as conn:
-        ordering.enqueue(
+        got = ordering.enqueue(
             conn,
             action_id=action_id,
             project_id=project_id,
@@ -74,8 +77,15 @@ def _record_foreign(
             payload=stored,
             failed_error=error,
         )
-    if error:
+        if error and got.created:  # a final failure, like any other: announce it
+            event = {"error": error, "kind": kind, "attempts": 0}
+            event_ids = record_events(
+                conn, settings, project_id, action_id, [("workspace.error", event)]
+            )
+    if error and got.created:
         for_action(project_id, action_id).error("rejected %s: %s", kind, error["message"])
+        publish(settings.redis_url, action_id, {"type": "done", "status": "failed"})
+        dispatch().deliver(event_ids)
 
 
 def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]

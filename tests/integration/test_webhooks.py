@@ -217,3 +217,34 @@ def test_unconfigured_target_is_never_called_and_no_secret_holds(
     held = {r["id"]: r for r in rows(settings, project)}[f"msg_unsigned_{project}"]
     assert held["status"] == "pending" and held["attempts"] == 0 and held["last_error"] == NO_SECRET
     assert receiver.requests == []
+
+
+def test_foreign_invalid_action_announces_workspace_error(
+    workers: Any, base_env: dict[str, str], settings: Settings, client: Any, project: str
+) -> None:
+    """A message from another producer that fails validation is a final failure like any
+    other: it is recorded as failed and announces workspace.error."""
+    import uuid
+
+    from celery import Celery
+
+    r = Receiver(fail_first=0)
+    try:
+        workers(concurrency=1, **env_for(r.url("/flaky")))
+        app = Celery(broker=settings.redis_url)
+        task_id = str(uuid.uuid4())
+        app.send_task(
+            "qai_jobs.write",
+            kwargs={"project_id": project, "files": {"../escape": "x"}},
+            task_id=task_id,
+            queue=base_env["QAI_QUEUE"],
+        )
+        action = client.wait_for(task_id, timeout=30)
+        assert action["status"] == "failed" and action["error"]["code"] == "invalid_payload"
+        wait_until(lambda: events_of(r, project), timeout=30)
+        (event,) = events_of(r, project)
+        assert event["type"] == "workspace.error"
+        assert event["data"]["action_id"] == task_id
+        assert event["data"]["error"]["code"] == "invalid_payload"
+    finally:
+        r.close()
