@@ -28,7 +28,7 @@ from .db.session import db_retry, engine_for
 from .errors import LeaseLost, QaiJobsError, SandboxGone, TransientError
 from .logs import for_action, for_project
 from .notify import publish, publish_many
-from .schemas import validate_payload
+from .schemas import FileEntry, validate_payload
 from .sealing import unseal_payload
 from .webhooks import record_events
 from .workspace_state import WorkspaceState, write_changes
@@ -271,6 +271,7 @@ def _run_one(
         ws=ws,
         progress=_progress_writer(settings, engine, lease, action.id, beat.check),
         output=_output_publisher(settings, action.id) if action.kind == "command" else None,
+        history=_history_loader(engine, lease.project_id, action.seq),
     )
     alog.info("%s started (attempt %d)", action.kind, action.attempts)
     try:
@@ -392,6 +393,34 @@ def _progress_writer(
         publish(settings.redis_url, action_id, {"type": "progress", **value})
 
     return progress
+
+
+_HISTORY = sa.text(
+    """
+    SELECT payload FROM actions
+    WHERE project_id = :p AND kind IN ('ensure', 'write') AND status = 'succeeded'
+      AND seq < :seq
+      AND (CAST(:snap AS text) IS NULL
+           OR finished_at > (SELECT created_at FROM snapshots WHERE id = CAST(:snap AS text)))
+    ORDER BY seq
+    """
+)
+
+
+def _history_loader(engine: Engine, project_id: str, seq: int) -> runner.History:
+    """The file changes of earlier successful ensure/write actions, read only when needed."""
+
+    def load(snapshot_id: str | None) -> list[runner.FileChanges]:
+        with engine.connect() as conn:
+            rows = conn.execute(_HISTORY, {"p": project_id, "seq": seq, "snap": snapshot_id})
+            payloads = [r.payload for r in rows]
+        changes: list[runner.FileChanges] = []
+        for payload in payloads:
+            files = [FileEntry.model_validate(f) for f in payload.get("files") or []]
+            changes.append(([(f.path, f.data()) for f in files], list(payload.get("delete") or [])))
+        return changes
+
+    return load
 
 
 def _output_publisher(settings: Settings, action_id: uuid.UUID) -> runner.Output:

@@ -27,6 +27,8 @@ from .sync import INSTALL_INPUTS, install_command_for, install_fingerprint, plan
 from .workspace_state import WorkspaceState
 
 Progress = Callable[[str, int | None, int | None], None]
+FileChanges = tuple[list[tuple[str, bytes]], list[str]]  # (files written, paths deleted)
+History = Callable[[str | None], list[FileChanges]]
 Output = Callable[[str, bytes], None]
 
 
@@ -43,6 +45,9 @@ class ActionContext:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # Snapshots taken by this action: (snapshot_id, kind, manifest), recorded with it.
     snapshots: list[tuple[str, str, dict[str, str] | None]] = field(default_factory=list)
+    # The file changes of the project's earlier successful ensure/write actions, oldest first,
+    # since the given snapshot (all of them for None): what to replay into a recreated sandbox.
+    history: History = lambda snapshot_id: []
 
 
 def execute(ctx: ActionContext) -> dict[str, Any]:
@@ -127,9 +132,34 @@ def _sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
         if _wants_dev_server(ws):  # any action wakes the workspace whole, preview included
             _after_start(ctx, sb)
         return sb, False
-    # Gone behind our back: recreate from the last snapshot we know of.
+    # Gone behind our back: recreate from the last snapshot we know of, then replay what
+    # qai-jobs itself wrote since (a command's own changes since then cannot be recovered).
     ws.dev_process = None
-    return _provision(ctx, ws.last_snapshot_id), True
+    snapshot_id = ws.last_snapshot_id
+    try:
+        sb = _provision(ctx, snapshot_id)
+    except PermanentError as exc:
+        if exc.code != "snapshot_not_found" or snapshot_id is None:
+            raise
+        snapshot_id = None  # the provider lost the snapshot too: rebuild from history alone
+        sb = _provision(ctx, None)
+    _replay(ctx, sb, snapshot_id)
+    return sb, True
+
+
+def _replay(ctx: ActionContext, sb: Sandbox, snapshot_id: str | None) -> None:
+    changes = ctx.history(snapshot_id)
+    if not changes and not ctx.ws.repo:
+        return
+    ctx.progress("restoring files", None, None)
+    provider = _provider(ctx)
+    if ctx.ws.repo:
+        provider.git_sync(sb, ctx.ws.repo["url"], ctx.ws.repo["ref"])
+    for files, deleted in changes:
+        if files:
+            provider.write_files(sb, files)
+        if deleted:
+            provider.delete_files(sb, deleted)
 
 
 def _verify_after_wake(ctx: ActionContext, sb: Sandbox) -> None:

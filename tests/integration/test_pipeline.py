@@ -209,3 +209,21 @@ def test_env_values_never_reach_rows_or_logs(
     assert project in dump
     assert secret not in dump
     assert secret not in shared_worker.log()
+
+
+def test_sandbox_gone_behind_our_back_is_recreated_with_its_files(
+    client: WorkspaceClient, settings, project: str
+) -> None:  # type: ignore[no-untyped-def]
+    client.ensure(project, files={"a.txt": "A", "b.txt": "B"}, start_dev_server=False).wait(30)
+    client.write(project, files={"c.txt": "C"}, delete=["a.txt"]).wait(30)
+    first_sandbox = client.get_workspace(project)["sandbox_id"]
+    inject_fault(settings.redis_url, op="read_files", mode="gone", count=1)
+    got = client.read(project, paths=["a.txt", "b.txt", "c.txt"]).wait(30)
+    assert [f["content"] for f in got["files"]] == ["B", "C"] and got["missing"] == ["a.txt"]
+    assert client.get_workspace(project)["sandbox_id"] != first_sandbox
+    # After a sleep snapshot: the snapshot plus what was written since.
+    client.sleep(project).wait(30)
+    client.write(project, files={"d.txt": "D"}).wait(30)
+    inject_fault(settings.redis_url, op="read_files", mode="gone", count=1)
+    got = client.read(project, paths=["b.txt", "c.txt", "d.txt"]).wait(30)
+    assert [f["content"] for f in got["files"]] == ["B", "C", "D"]
