@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .config import Settings
@@ -33,21 +32,24 @@ def run_checks(settings: Settings) -> list[dict[str, Any]]:
                 "bubblewrap" if iso == "bwrap" else "none: workspaces are NOT isolated",
             )
         )
-    try:
-        provider_checks = importlib.import_module("qai_jobs.providers.doctor")
-    except ImportError:
-        return checks
-    for name in settings.workspace_runtime:
-        if name in ("modal", "e2b"):
-            result: dict[str, Any] = provider_checks.check(name, settings)
-            checks.append(
-                _check(
-                    f"provider {name}",
-                    str(result.get("status", "warn")),
-                    str(result.get("detail", "")),
-                )
-            )
+    from .providers.doctor import check as cloud_checks
+
+    checks.extend(_cloud(report) for report in cloud_checks(settings))
     return checks
+
+
+def _cloud(report: dict[str, Any]) -> dict[str, Any]:
+    """One line per cloud provider: SDK, credentials (never their values), reachability."""
+    name = f"provider {report['provider']}"
+    if not report["sdk_installed"]:
+        return _check(name, "fail", f"SDK not installed: {report.get('hint', '')}")
+    detail = f"SDK {report['sdk_version']}; credentials {report['credentials']}"
+    if report["reachable"] is True:
+        return _check(name, "ok", detail + "; reachable")
+    if report["reachable"] is False:
+        return _check(name, "fail", f"{detail}; {report.get('error')}: {report.get('message')}")
+    status = "warn" if report["credentials"] != "set" else "ok"
+    return _check(name, status, detail + "; not contacted")
 
 
 def _postgres(settings: Settings) -> dict[str, Any]:

@@ -114,3 +114,19 @@ def test_failures_and_bad_input_exit_codes(
     doctor = qai(env, "doctor", "--json")
     names = {c["name"]: c["status"] for c in json.loads(doctor.stdout)}
     assert names["postgres"] == "ok" and names["redis"] == "ok"
+
+
+def test_doctor_reports_cloud_providers_without_secrets(env: dict[str, str]) -> None:
+    cloud = {
+        **env,
+        "WORKSPACE_RUNTIME": "modal,e2b",
+        "MODAL_TOKEN_ID": "ak-id-visible-nowhere",
+        "E2B_API_KEY": "e2b_key_visible_nowhere",
+    }
+    out = qai(cloud, "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    assert checks["provider modal"]["status"] == "warn"  # the token secret is missing
+    assert "MODAL_TOKEN_SECRET" in checks["provider modal"]["detail"]
+    assert "provider e2b" in checks
+    assert "visible-nowhere" not in out.stdout + out.stderr
+    assert "visible_nowhere" not in out.stdout + out.stderr
