@@ -42,6 +42,28 @@ _BUMP = sa.text(
     """
 )
 _FIND_KEY = sa.text("SELECT id FROM actions WHERE project_id = :p AND idempotency_key = :k")
+_COLUMNS = """
+    INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
+                         idempotency_key, kicked_at)
+"""
+# Without an idempotency key there is nothing to look up first: bump and insert in one
+# statement (the common enqueue, one round trip to Postgres besides the commit).
+_BUMP_AND_INSERT = sa.text(
+    """
+    WITH bumped AS (
+        INSERT INTO workspaces (project_id, id, next_seq) VALUES (:p, :wid, 1)
+        ON CONFLICT (project_id) DO UPDATE SET next_seq = workspaces.next_seq + 1
+        RETURNING next_seq
+    )"""
+    + _COLUMNS
+    + """
+    SELECT :id, :p, bumped.next_seq, :kind, CAST(:payload AS jsonb), :status,
+           CAST(:error AS jsonb), CAST(:finished AS timestamptz), NULL, now()
+    FROM bumped
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
 _INSERT = sa.text(
     """
     INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
@@ -76,25 +98,24 @@ def enqueue(
     so whoever sent it can see why. An id already recorded (a redelivered task, or a retry of
     a transaction whose commit succeeded unseen) comes back with ``created=False``.
     """
+    params: dict[str, Any] = {
+        "id": action_id,
+        "p": project_id,
+        "kind": kind,
+        "payload": json.dumps(payload),
+        "status": "failed" if failed_error else "queued",
+        "finished": datetime.now(UTC) if failed_error else None,
+        "error": _json(failed_error),
+    }
+    if idempotency_key is None:
+        inserted = conn.execute(_BUMP_AND_INSERT, {**params, "wid": uuid.uuid4()}).first()
+        return Enqueued(action_id, created=inserted is not None)
+    # The bump locks the workspace row first, so two enqueues with one key serialise here.
     seq = conn.execute(_BUMP, {"p": project_id, "wid": uuid.uuid4()}).scalar_one()
-    if idempotency_key is not None:
-        existing = conn.execute(_FIND_KEY, {"p": project_id, "k": idempotency_key}).scalar()
-        if existing is not None:
-            return Enqueued(existing, created=False)
-    inserted = conn.execute(
-        _INSERT,
-        {
-            "id": action_id,
-            "p": project_id,
-            "seq": seq,
-            "kind": kind,
-            "payload": json.dumps(payload),
-            "status": "failed" if failed_error else "queued",
-            "finished": datetime.now(UTC) if failed_error else None,
-            "error": _json(failed_error),
-            "k": idempotency_key,
-        },
-    ).first()
+    existing = conn.execute(_FIND_KEY, {"p": project_id, "k": idempotency_key}).scalar()
+    if existing is not None:
+        return Enqueued(existing, created=False)
+    inserted = conn.execute(_INSERT, {**params, "seq": seq, "k": idempotency_key}).first()
     return Enqueued(action_id, created=inserted is not None)
 
 
