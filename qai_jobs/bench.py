@@ -65,6 +65,22 @@ def bench_settings(settings: Settings) -> Settings:
     )
 
 
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a bench subprocess: the bench's database and broker, fake provider."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "WORKSPACE_RUNTIME": "fake",
+        "WORKSPACE_CALLBACK_URL": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if settings.workspace_secret_key is not None:
+        env["WORKSPACE_SECRET_KEY"] = settings.workspace_secret_key.get_secret_value()
+    env.update(extra)
+    return env
+
+
 class Worker:
     """A real `qai-jobs worker` subprocess on the bench's own queue."""
 
@@ -76,18 +92,8 @@ class Worker:
         log_path: Path,
         extra_env: dict[str, str] | None = None,
     ):
-        env = {
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
-            "WORKSPACE_RUNTIME": "fake",
-            "WORKSPACE_CALLBACK_URL": "",
-            "QAI_QUEUE": queue,
-            "PYTHONUNBUFFERED": "1",
-        }
-        if settings.workspace_secret_key is not None:
-            env["WORKSPACE_SECRET_KEY"] = settings.workspace_secret_key.get_secret_value()
-        env.update(extra_env or {})  # e.g. the local scenario's runtime and workspace root
+        # extra_env: e.g. the local scenario's runtime and workspace root
+        env = process_env(settings, QAI_QUEUE=queue, **(extra_env or {}))
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from .bench import Worker, process_env, summarize
 from .config import Settings
 
 Log = Callable[[str], None]
@@ -40,17 +41,7 @@ def _free_port() -> int:
 def _start_api(
     settings: Settings, token: str, port: int, log_path: Path
 ) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "WORKSPACE_RUNTIME": "fake",
-        "WORKSPACE_CALLBACK_URL": "",
-        "WORKSPACE_TOKEN": token,
-        "PYTHONUNBUFFERED": "1",
-    }
-    if settings.workspace_secret_key is not None:
-        env["WORKSPACE_SECRET_KEY"] = settings.workspace_secret_key.get_secret_value()
+    env = process_env(settings, WORKSPACE_TOKEN=token)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [
@@ -123,7 +114,6 @@ def _burst(
 
 
 def run_http_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
-    from .bench import Worker, summarize
     from .celery_app import app
 
     logs = Path(tempfile.mkdtemp(prefix="qai-bench-http-"))

@@ -12,8 +12,6 @@ import base64
 import json
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from standardwebhooks import Webhook
 
-from .bench import Log, summarize
+from .bench import Log, Worker, summarize
+from .celery_app import app
 from .client import WorkspaceClient
 from .config import Settings
 
@@ -76,37 +75,6 @@ class _Receiver:
         self.server.server_close()
 
 
-def _start_worker(
-    settings: Settings, url: str, secret: str, log_path: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "WORKSPACE_RUNTIME": "fake",
-        "WORKSPACE_CALLBACK_URL": url,
-        "WORKSPACE_WEBHOOK_SECRET": secret,
-        "PYTHONUNBUFFERED": "1",
-    }
-    if settings.workspace_secret_key is not None:
-        env["WORKSPACE_SECRET_KEY"] = settings.workspace_secret_key.get_secret_value()
-    with open(log_path, "wb") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qai_jobs",
-                "worker",
-                "--concurrency=4",
-                "--loglevel=INFO",
-                f"--hostname=bench-hooks-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 def _latencies(client: WorkspaceClient, receiver: _Receiver, ids: list[str]) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not all(i in receiver.arrivals for i in ids):
@@ -129,16 +97,11 @@ def run_webhook_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     receiver = _Receiver(secret)
     log_path = Path(tempfile.mkdtemp(prefix="qai-bench-hooks-")) / "worker.log"
-    worker = _start_worker(settings, receiver.url, secret, log_path)
+    hooks = {"WORKSPACE_CALLBACK_URL": receiver.url, "WORKSPACE_WEBHOOK_SECRET": secret}
+    worker = Worker(settings, 4, os.environ.get("QAI_QUEUE", "celery"), log_path, hooks)
     client = WorkspaceClient(settings.model_copy(update={"workspace_callback_url": [receiver.url]}))
     try:
-        deadline = time.monotonic() + 60
-        while b" ready." not in log_path.read_bytes():
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"webhook bench worker did not start: {log_path.read_text()[-2000:]}"
-                )
-            time.sleep(0.05)
+        worker.wait_ready(app)
         run = uuid.uuid4().hex[:6]
 
         def one(i: int) -> str:
@@ -162,9 +125,5 @@ def run_webhook_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]
         log(f"webhooks: {json.dumps(result)}")
         return result
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop()
         receiver.close()
