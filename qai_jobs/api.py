@@ -35,12 +35,11 @@ from .api_support import (
     error_body,
     install_error_handlers,
     read_json_object,
-    reject_nul,
 )
 from .client import TERMINAL, WorkspaceClient
 from .config import Settings
 from .errors import ValidationFailed
-from .schemas import check_project_id, validate_payload
+from .schemas import check_project_id
 
 # Longest ``?wait=`` we hold a request open for (seconds); clients loop for longer waits.
 MAX_WAIT_SECONDS = 3600.0
@@ -126,14 +125,10 @@ def create_app(settings: Settings) -> FastAPI:
             raise ValidationFailed("kind: required", field="kind")
         if not isinstance(kind, str):
             raise ValidationFailed("kind: must be a string naming the action", field="kind")
-        payload = {k: v for k, v in body.items() if v is not None}
-        reject_nul(payload)
+        payload = body
 
         def record() -> dict[str, Any]:
-            # Validated here first so a payload key can never collide with enqueue's own
-            # arguments; enqueue validates again, cheaply.
-            validate_payload(kind, payload, client.limits)
-            handle = client.enqueue(project_id, kind, idempotency_key=idempotency_key, **payload)
+            handle = client.enqueue_payload(project_id, kind, payload, idempotency_key)
             if idempotency_key is None:
                 return {"action_id": handle.id, "status": "queued"}
             existing = client.get_action(handle.id)

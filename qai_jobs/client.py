@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -114,6 +115,17 @@ class WorkspaceClient:
         self, project_id: str, kind: str, idempotency_key: str | None = None, **payload: Any
     ) -> ActionHandle:
         """Validate and record one action, then announce it to the workers."""
+        return self.enqueue_payload(project_id, kind, payload, idempotency_key)
+
+    def enqueue_payload(
+        self,
+        project_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> ActionHandle:
+        """``enqueue`` with the payload as a mapping: any key is payload, none can collide
+        with this method's own arguments (the HTTP API passes request bodies through)."""
         check_project_id(project_id)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
             raise ValidationFailed("idempotency_key: 1 to 255 characters", field="idempotency_key")
@@ -311,7 +323,7 @@ class WorkspaceClient:
         """Block until the action is terminal; return it (any terminal status)."""
         uid = _uuid(action_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with _subscription(self.settings.redis_url, channel(uid)) as messages:
+        with closing(_Subscription(self.settings.redis_url, channel(uid))) as messages:
             while True:
                 try:
                     action = self.get_action(uid)
@@ -371,17 +383,6 @@ class _Subscription:
         if self.pubsub is not None:
             with contextlib.suppress(redis.RedisError):
                 self.pubsub.close()
-
-
-class _subscription:
-    def __init__(self, url: str, name: str):
-        self.sub = _Subscription(url, name)
-
-    def __enter__(self) -> _Subscription:
-        return self.sub
-
-    def __exit__(self, *exc: object) -> None:
-        self.sub.close()
 
 
 def _uuid(value: str | uuid.UUID) -> uuid.UUID:

@@ -384,8 +384,3 @@ def stale_projects(engine: Engine, stale_after: float, limit: int = 1000) -> set
         }
         projects |= {r.project_id for r in conn.execute(_STALE_RUNNING_ONLY, {"limit": limit})}
     return projects
-
-
-def now(conn: Connection) -> datetime:
-    value: datetime = conn.execute(sa.text("SELECT now()")).scalar_one()
-    return value

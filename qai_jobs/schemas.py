@@ -297,7 +297,8 @@ def _reject_nul(value: object, loc: tuple[int | str, ...]) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise ValidationFailed(
-                f"{_field_name(loc)}: contains a NUL character", field=_field_name(loc)
+                f"{_field_name(loc)}: contains a NUL character (send binary content as base64)",
+                field=_field_name(loc),
             )
     elif isinstance(value, dict):
         for key, item in value.items():

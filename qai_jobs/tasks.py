@@ -114,11 +114,6 @@ def drain_task(project_id: str) -> dict[str, Any]:
     return {"project_id": project_id, "ran": ran}
 
 
-@app.task(name="qai_jobs.sweep.recover")
-def recover_task() -> dict[str, Any]:
-    return sweeps.recover(current_settings(), dispatch())
-
-
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     dispose_all()

@@ -6,8 +6,9 @@ fenced finishing transaction writes back exactly the columns that changed.
 
 from __future__ import annotations
 
+import copy
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -66,13 +67,10 @@ class WorkspaceState:
         return state
 
     def mark_clean(self) -> None:
-        self._loaded = {name: _copy(getattr(self, name)) for name in MUTABLE}
+        self._loaded = {name: copy.deepcopy(getattr(self, name)) for name in MUTABLE}
 
     def changes(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in MUTABLE if getattr(self, n) != self._loaded.get(n)}
-
-    def snapshot_values(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
     # -- convenience -------------------------------------------------------------------------
     @property
@@ -94,14 +92,6 @@ class WorkspaceState:
         self.sandbox = {**sb.to_json(), **carried}
         self.sandbox_id = sb.sandbox_id
         self.provider = sb.provider
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
 
 
 _JSON_COLUMNS = {"sandbox", "env", "dev_process", "repo"}

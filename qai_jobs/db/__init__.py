@@ -1,7 +1,7 @@
 """Postgres: models, engines and the queries that need care."""
 
 from .models import Action, Base, Snapshot, WebhookEvent, Workspace
-from .session import db_retry, dispose_all, engine_for, transaction
+from .session import db_retry, dispose_all, engine_for
 
 __all__ = [
     "Action",
@@ -12,5 +12,4 @@ __all__ = [
     "db_retry",
     "dispose_all",
     "engine_for",
-    "transaction",
 ]

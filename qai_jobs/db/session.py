@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import (
     retry,
@@ -69,13 +67,3 @@ db_retry = retry(
     reraise=True,
 )
 """Retry a whole transaction while Postgres restarts or drops connections."""
-
-
-def retrying(fn: Callable[P, T]) -> Callable[P, T]:
-    return db_retry(fn)
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    with engine.begin() as conn:
-        yield conn
