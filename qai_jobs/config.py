@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     workspace_local_max_processes: PositiveInt = 512
     workspace_local_max_memory_mb: PositiveInt = 4096
     workspace_local_max_open_files: PositiveInt = 8192
+    # Sleep snapshots each local sandbox keeps (newest; wake needs only the last). Snapshots a
+    # `snapshot` action took, and those a sandbox was restored from, stay until it is destroyed.
+    workspace_local_snapshots_kept: PositiveInt = 10
     # Host ports handed out to local dev servers, one per workspace.
     workspace_local_port_min: Annotated[int, Field(ge=1024, le=65535)] = 41000
     workspace_local_port_max: Annotated[int, Field(ge=1024, le=65535)] = 41999

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -83,14 +82,13 @@ class SleepResult:
     snapshot_id: str | None
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 class Provider(abc.ABC):
     """One sandbox backend. Implementations: local, modal, e2b, fake."""
 
     name: ClassVar[str]
+    # Seconds between looks at a starting dev server's port: during its first 2 s, then after.
+    # Each look is two sandbox commands on a cloud provider, a loopback connect on local.
+    port_poll_seconds: ClassVar[tuple[float, float]] = (0.1, 0.5)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

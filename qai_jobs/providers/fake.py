@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 
 from ..config import Settings
 from ..errors import PermanentError, SandboxGone, TransientError
-from ..sync import is_ignored
+from ..sync import is_ignored, sha256
 from .base import (
     CreateSpec,
     ExecResult,
@@ -32,7 +32,6 @@ from .base import (
     Sandbox,
     SandboxStatus,
     SleepResult,
-    sha256,
 )
 
 PREFIX = "qai:fake:"

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from ..config import Settings
 from ..errors import PermanentError, SandboxGone
+from ..sync import sha256
 from .base import (
     CreateSpec,
     ExecResult,
@@ -81,6 +82,9 @@ class Layout:
 
 class LocalProvider(Provider):
     name: ClassVar[str] = "local"
+    # A refused loopback connection costs next to nothing, while every millisecond slept past
+    # the moment the server listens is added to a cold start (node listens in ~100 ms).
+    port_poll_seconds: ClassVar[tuple[float, float]] = (0.01, 0.1)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -88,7 +92,7 @@ class LocalProvider(Provider):
         self.ports = PortRegistry(
             self.root, settings.workspace_local_port_min, settings.workspace_local_port_max
         )
-        self.snapshots = SnapshotStore(self.root)
+        self.snapshots = SnapshotStore(self.root, settings.workspace_local_snapshots_kept)
         if settings.isolation == "none" and "none" not in _warned:
             _warned.add("none")
             log.warning(
@@ -160,8 +164,10 @@ class LocalProvider(Provider):
         try:
             meta = self._provision(layout, spec)
             if spec.snapshot_id:
+                self.snapshots.hold(name, spec.snapshot_id)
                 self.snapshots.restore_into(SafeTree(layout.tree), spec.snapshot_id)
         except BaseException:
+            self.snapshots.forget(name)
             self.ports.release(name)
             shutil.rmtree(layout.base, ignore_errors=True)
             raise
@@ -188,7 +194,7 @@ class LocalProvider(Provider):
     def sleep(self, sb: Sandbox) -> SleepResult:
         layout = self._existing(sb)
         self._stop_all(layout)
-        snapshot_id = self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id)
+        snapshot_id = self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id, kept=False)
         atomic_write(layout.sleeping, json.dumps({"snapshot_id": snapshot_id}).encode())
         sb.state["sleep_snapshot"] = snapshot_id
         return SleepResult(sb, snapshot_id)
@@ -219,10 +225,11 @@ class LocalProvider(Provider):
 
     def snapshot(self, sb: Sandbox) -> str:
         layout = self._existing(sb)
-        return self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id)
+        return self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id, kept=True)
 
     def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
         layout = self._existing(sb)
+        self.snapshots.hold(sb.sandbox_id, snapshot_id)
         self.snapshots.restore_into(SafeTree(layout.tree), snapshot_id)
         return sb
 
@@ -231,6 +238,8 @@ class LocalProvider(Provider):
         if layout.base.is_dir():
             self._stop_all(layout)
             shutil.rmtree(layout.base, ignore_errors=True)
+        self.snapshots.forget(sb.sandbox_id)
+        HashCache.forget(layout.base / "hashcache.json")
         Limits(self.settings, layout.base.name).remove()
         self.ports.release(layout.base.name)
 
@@ -248,13 +257,21 @@ class LocalProvider(Provider):
 
     # -- files -------------------------------------------------------------------------------
     def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
-        tree = SafeTree(self._existing(sb).tree)
-        for path, data in files:
-            tree.write(path, data)
+        layout = self._existing(sb)
+        tree = SafeTree(layout.tree)
+        cache = HashCache.at(layout.base / "hashcache.json")
+        try:
+            for path, data in files:
+                cache.record(path, tree.write(path, data), sha256(data))
+        finally:
+            cache.save()
 
     def delete_files(self, sb: Sandbox, paths: Sequence[str]) -> list[str]:
         tree = SafeTree(self._existing(sb).tree)
-        return [path for path in paths if tree.delete(path)]
+        deleted = [path for path in paths if tree.delete(path)]
+        for path in deleted:
+            tree.prune_empty_parents(path)
+        return deleted
 
     def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
         tree = SafeTree(self._existing(sb).tree)
@@ -265,7 +282,7 @@ class LocalProvider(Provider):
         tree = SafeTree(layout.tree)
         if paths is None:
             return tree.manifest()
-        cache = HashCache(layout.base / "hashcache.json")
+        cache = HashCache.at(layout.base / "hashcache.json")
         found = cache.hashes(tree, paths)
         cache.save()
         return found
@@ -285,17 +302,14 @@ class LocalProvider(Provider):
         if cwd and not SafeTree(layout.tree).is_dir(cwd):
             raise PermanentError(f"working directory {cwd!r} does not exist", code="invalid_cwd")
         limits = Limits(self.settings, sb.sandbox_id)
-        full, popen_env, popen_cwd = self._jail(layout).command(
-            argv, cwd, self._env(layout, env), foreground=True
-        )
+        confine = limits.confine(limits.prepare())
+        merged = self._env(layout, env)
         return run_captured(
-            full,
-            env=popen_env,
-            cwd=popen_cwd,
+            self._jail(layout).command(argv, cwd, merged, foreground=True),
+            confine=confine,
             timeout_s=max(timeout_s, 0.001),
             max_bytes=self.settings.workspace_max_output_bytes,
             on_output=on_output,
-            preexec=limits.preexec(limits.prepare()),
         )
 
     def start_process(
@@ -305,17 +319,14 @@ class LocalProvider(Provider):
         limits = Limits(self.settings, sb.sandbox_id)
         # $PORT too, for servers started without the {port} placeholder (node server.js).
         port_env = {"PORT": str(sb.state["port"])} if sb.state.get("port") else {}
-        full, popen_env, popen_cwd = self._jail(layout).command(
-            ["bash", "-lc", command], None, {**port_env, **self._env(layout, env)}, foreground=False
-        )
+        merged = {**port_env, **self._env(layout, env)}
+        confine = limits.confine(limits.prepare())
         layout.logs.mkdir(exist_ok=True)
         log_path = layout.logs / f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}.log"
         pid = spawn_detached(
-            full,
-            env=popen_env,
-            cwd=popen_cwd,
+            self._jail(layout).command(["bash", "-lc", command], None, merged, foreground=False),
+            confine=confine,
             log_path=log_path,
-            preexec=limits.preexec(limits.prepare()),
         )
         started = start_time(pid)
         record = {"pid": pid, "started_at": started or 0, "log": str(log_path), "command": command}

@@ -105,7 +105,7 @@ class SafeTree:
         None if it does not exist. The caller closes it."""
         if not path:
             return self._root_fd()
-        return self._parent(path + "/x", path.split("/"), create=False)
+        return self._parent(path, path.split("/"), create=False)
 
     @staticmethod
     def _classify(dir_fd: int, name: str, path: str) -> None:
@@ -138,8 +138,11 @@ class SafeTree:
         finally:
             os.close(dfd)
 
-    def write(self, path: str, data: bytes, mode: int | None = None) -> None:
-        """Atomically replace ``path`` (temp file + rename), keeping an existing file's mode."""
+    def write(self, path: str, data: bytes, mode: int | None = None) -> os.stat_result | None:
+        """Atomically replace ``path`` (temp file + rename), keeping an existing file's mode.
+
+        Returns the file's lstat when it is still the inode we wrote, unmodified since (for
+        the hash cache); None if something in the sandbox replaced or rewrote it meanwhile."""
         parts, name = _split(path)
         dfd = self._parent(path, parts, create=True)
         assert dfd is not None
@@ -162,9 +165,19 @@ class SafeTree:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                     os.fchmod(fh.fileno(), mode)  # the umask must not narrow a kept mode
+                    fh.flush()  # the size and mtime compared below are those of the data
+                    ours = os.fstat(fh.fileno())
                 # No fsync: the rename already makes the write all-or-nothing for readers, and a
                 # crash is repaired by the next sync, which compares content hashes.
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                # After the rename, which changes the inode's ctime on some file systems.
+                now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                same = (now.st_ino, now.st_size, now.st_mtime_ns) == (
+                    ours.st_ino,
+                    ours.st_size,
+                    ours.st_mtime_ns,
+                )
+                return now if same else None
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
@@ -194,6 +207,22 @@ class SafeTree:
             raise os_error(exc, "delete", path) from None
         finally:
             os.close(dfd)
+
+    def prune_empty_parents(self, path: str) -> None:
+        """Remove the directories above ``path`` that are now empty, deepest first (a deleted
+        file's directory may be about to become a file of the same name)."""
+        parts, _ = _split(path)
+        while parts:
+            name = parts.pop()
+            dfd = self._parent("/".join([*parts, name]), parts, create=False)
+            if dfd is None:
+                return
+            try:
+                os.rmdir(name, dir_fd=dfd)
+            except OSError:
+                return  # not empty (or not a directory): nothing above it is empty either
+            finally:
+                os.close(dfd)
 
     def is_dir(self, path: str) -> bool:
         parts, name = _split(path)

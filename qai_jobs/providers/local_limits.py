@@ -10,6 +10,10 @@ root. The cgroup also gives a complete list of a workspace's processes, so ``sle
 
 Without a writable cgroup the limits degrade to rlimits (plus RLIMIT_NPROC for a non-root
 worker, shared by all its sandboxes) and a warning is logged once.
+
+A process is confined by a small /bin/sh prefix (``Limits.confine``) that joins the cgroups and
+lowers the rlimits of its own pid, then execs the command; see its docstring for why not a
+``preexec_fn``.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import functools
 import logging
 import os
 import resource
+import shlex
 import signal
+import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings
@@ -88,6 +93,16 @@ def _delegate_v2(base: Path) -> bool:
     return True
 
 
+@functools.cache
+def _nproc_flag() -> str:
+    """/bin/sh's ulimit flag for RLIMIT_NPROC: -u in bash (where -p is the pipe size), -p in
+    dash and ash, which have no -u. Only needed without cgroups, so probed on first use."""
+    probe = subprocess.run(
+        ["/bin/sh", "-c", "ulimit -u"], check=False, capture_output=True, env={"PATH": "/bin"}
+    )
+    return "-u" if probe.returncode == 0 else "-p"
+
+
 class Limits:
     """The limits of one workspace, named by its sandbox id."""
 
@@ -99,9 +114,9 @@ class Limits:
     def cgroups(self) -> list[tuple[str, Path]]:
         return [(kind, base / self.name) for kind, base in _cgroup_bases()]
 
-    def prepare(self) -> list[Path]:
+    def prepare(self) -> list[tuple[str, Path]]:
         """Create the workspace's cgroups and write their limits; [] when none is usable."""
-        made: list[Path] = []
+        made: list[tuple[str, Path]] = []
         memory = self.settings.workspace_local_max_memory_mb * 1024 * 1024
         procs = self.settings.workspace_local_max_processes
         for kind, path in self.cgroups:
@@ -118,36 +133,49 @@ class Limits:
             except OSError as exc:
                 log.warning("cannot set up cgroup %s: %s", path, exc.strerror)
                 continue
-            made.append(path)
+            made.append((kind, path))
         if not made and "cgroup" not in _warned:
             _warned.add("cgroup")
             log.warning("no writable cgroup: local sandboxes run without process and memory limits")
         return made
 
-    def preexec(self, cgroups: list[Path]) -> Callable[[], None]:
-        """What the child runs between fork and exec: join the cgroups, lower the rlimits.
+    def confine(self, cgroups: list[tuple[str, Path]]) -> list[str]:
+        """An argv prefix that joins the cgroups, lowers the rlimits, then execs the command.
 
-        Only raw os calls here: the parent may have threads, so nothing that takes a lock.
+        A shell does this rather than a ``preexec_fn``: with a preexec_fn CPython has to fork()
+        the whole worker (page tables of a 100 MB heap, and at-fork hooks: milliseconds), while
+        without one it vfork()s. The limits still hold from the command's first instruction, so
+        nothing can fork its way out before the cgroup is joined.
+
+        Protocol with ``local_proc._popen``: the shell's stdin is a pipe to the spawner. Any
+        failure is reported on it before the shell exits; on success the command is exec'd with
+        stdin from /dev/null, which closes the pipe without a word.
         """
-        files = self._rlimit(self.settings.workspace_local_max_open_files, resource.RLIMIT_NOFILE)
-        nproc = None
+        # Moving a process (cgroup.procs) write-locks a global percpu rwsem: an RCU grace period,
+        # 10 ms and more once migrations are a few ms apart, as commands of a project are. The
+        # kernel (5.19+) skips that lock when a thread moves itself ("0" into v1's per-thread
+        # `tasks`), and the shell is single-threaded: the same move, without the wait. v2 has
+        # no such file for a domain cgroup, so it pays the lock.
+        steps = [
+            f"echo 0 >{shlex.quote(str(path / ('cgroup.procs' if kind == 'v2' else 'tasks')))}"
+            for kind, path in cgroups
+        ]
+        files, _ = self._rlimit(
+            self.settings.workspace_local_max_open_files, resource.RLIMIT_NOFILE
+        )
+        # Without a flag ulimit sets the soft and the hard limit (dash, bash, ash alike), so the
+        # sandbox cannot raise them again.
+        steps += [f"ulimit -n {files}", "ulimit -c 0"]
         if not cgroups and os.geteuid() != 0:
             nproc = self.settings.workspace_local_max_processes
-        targets = [str(p / "cgroup.procs") for p in cgroups]
-
-        def run() -> None:
-            for target in targets:
-                fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
-            resource.setrlimit(resource.RLIMIT_NOFILE, files)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if nproc is not None:
-                resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-
-        return run
+            steps.append(f"ulimit {_nproc_flag()} {nproc}")
+        # A brace group runs in the shell itself (a subshell's limits would be lost); its error
+        # messages (a failed redirection names the file and errno) go to the spawner.
+        script = (
+            "{ " + " && ".join(steps) + "; } 2>&0 || { echo 'cannot set limits' >&0; exit 1; }\n"
+            'exec "$@" </dev/null'
+        )
+        return ["/bin/sh", "-c", script, "sh"]
 
     @staticmethod
     def _rlimit(wanted: int, which: int) -> tuple[int, int]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
+import stat
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PermanentError, TransientError
@@ -38,6 +40,7 @@ BASE_ENV = {
 }
 # What a sandbox sees of the host's /etc: enough for bash, node, npm (TLS, DNS) and git, and not
 # /etc/shadow, SSH host keys or service configs, which uid 0 could read even without caps.
+# Files are copied into the sandbox's own read-only /etc, directories bound (see _etc).
 ETC_ALLOWLIST = (
     "passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf",
     "gai.conf", "protocols", "services", "networks", "ssl", "ca-certificates",
@@ -48,7 +51,24 @@ ETC_ALLOWLIST = (
 )  # fmt: skip
 # Merged-/usr systems make these symlinks into /usr; older layouts have real directories.
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Host trees a sandbox sees unchanged at the same path: a link into them can stay a link.
+SHARED_TREES = ("/usr/", "/opt/")
 GRACE_SECONDS = 3.0
+
+
+@dataclass
+class Launch:
+    """What to spawn, and the descriptors bwrap copies files from (closed once it has them)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path | None
+    fds: list[int] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Close our copies of the descriptors: the child has its own once it is spawned."""
+        while self.fds:
+            os.close(self.fds.pop())
 
 
 @dataclass(frozen=True)
@@ -66,11 +86,11 @@ class Jail:
         env: Mapping[str, str],
         *,
         foreground: bool,
-    ) -> tuple[list[str], dict[str, str], Path | None]:
-        """(argv, environment, cwd) to hand to Popen."""
+    ) -> Launch:
+        """What to hand to Popen; the caller must spawn it or ``release()`` it."""
         if self.isolation != "bwrap":
             full = {**BASE_ENV, "HOME": str(self.home), **env}
-            return list(argv), full, self.tree / cwd if cwd else self.tree
+            return Launch(list(argv), full, self.tree / cwd if cwd else self.tree)
         inner = {**BASE_ENV, "HOME": SANDBOX_HOME, **env}
         args = ["bwrap"]
         if foreground:
@@ -84,10 +104,6 @@ class Jail:
                 args += ["--symlink", os.readlink(link), link]
             elif os.path.isdir(link):
                 args += ["--ro-bind", link, link]
-        for name in ETC_ALLOWLIST:
-            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        if os.path.isdir("/etc/ssl/private"):
-            args += ["--tmpfs", "/etc/ssl/private"]
         if os.path.isdir("/opt"):
             args += ["--ro-bind", "/opt", "/opt"]
         args += ["--bind", str(self.tree), "/workspace", "--bind", str(self.home), SANDBOX_HOME]
@@ -99,7 +115,52 @@ class Jail:
         # root before it sandboxes anything, so a user's LD_PRELOAD must not reach it.
         for key, value in inner.items():
             args += ["--setenv", key, value]
-        return [*args, "--", *argv], {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, None
+        etc, fds = _etc()
+        return Launch([*args, *etc, "--", *argv], {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, None, fds)
+
+
+def _etc() -> tuple[list[str], list[int]]:
+    """bwrap arguments for the sandbox's /etc: the allowlist on a tmpfs, read-only once filled.
+
+    A bind mount costs bwrap two mount calls and a parse of its mount table, which grows with
+    every bind: the 30-odd per-file binds of the allowlist were a third of a sandbox's start.
+    So regular files are copied in from descriptors opened here (``--file``, no mount), links
+    into /usr or /opt stay links, and only directories are bound. A copy is taken at start, like
+    a bind of a file that the host later replaces by rename (how /etc files are updated).
+    """
+    args = ["--tmpfs", "/etc"]
+    dirs: list[str] = []
+    fds: list[int] = []
+    try:
+        for name in ETC_ALLOWLIST:
+            path = f"/etc/{name}"
+            try:
+                if os.path.islink(path):
+                    real = os.path.realpath(path)
+                    if real.startswith(SHARED_TREES):
+                        args += ["--symlink", real, path]
+                        continue
+                info = os.stat(path)
+                if stat.S_ISDIR(info.st_mode):
+                    dirs += ["--ro-bind-try", path, path]
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # absent on this host, as --ro-bind-try would skip it
+            fds.append(fd)
+            args += ["--perms", f"{stat.S_IMODE(os.fstat(fd).st_mode):o}", "--file", str(fd), path]
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    args += dirs
+    if os.path.isdir("/etc/ssl/private"):
+        args += ["--tmpfs", "/etc/ssl/private"]
+    # Not recursive: the directory binds are read-only already, the private-key mask stays empty.
+    args += ["--remount-ro", "/etc"]
+    return args, fds
 
 
 def check_env(env: Mapping[str, str]) -> None:
@@ -108,40 +169,75 @@ def check_env(env: Mapping[str, str]) -> None:
             raise PermanentError(f"invalid environment variable name {key!r}", code="invalid_env")
 
 
-def _popen(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+def _resolve(program: str, env: Mapping[str, str], cwd: Path | None) -> str:
+    """The program to exec, looked up as Popen would: a missing one is an error of the action,
+    not exit code 127 from the confining shell that would otherwise look it up."""
+    if "/" in program:
+        found = shutil.which(os.path.join(cwd or "", program))
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise PermanentError(f"cannot start {program!r}: not found", code="exec_failed")
+    return program if "/" in program else found
+
+
+def _popen(launch: Launch, confine: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """Start ``launch`` behind the ``confine`` shell (Limits.confine) in a new session.
+
+    Without a preexec_fn CPython spawns with vfork(), which costs the same whatever the worker's
+    size; the shell reports on its stdin (a pipe) whether it could confine itself. Without
+    isolation the shell gets the command's own environment: it runs as the worker's user and
+    unconfined anyway, the limits are there against accidents, not against that user.
+    """
     try:
-        return subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload,no-any-return]
+        argv = [*confine, _resolve(launch.argv[0], launch.env, launch.cwd), *launch.argv[1:]]
+        status_r, status_w = os.pipe()
+        try:
+            try:
+                proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+                    argv,
+                    stdin=status_w,
+                    env=launch.env,
+                    cwd=launch.cwd,
+                    pass_fds=launch.fds,
+                    start_new_session=True,
+                    **kwargs,
+                )
+            finally:
+                os.close(status_w)
+            failure = b""
+            while chunk := os.read(status_r, 4096):  # EOF: the command was exec'd, or shell died
+                failure += chunk
+        finally:
+            os.close(status_r)
     except FileNotFoundError as exc:
-        raise PermanentError(f"cannot start {argv[0]!r}: not found", code="exec_failed") from exc
+        program = launch.argv[0]
+        raise PermanentError(f"cannot start {program!r}: not found", code="exec_failed") from exc
     except OSError as exc:
-        raise os_error(exc, "start", argv[0]) from None
-    except subprocess.SubprocessError as exc:
-        # preexec failed: joining the cgroup or lowering a limit; the sandbox cannot be bounded.
-        raise TransientError(f"cannot confine the process: {exc}") from None
+        raise os_error(exc, "start", launch.argv[0]) from None
+    finally:
+        launch.release()
+    if failure:
+        # The shell exits right after reporting; the sandbox cannot be bounded, so never run it.
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.communicate()
+        message = "; ".join(failure.decode(errors="replace").split("\n")).strip("; ")
+        raise TransientError(f"cannot confine the process: {message}")
+    return proc
 
 
 def run_captured(
-    argv: list[str],
+    launch: Launch,
     *,
-    env: dict[str, str],
-    cwd: Path | None,
+    confine: Sequence[str],
     timeout_s: float,
     max_bytes: int,
     on_output: OutputCallback | None,
-    preexec: Callable[[], None],
 ) -> ExecResult:
     """Run to completion, reading stdout and stderr together so neither pipe ever blocks."""
     started = time.monotonic()
-    proc = _popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
-        preexec_fn=preexec,
-    )
+    proc = _popen(launch, confine, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     kept = {"stdout": bytearray(), "stderr": bytearray()}
     truncated = timed_out = False
@@ -203,30 +299,18 @@ def run_captured(
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def spawn_detached(
-    argv: list[str],
-    *,
-    env: dict[str, str],
-    cwd: Path | None,
-    log_path: Path,
-    preexec: Callable[[], None],
-) -> int:
+def spawn_detached(launch: Launch, *, confine: Sequence[str], log_path: Path) -> int:
     """Start a process in its own session, stdout+stderr appended to ``log_path``."""
     for pid, child in list(_children.items()):
         if child.poll() is not None:
             del _children[pid]
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        proc = _popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=preexec,
-        )
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        launch.release()
+        raise
+    try:
+        proc = _popen(launch, confine, stdout=fd, stderr=fd)
     finally:
         os.close(fd)
     _children[proc.pid] = proc

@@ -18,6 +18,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,15 +94,37 @@ def port_free(port: int) -> bool:
     return True
 
 
+@dataclass
+class _Held:
+    """The snapshots one sandbox holds on to (``by-source/<sandbox_id>.json``)."""
+
+    sleep: list[str] = field(default_factory=list)  # its sleeps': wake needs only the newest
+    kept: list[str] = field(default_factory=list)  # its `snapshot` actions', and restored-from
+
+    def all(self) -> set[str]:
+        return {*self.sleep, *self.kept}
+
+
 class SnapshotStore:
-    def __init__(self, root: Path) -> None:
+    """Snapshots of every workspace on this machine, deleted once no sandbox holds them.
+
+    A sandbox holds the newest ``keep`` of its sleep snapshots, every snapshot its `snapshot`
+    actions took (a producer holds those ids and may restore them any time), and every snapshot
+    it was created or restored from (a rebuild after a crash restores from it again), until it
+    is destroyed. Sandboxes of different projects run actions at the same time and may hold the
+    same snapshot, so the lists change and snapshots are deleted under one flock.
+    """
+
+    def __init__(self, root: Path, keep: int) -> None:
         self.dir = root / "snapshots"
+        self.keep = keep
 
     def _paths(self, snapshot_id: str) -> tuple[Path, Path]:
         return self.dir / f"{snapshot_id}.tar.gz", self.dir / f"{snapshot_id}.json"
 
-    def create(self, tree: SafeTree, source: str) -> str:
-        """Archive the tree minus ignored paths (regular files only) with its manifest."""
+    def create(self, tree: SafeTree, source: str, *, kept: bool) -> str:
+        """Archive the tree minus ignored paths (regular files only) with its manifest; a
+        sleep's (``kept`` false) is dropped once ``keep`` newer sleeps of ``source`` exist."""
         snapshot_id = f"snap-{uuid.uuid4().hex}"
         archive, meta = self._paths(snapshot_id)
         manifest: dict[str, str] = {}
@@ -119,9 +142,77 @@ class SnapshotStore:
             os.replace(tmp, archive)
             body = {"id": snapshot_id, "source": source, "created_at": now, "manifest": manifest}
             atomic_write(meta, json.dumps(body).encode())
+            with self._holding(source) as held:
+                if kept:
+                    held.kept.append(snapshot_id)
+                else:
+                    held.sleep = [*held.sleep, snapshot_id][-self.keep :]
         except OSError as exc:
             raise os_error(exc, "snapshot", ".") from None
         return snapshot_id
+
+    def hold(self, source: str, snapshot_id: str) -> None:
+        """Keep ``snapshot_id`` for ``source``, which is about to be made from it: whoever took
+        it may be destroyed meanwhile. ``snapshot_not_found`` when it is already gone."""
+        with self._holding(source) as held:
+            self.manifest(snapshot_id)
+            if snapshot_id not in held.all():
+                held.kept.append(snapshot_id)
+
+    def forget(self, source: str) -> None:
+        """Let go of everything ``source`` held (it is being destroyed)."""
+        with self._holding(source) as held:
+            held.sleep, held.kept = [], []
+
+    @contextlib.contextmanager
+    def _holding(self, source: str) -> Iterator[_Held]:
+        """``source``'s list to change; afterwards the snapshots it let go of that no other
+        sandbox holds are deleted."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            held = self._held(self._index(source))
+            before = held.all()
+            yield held
+            index = self._index(source)
+            if held.all():
+                index.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(index, json.dumps(asdict(held)).encode())
+            else:
+                index.unlink(missing_ok=True)
+            released = before - held.all()
+            if released:
+                self._drop(released - self._held_by_anyone())
+
+    def _index(self, source: str) -> Path:
+        return self.dir / "by-source" / f"{source}.json"
+
+    @staticmethod
+    def _held(index: Path) -> _Held:
+        try:
+            body = json.loads(index.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return _Held()
+
+        def ids(key: str) -> list[str]:
+            value = body.get(key) if isinstance(body, dict) else None
+            return [i for i in value or [] if isinstance(i, str) and _SNAPSHOT_ID.match(i)]
+
+        return _Held(sleep=ids("sleep"), kept=ids("kept"))
+
+    def _held_by_anyone(self) -> set[str]:
+        held: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.dir / "by-source"):
+                if entry.name.endswith(".json"):
+                    held |= self._held(Path(entry.path)).all()
+        return held
+
+    def _drop(self, ids: set[str]) -> None:
+        for snapshot_id in ids:
+            archive, meta = self._paths(snapshot_id)
+            meta.unlink(missing_ok=True)  # first: without its manifest a snapshot does not exist
+            archive.unlink(missing_ok=True)
 
     def manifest(self, snapshot_id: str) -> dict[str, str]:
         _, meta = self._paths(snapshot_id) if _SNAPSHOT_ID.match(snapshot_id) else (None, None)

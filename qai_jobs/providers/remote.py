@@ -118,11 +118,16 @@ def parents_and_self(paths: Sequence[str]) -> set[str]:
 
 
 def delete_script(paths: Sequence[str]) -> str:
-    """Delete files, printing (NUL-separated) the ones that existed."""
+    """Delete files, printing (NUL-separated) the ones that existed, and remove the directories
+    that leaves empty (a file of the same name may be written next, as a delta sync does)."""
     quoted = " ".join(shlex.quote(p) for p in paths)
     return (
         f"cd {WORKDIR} && for p in {quoted}; do "
-        'if [ -e "$p" ] || [ -L "$p" ]; then rm -f -- "$p" && printf "%s\\0" "$p"; fi; done'
+        'if [ -e "$p" ] || [ -L "$p" ]; then rm -f -- "$p" && printf "%s\\0" "$p"; '
+        # Parameter expansion, not $(dirname): no fork per level, and names ending in a
+        # newline keep it.
+        "d=$p; while case $d in */*) true;; *) false;; esac; do d=${d%/*}; "
+        'rmdir -- "$d" 2>/dev/null || break; done; fi; done'
     )
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from qai_jobs.errors import PermanentError, SandboxGone
-from qai_jobs.providers.base import SandboxStatus, sha256
+from qai_jobs.providers.base import SandboxStatus
+from qai_jobs.sync import sha256
 from tests.conformance.conftest import Harness
 
 BINARY = bytes(range(256)) * 4
@@ -73,6 +74,20 @@ def test_overwrite_and_delete(h: Harness) -> None:
     assert deleted == ["README.md"]
     assert h.provider.read_files(sb, ["README.md"]) == {"README.md": None}
     assert "README.md" not in h.provider.hashes(sb)
+
+
+def test_a_file_becomes_a_directory_and_back(h: Harness) -> None:
+    """What a delta sync does when a tree turns `lib` into `lib/index.js`: delete, then write."""
+    sb = h.create()
+    h.provider.write_files(sb, [("lib", b"a file")])
+    assert h.provider.hashes(sb, ["lib/index.js"]) == {}  # a parent that is a file: missing
+    assert h.provider.delete_files(sb, ["lib"]) == ["lib"]
+    h.provider.write_files(sb, [("lib/index.js", b"now a directory")])
+    assert h.provider.hashes(sb) == {"lib/index.js": sha256(b"now a directory")}
+    # Deleting a directory's last file leaves no directory in the way of a file of its name.
+    assert h.provider.delete_files(sb, ["lib/index.js"]) == ["lib/index.js"]
+    h.provider.write_files(sb, [("lib", b"a file again")])
+    assert h.provider.read_files(sb, ["lib"]) == {"lib": b"a file again"}
 
 
 def test_whole_tree_hashes_skip_ignored_paths(h: Harness) -> None:

@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from qai_jobs.errors import PermanentError
+from qai_jobs.errors import PermanentError, TransientError
 from qai_jobs.providers.base import CreateSpec, Sandbox, SandboxStatus
 from qai_jobs.providers.local import LocalProvider
-from qai_jobs.providers.local_limits import _cgroup_bases
+from qai_jobs.providers.local_limits import Limits, _cgroup_bases
+from qai_jobs.sync import sha256
 from tests.conformance.conftest import make_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,6 +123,41 @@ def test_env_cannot_reach_bwrap_itself(local: Local, tmp_path: Path) -> None:
     assert result.stderr.count("cannot be preloaded") == 1
 
 
+@needs_bwrap
+def test_sandbox_etc_is_a_read_only_copy_of_the_allowlist(local: Local) -> None:
+    provider, sb = local.pair()
+    script = "cat /etc/passwd; test -e /etc/shadow && echo shadow; ls /proc/self/fd | wc -l"
+    passwd, fds = provider.run(sb, sh(script)).stdout.rsplit("\n", 2)[:2]
+    assert passwd + "\n" == Path("/etc/passwd").read_text()
+    assert int(fds) == 4  # 0-2 and ls's own: none of the descriptors /etc was copied from
+    for probe in ("touch /etc/qai-probe", "echo x >> /etc/passwd"):
+        assert provider.run(sb, sh(probe)).exit_code != 0, probe
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_a_process_that_cannot_join_its_cgroup_never_runs(
+    local: Local, isolation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if isolation == "bwrap" and not shutil.which("bwrap"):
+        pytest.skip("bubblewrap missing")
+    provider, sb = local.pair(workspace_local_isolation=isolation)
+    missing = local.tmp / "no-such-cgroup"
+    monkeypatch.setattr(Limits, "prepare", lambda self: [("pids", missing)])
+    with pytest.raises(TransientError, match="cannot confine"):
+        provider.run(sb, sh("touch ran"))
+    with pytest.raises(TransientError, match="cannot confine"):
+        provider.start_process(sb, "touch started")
+    tree = Path(sb.state["dir"]) / "tree"
+    assert not (tree / "ran").exists() and not (tree / "started").exists()
+
+
+def test_a_missing_program_is_an_error_not_an_exit_code(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    with pytest.raises(PermanentError) as err:
+        provider.run(sb, ["qai-no-such-program"])
+    assert err.value.code == "exec_failed"
+
+
 def test_invalid_env_and_cwd_are_refused(local: Local) -> None:
     provider, sb = local.pair(workspace_local_isolation="none")
     with pytest.raises(PermanentError):
@@ -178,6 +214,57 @@ def test_restore_replaces_planted_links(local: Local) -> None:
     provider.restore(sb, snapshot_id)
     assert provider.read_files(sb, ["src/a.txt"]) == {"src/a.txt": b"a"}
     assert os.listdir(outside) == []
+
+
+def _snapshot_files(local: Local) -> set[str]:
+    return {p.name for p in (local.tmp / "workspaces" / "snapshots").glob("snap-*")}
+
+
+def _files_of(*ids: str) -> set[str]:
+    return {f"{i}{ext}" for i in ids for ext in (".tar.gz", ".json")}
+
+
+def test_sleeps_keep_their_newest_snapshots_and_explicit_ones_stay(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none", workspace_local_snapshots_kept=3)
+    explicit = provider.snapshot(sb)
+    slept = []
+    for i in range(5):
+        provider.write_files(sb, [("a.txt", str(i).encode())])
+        slept.append(provider.sleep(sb).snapshot_id)
+        sb = provider.wake(sb)
+    for gone in slept[:2]:
+        with pytest.raises(PermanentError) as info:
+            provider.restore(sb, gone)
+        assert info.value.code == "snapshot_not_found"
+    provider.restore(sb, slept[2])
+    assert provider.read_files(sb, ["a.txt"]) == {"a.txt": b"2"}
+    # a producer's own snapshot outlives any number of sleeps
+    provider.restore(sb, explicit)
+    assert provider.read_files(sb, ["a.txt"]) == {"a.txt": None}
+    assert _snapshot_files(local) == _files_of(explicit, *slept[2:])
+    provider.destroy(sb)
+    assert _snapshot_files(local) == set()
+
+
+def test_a_snapshot_restored_elsewhere_outlives_the_sandbox_that_took_it(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    other = local.sandbox(provider, project="other")
+    provider.write_files(other, [("theirs.txt", b"theirs")])
+    theirs = provider.snapshot(other)
+    provider.restore(sb, theirs)
+    clone = provider.create(
+        CreateSpec("clone", "c0ffee00-0000-0000-0000-000000000000", 0, {}, theirs)
+    )
+    provider.destroy(other)
+    # a rebuild of either restores from it again
+    provider.write_files(sb, [("theirs.txt", b"changed")])
+    provider.restore(sb, theirs)
+    assert provider.read_files(sb, ["theirs.txt"]) == {"theirs.txt": b"theirs"}
+    provider.destroy(sb)
+    provider.restore(clone, theirs)
+    assert provider.read_files(clone, ["theirs.txt"]) == {"theirs.txt": b"theirs"}
+    provider.destroy(clone)
+    assert _snapshot_files(local) == set()
 
 
 # -- ports -----------------------------------------------------------------------------------
@@ -395,3 +482,30 @@ def test_hash_cache_sees_every_change_and_never_follows_symlinks(tmp_path: Path)
         assert again["d3/f3.txt"] == first["d3/f3.txt"]
     finally:
         provider.destroy(sb)
+
+
+def test_hashing_a_tree_of_many_directories_needs_few_descriptors(local: Local) -> None:
+    import resource
+
+    provider, sb = local.pair(workspace_local_isolation="none")
+    files = [(f"pkg{i}/index.js", f"{i}".encode()) for i in range(600)]
+    provider.write_files(sb, files)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # fewer than the directories
+    try:
+        assert len(provider.hashes(sb, [p for p, _ in files])) == 600
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_writes_fill_the_hash_cache_so_the_next_sync_only_stats(local: Local) -> None:
+    from qai_jobs.providers.local_hashcache import HashCache
+
+    provider, sb = local.pair(workspace_local_isolation="none")
+    files = [(f"d{i % 5}/f{i}.txt", f"content {i}".encode()) for i in range(100)]
+    provider.write_files(sb, files)
+    cache = HashCache.at(Path(sb.state["dir"]) / "hashcache.json")
+    assert {p: cache.entries[p][1] for p, _ in files} == {p: sha256(d) for p, d in files}
+    # A file the sandbox rewrites afterwards is not taken for ours.
+    (Path(sb.state["dir"]) / "tree" / "d0/f0.txt").write_bytes(b"changed by the sandbox")
+    assert provider.hashes(sb, ["d0/f0.txt"]) == {"d0/f0.txt": sha256(b"changed by the sandbox")}
