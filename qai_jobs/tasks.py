@@ -12,6 +12,8 @@ import uuid
 from typing import Any
 
 from celery import Task, signals
+from celery.utils.saferepr import saferepr
+from celery.worker.request import Request
 
 from . import ordering, sweeps
 from .celery_app import app, current_settings
@@ -23,7 +25,7 @@ from .notify import publish
 from .notify import reset as reset_redis
 from .schemas import KINDS, check_project_id, payload_to_json, validate_payload
 from .sealing import seal_payload
-from .webhooks import record_events
+from .webhooks import error_event, record_events
 
 log = logging.getLogger("qai_jobs.tasks")
 
@@ -78,9 +80,8 @@ def _record_foreign(
             failed_error=error,
         )
         if error and got.created:  # a final failure, like any other: announce it
-            event = {"error": error, "kind": kind, "attempts": 0}
             event_ids = record_events(
-                conn, settings, project_id, action_id, [("workspace.error", event)]
+                conn, settings, project_id, action_id, [error_event(error, kind, 0)]
             )
     if error and got.created:
         for_action(project_id, action_id).error("rejected %s: %s", kind, error["message"])
@@ -88,8 +89,43 @@ def _record_foreign(
         dispatch().deliver(event_ids)
 
 
+def describe_kwargs(kwargs: Any) -> str:
+    """A message's kwargs as monitoring may show them: ``env`` values never, files counted."""
+    if not isinstance(kwargs, dict):
+        return saferepr(kwargs)
+    shown: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "env":
+            shown[key] = (
+                {name: "<redacted>" for name in value} if isinstance(value, dict) else "<redacted>"
+            )
+        elif key == "files" and isinstance(value, dict | list):
+            shown[key] = f"<{len(value)} files>"
+        else:
+            shown[key] = value
+    return saferepr(shown)
+
+
+class RedactedRequest(Request):
+    """What the worker tells Flower, `celery inspect` and its log about a message.
+
+    Our client sends only ``project_id``, but a producer in another language puts the whole
+    payload in the kwargs, ``env`` included, and Celery repeats its kwargs repr in every
+    task-received event; those secrets must not reach the monitoring.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # decodes the body (or raises for a bad one)
+        self._kwargsrepr = describe_kwargs(self.kwargs)
+
+    def info(self, safe: bool = False) -> Any:
+        # `celery inspect active|reserved|query_task` (and Flower's worker pages) ask for the
+        # unsafe form, the raw kwargs: always give the redacted one.
+        return super().info(safe=True)
+
+
 def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
-    @app.task(name=f"qai_jobs.{kind}", bind=True)
+    @app.task(name=f"qai_jobs.{kind}", bind=True, Request=RedactedRequest)
     def action_task(self: Task, /, project_id: str, **payload: Any) -> dict[str, Any]:  # type: ignore[type-arg]
         try:
             check_project_id(project_id)
