@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def _free_port() -> int:
 
 
 def _start_api(
-    settings: Settings, token: str, port: int, log_path: Path
+    settings: Settings, token: str, port: int, log_path: Path, workers: int = 1
 ) -> subprocess.Popen[bytes]:
     env = process_env(settings, WORKSPACE_TOKEN=token)
     with open(log_path, "wb") as log:
@@ -53,10 +54,13 @@ def _start_api(
                 str(port),
                 "--log-level",
                 "warning",
+                "--workers",
+                str(workers),
             ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, so _stop can reach --workers children
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -71,17 +75,23 @@ def _start_api(
     raise TimeoutError("bench api did not start")
 
 
+def _stop(api: subprocess.Popen[bytes]) -> None:
+    api.terminate()
+    try:
+        api.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(api.pid, signal.SIGKILL)  # the supervisor and its server processes
+
+
 def _burst(
     port: int, token: str, n: int, tag: str, threads: int = CLIENT_THREADS
 ) -> tuple[list[float], float, int]:
-    """POST n actions from CLIENT_THREADS threads; (latencies in s, wall seconds, errors).
+    """POST n actions from ``threads`` threads; (latencies in s, wall seconds, errors).
 
     The client is the standard library's keep-alive HTTPConnection rather than httpx: on a
     two-CPU machine the load generator shares the cores with the API and the worker, and the
     lighter client leaves more of them to what is being measured."""
-    counts = [
-        n // CLIENT_THREADS + (1 if i < n % CLIENT_THREADS else 0) for i in range(CLIENT_THREADS)
-    ]
+    counts = [n // threads + (1 if i < n % threads else 0) for i in range(threads)]
     body = json.dumps({"kind": "command", "cmd": "true"})
 
     def run(index: int) -> tuple[list[float], int]:
@@ -121,18 +131,24 @@ def run_http_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
     port = _free_port()
     queue = os.environ.get("QAI_QUEUE", "celery")
     worker = Worker(settings, 2, queue, logs / "worker.log")
-    api = _start_api(settings, token, port, logs / "api.log")
+    processes = max(2, os.cpu_count() or 1)
     try:
         worker.wait_ready(app)
-        _burst(port, token, min(200, n), "warm")
-        alone, _, _ = _burst(port, token, min(500, n), uuid.uuid4().hex[:6], threads=1)
-        latencies, wall, errors = _burst(port, token, n, uuid.uuid4().hex[:6])
-    finally:
-        api.terminate()
+        api = _start_api(settings, token, port, logs / "api.log")
         try:
-            api.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            api.kill()
+            _burst(port, token, min(200, n), "warm")
+            alone, _, _ = _burst(port, token, min(500, n), uuid.uuid4().hex[:6], threads=1)
+            latencies, wall, errors = _burst(port, token, n, uuid.uuid4().hex[:6])
+        finally:
+            _stop(api)
+        # The same burst against `qai-jobs api --workers N`, one server process per core.
+        api = _start_api(settings, token, port, logs / "api-workers.log", workers=processes)
+        try:
+            _burst(port, token, min(200, n), "warm")
+            _, multi_wall, multi_errors = _burst(port, token, n, uuid.uuid4().hex[:6])
+        finally:
+            _stop(api)
+    finally:
         worker.stop()
     result: dict[str, Any] = {
         "requests": n,
@@ -142,11 +158,17 @@ def run_http_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
         "per_second": round(n / wall, 1) if wall else 0.0,
         **{k: round(v, 3) for k, v in summarize(latencies).items()},
         "one_client": {k: round(v, 3) for k, v in summarize(alone).items()},
+        "api_processes": {
+            "processes": processes,
+            "per_second": round(n / multi_wall, 1) if multi_wall else 0.0,
+            "errors": multi_errors,
+        },
     }
     one = result["one_client"]
     log(
         f"http enqueue, one client: p50 {one['p50_ms']:.2f} ms, p99 {one['p99_ms']:.2f} ms; "
         f"{CLIENT_THREADS} clients: {result['per_second']:.0f} requests/s, p50 "
-        f"{result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms ({n} POSTs, {errors} errors)"
+        f"{result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms ({n} POSTs, {errors} errors); "
+        f"with --workers {processes}: {result['api_processes']['per_second']:.0f} requests/s"
     )
     return result

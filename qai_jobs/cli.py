@@ -175,8 +175,15 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port (each with its own connections).",
+)
 @click.pass_context
-def api(ctx: click.Context, host: str, port: int, log_level: str) -> None:
+def api(ctx: click.Context, host: str, port: int, log_level: str, workers: int) -> None:
     """Serve the HTTP API (FastAPI on uvicorn)."""
     settings = settings_from(ctx)
     if settings.workspace_token is None and host not in ("127.0.0.1", "localhost", "::1"):
@@ -185,11 +192,9 @@ def api(ctx: click.Context, host: str, port: int, log_level: str) -> None:
             "set a token, or bind to 127.0.0.1",
             EXIT_USAGE,
         )
-    import uvicorn
+    from .api_serve import serve
 
-    from .api import create_app
-
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    serve(settings, host, port, log_level, workers)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -269,3 +270,63 @@ def test_metrics_docs_and_openapi(http: httpx.Client) -> None:
     ):
         assert path in schema["paths"], path
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_several_server_processes_share_the_port(
+    base_env: dict[str, str], log_dir: Path, shared_worker: Any, project: str
+) -> None:
+    from tests.integration.api_helpers import api_env, start_api
+
+    served = start_api(api_env(base_env), log_dir, None, "--workers", "2")
+    try:
+        with httpx.Client(
+            base_url=served.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as c:
+            ids = []
+            for i in range(6):
+                got = c.post(
+                    f"/v1/projects/{project}/actions",
+                    json={"kind": "write", "files": {f"f{i}.txt": str(i)}},
+                )
+                assert got.status_code == 202, got.text
+                ids.append(got.json()["action_id"])
+            done = c.get(f"/v1/actions/{ids[-1]}", params={"wait": 30}).json()
+            assert done["status"] == "succeeded"
+        # Two server processes under the supervisor (beside multiprocessing's resource tracker).
+        children = Path(f"/proc/{served.proc.pid}/task/{served.proc.pid}/children").read_text()
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children.split()]
+        assert sum(b"resource_tracker" not in c for c in cmdlines) == 2
+    finally:
+        served.proc.stop()
+
+
+def test_the_shared_listening_socket_gets_tcp_nodelay_on_accept() -> None:
+    """uvicorn#3149: with --workers, uvicorn's socket said proto 0 and asyncio then left
+    Nagle on, so every keep-alive request waited ~40 ms for a delayed ACK."""
+    import asyncio
+    import socket
+
+    from qai_jobs.api_serve import _TcpConfig
+
+    sock = _TcpConfig("qai_jobs.api:app_from_env", host="127.0.0.1", port=0).bind_socket()
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            seen.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        port = sock.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
+    assert seen == [1]
