@@ -26,6 +26,7 @@ from .api_models import (
     ActionList,
     ErrorBody,
     Health,
+    Manifest,
     Workspace,
     action_request_schema,
 )
@@ -69,6 +70,17 @@ WaitParam = Annotated[
     Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait for the action to finish."),
 ]
 ProjectParam = Annotated[str, Path(description="^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+def app_from_env() -> FastAPI:
+    """The app for ``uvicorn --factory`` (and ``qai-jobs api --workers N``): each server
+    process reads its settings from the environment and holds its own connections."""
+    from .celery_app import configure
+    from .config import load_settings
+
+    settings = load_settings()
+    configure(settings)
+    return create_app(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -167,6 +179,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def get_project(project_id: ProjectParam) -> Response:
         return JSONResponse(await run_in_threadpool(client.get_workspace, project_id))
+
+    @app.get(
+        "/v1/projects/{project_id}/manifest",
+        summary="The files a project's syncs left in its workspace, for delta sync",
+        responses={200: {"model": Manifest}, **_errors(401, 422, 503)},
+    )
+    async def get_manifest(project_id: ProjectParam) -> Response:
+        return JSONResponse(await run_in_threadpool(client.get_manifest, project_id))
 
     @app.get(
         "/v1/projects/{project_id}/actions",

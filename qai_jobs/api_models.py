@@ -59,6 +59,15 @@ class ActionList(BaseModel):
     actions: list[Action]
 
 
+class Manifest(BaseModel):
+    project_id: str
+    manifest_seq: int | None = Field(
+        description="Send as the payload's manifest_base with the files that differ; null when "
+        "there is nothing to diff against (send every file)."
+    )
+    files: dict[str, str] = Field(description="path -> sha256 of what the project's syncs left")
+
+
 class Workspace(BaseModel):
     project_id: str
     workspace_id: str

@@ -257,7 +257,9 @@ def run_bench(
     client = WorkspaceClient(bsettings)
     engine = client.engine
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE actions, snapshots, webhook_events, workspaces"))
+        conn.execute(
+            sa.text("TRUNCATE actions, snapshots, webhook_events, workspace_files, workspaces")
+        )
     report: dict[str, Any] = {"concurrency": concurrency, "cpus": os.cpu_count()}
     logs_dir = Path(tempfile.mkdtemp(prefix="qai-bench-"))
     if "pipeline" in scenarios:

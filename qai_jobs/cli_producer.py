@@ -95,7 +95,8 @@ def register(main: click.Group) -> None:
         "--dir",
         "directory",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Sync this directory's files.",
+        help="Sync this directory's files (only those that changed; files deleted here since "
+        "the last sync are deleted in the workspace).",
     )
     @click.option("--repo", help="Git repository URL to clone or fast-forward.")
     @click.option("--ref", default=None, help="Git ref (with --repo; default main).")
@@ -105,6 +106,11 @@ def register(main: click.Group) -> None:
         "--port", type=click.IntRange(1, 65535), help="Dev server port inside the sandbox."
     )
     @click.option("--no-dev-server", is_flag=True, help="Do not start a dev server.")
+    @click.option(
+        "--keep-missing",
+        is_flag=True,
+        help="With --dir: keep files synced earlier that the directory no longer has.",
+    )
     @click.option("--no-wait", is_flag=True, help="Print the action id and return at once.")
     @timeout_opt
     @json_opt
@@ -120,6 +126,7 @@ def register(main: click.Group) -> None:
         install_command: str | None,
         port: int | None,
         no_dev_server: bool,
+        keep_missing: bool,
         no_wait: bool,
         wait_timeout: float,
         as_json: bool,
@@ -133,16 +140,34 @@ def register(main: click.Group) -> None:
             "port": port,
             "start_dev_server": False if no_dev_server else None,
         }
-        if directory is not None:
-            payload["files"] = _read_dir(directory)
         if repo:
             payload["repo"] = {"url": repo, "ref": ref or "main"}
-        handle = _client(ctx).ensure(project, **payload)
-        if no_wait:
-            click.echo(handle.id)
-            return
-        click.echo(f"ensure {project}: action {handle.id}", err=True)
-        result = _wait(handle, wait_timeout, quiet=as_json)
+        client = _client(ctx)
+        if directory is not None and not no_wait:
+            # Only what differs from the workspace's manifest goes, and files deleted from the
+            # directory since the last sync are deleted in the workspace too.
+            click.echo(f"ensure {project}: syncing {directory}", err=True)
+            progress = Progress(not as_json)
+            try:
+                result = client.sync(
+                    project,
+                    _read_dir(directory),
+                    delete_missing=not keep_missing,
+                    timeout=wait_timeout,
+                    on_event=progress,
+                    **{k: v for k, v in payload.items() if v is not None},
+                )
+            finally:
+                progress.close()
+        else:
+            if directory is not None:
+                payload["files"] = _read_dir(directory)
+            handle = client.ensure(project, **payload)
+            if no_wait:
+                click.echo(handle.id)
+                return
+            click.echo(f"ensure {project}: action {handle.id}", err=True)
+            result = _wait(handle, wait_timeout, quiet=as_json)
         if as_json:
             _echo_json(result)
         else:

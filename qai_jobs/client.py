@@ -22,7 +22,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from . import ordering
+from . import manifest, ordering
 from .config import Settings, load_settings
 from .db.session import db_retry, engine_for
 from .errors import ActionFailed, Conflict, NotFound, ValidationFailed
@@ -30,6 +30,7 @@ from .notify import channel
 from .notify import client as redis_client
 from .schemas import Limits, check_project_id, payload_to_json, validate_payload
 from .sealing import seal_payload
+from .sync import delta_sync
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # How often a waiter re-reads Postgres even without a notification (lost-message safety net).
@@ -284,6 +285,41 @@ class WorkspaceClient:
             "repo": row.repo,
             "pending_actions": row.pending,
         }
+
+    @db_retry
+    def get_manifest(self, project_id: str) -> dict[str, Any]:
+        """The files the project's syncs left in its workspace: ``{"manifest_seq", "files":
+        {path: sha256}}``; ``manifest_seq`` is None when there is nothing to diff against."""
+        check_project_id(project_id)
+        with self.engine.connect() as conn:
+            got = manifest.read(conn, project_id)
+        return {"project_id": project_id, "manifest_seq": got.seq, "files": got.files}
+
+    def sync(
+        self,
+        project_id: str,
+        files: Any,
+        *,
+        kind: str = "ensure",
+        delete_missing: bool = True,
+        timeout: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        **payload: Any,
+    ) -> dict[str, Any]:
+        """``ensure`` (or ``write``) ``files``, sending only those that differ from what the
+        workspace holds, and wait for the result (see ``sync.delta_sync``)."""
+
+        def submit(part: dict[str, Any]) -> dict[str, Any]:
+            handle = self.enqueue_payload(project_id, kind, {**payload, **part})
+            return handle.wait(timeout=timeout, on_event=on_event)
+
+        return delta_sync(
+            lambda: self.get_manifest(project_id),
+            submit,
+            files,
+            payload,
+            delete_missing=delete_missing,
+        )
 
     @db_retry
     def list_workspaces(self, limit: int = 1000) -> list[dict[str, Any]]:

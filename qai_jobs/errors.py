@@ -123,5 +123,6 @@ INSTALL_FAILED = "install_failed"
 REPO_UNAVAILABLE = "repo_unavailable"
 PATH_OUTSIDE_WORKSPACE = "path_outside_workspace"
 SNAPSHOT_NOT_FOUND = "snapshot_not_found"
+MANIFEST_STALE = "manifest_stale"  # a delta sync refused before writing: send the full tree
 INVALID_PAYLOAD = "invalid_payload"
 CANCELLED = "cancelled"

@@ -36,6 +36,7 @@ from .errors import (
     ValidationFailed,
 )
 from .schemas import Limits, check_project_id, validate_payload
+from .sync import delta_sync
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # One long-poll lasts at most this long; ``wait`` loops until its own deadline.
@@ -275,6 +276,37 @@ class HttpWorkspaceClient:
         check_project_id(project_id)
         data: dict[str, Any] = self._request("GET", f"/v1/projects/{project_id}").json()
         return data
+
+    def get_manifest(self, project_id: str) -> dict[str, Any]:
+        """What the project's syncs left in its workspace (``WorkspaceClient.get_manifest``)."""
+        check_project_id(project_id)
+        data: dict[str, Any] = self._request("GET", f"/v1/projects/{project_id}/manifest").json()
+        return data
+
+    def sync(
+        self,
+        project_id: str,
+        files: Any,
+        *,
+        kind: str = "ensure",
+        delete_missing: bool = True,
+        timeout: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        **payload: Any,
+    ) -> dict[str, Any]:
+        """``ensure`` (or ``write``) sending only the files that differ, and wait for the result
+        (``WorkspaceClient.sync``; ``on_event`` is accepted for symmetry, as in ``wait``)."""
+
+        def submit(part: dict[str, Any]) -> dict[str, Any]:
+            return self.enqueue(project_id, kind, **{**payload, **part}).wait(timeout=timeout)
+
+        return delta_sync(
+            lambda: self.get_manifest(project_id),
+            submit,
+            files,
+            payload,
+            delete_missing=delete_missing,
+        )
 
     def cancel(self, action_id: str | uuid.UUID) -> dict[str, Any]:
         """Cancel a queued action; Conflict if it is running or already finished."""

@@ -19,11 +19,12 @@ from pydantic import BaseModel
 
 from . import schemas as s
 from .config import Settings
-from .errors import PermanentError, QaiJobsError, SandboxGone
+from .errors import MANIFEST_STALE, PermanentError, QaiJobsError, SandboxGone
+from .manifest import Manifest, ManifestUpdate
 from .providers.base import CreateSpec, Provider, Sandbox, SandboxStatus
 from .providers.select import create_with_fallback, get_provider
 from .sealing import seal_env, unseal_env
-from .sync import INSTALL_INPUTS, install_command_for, install_fingerprint, plan_writes
+from .sync import INSTALL_INPUTS, install_command_for, install_fingerprint, plan_writes, sha256
 from .workspace_state import WorkspaceState
 
 Progress = Callable[[str, int | None, int | None], None]
@@ -48,6 +49,10 @@ class ActionContext:
     # The file changes of the project's earlier successful ensure/write actions, oldest first,
     # since the given snapshot (all of them for None): what to replay into a recreated sandbox.
     history: History = lambda snapshot_id: []
+    # The project's synced-files manifest as this action finds it, and what a successful sync
+    # changes in it (written with the final status).
+    manifest: Callable[[], Manifest] = lambda: Manifest(None, {})
+    manifest_update: ManifestUpdate | None = None
 
 
 def execute(ctx: ActionContext) -> dict[str, Any]:
@@ -178,11 +183,57 @@ def _verify_after_wake(ctx: ActionContext, sb: Sandbox) -> None:
 # --- files -----------------------------------------------------------------------------------
 
 
-def _sync_files(ctx: ActionContext, sb: Sandbox, payload: s._WithFiles) -> dict[str, int]:
+def _check_base(ctx: ActionContext, payload: s._WithFiles, adopting: bool = False) -> Manifest:
+    """The manifest, after refusing a delta computed against another one (nothing changed yet)."""
+    manifest = ctx.manifest()
+    base = payload.manifest_base
+    if base is not None and adopting:
+        raise _stale("a delta cannot adopt a sandbox (its files were never synced)")
+    if base is not None and base != manifest.seq:
+        now = (
+            f"is at {manifest.seq}"
+            if manifest.seq is not None
+            else "has none (never synced, or destroyed)"
+        )
+        raise _stale(f"this delta was computed against manifest {base}; the workspace's {now}")
+    return Manifest(None, {}) if adopting else manifest
+
+
+def _stale(why: str) -> PermanentError:
+    return PermanentError(f"{why}; send the full tree", code=MANIFEST_STALE)
+
+
+def _sync_files(
+    ctx: ActionContext, sb: Sandbox, payload: s._WithFiles, manifest: Manifest
+) -> dict[str, int]:
     provider = _provider(ctx)
-    written = unchanged = deleted = 0
-    if payload.files:
-        entries = [(f.path, f.data()) for f in payload.files]
+    entries = [(f.path, f.data()) for f in payload.files or []]
+    sent = {path for path, _ in entries}
+    deleting = set(payload.delete or []) - sent  # sent and deleted: the file wins
+    update = ManifestUpdate(replace=manifest.seq is None)
+    # The sandbox is the truth, and commands, dev servers, installs, a woken or rebuilt sandbox
+    # may have changed any recorded file since: hash those this sync leaves alone (a stat each
+    # on the local provider) before a delta relies on them, and record what is really there.
+    others = {p: h for p, h in manifest.files.items() if p not in sent and p not in deleting}
+    if others:
+        actual = provider.hashes(sb, list(others))
+        drifted = sorted(p for p, h in others.items() if actual.get(p) != h)
+        if drifted and payload.manifest_base is not None:
+            shown = ", ".join(drifted[:5]) + (" ..." if len(drifted) > 5 else "")
+            raise _stale(f"{len(drifted)} unsent file(s) changed in the workspace ({shown})")
+        for path in drifted:
+            if path in actual:
+                update.upsert[path] = actual[path]
+            else:
+                update.delete.add(path)
+    deleted = written = unchanged = 0
+    if deleting:
+        # Deletes first, deepest first: a tree that turned a file into a directory (or back)
+        # sends the new path and deletes the old one, which would be in the new one's way.
+        order = sorted(deleting, key=lambda p: (-p.count("/"), p))
+        deleted = len(provider.delete_files(sb, order))
+        update.delete |= deleting
+    if entries:
         current = provider.hashes(sb, [p for p, _ in entries])
         plan = plan_writes(entries, current)
         total = len(plan.to_write)
@@ -192,9 +243,25 @@ def _sync_files(ctx: ActionContext, sb: Sandbox, payload: s._WithFiles) -> dict[
             provider.write_files(sb, plan.to_write[i : i + chunk])
             ctx.progress("syncing", min(total, i + chunk), total)
         written, unchanged = total, len(plan.unchanged)
-    if payload.delete:
-        deleted = len(provider.delete_files(sb, payload.delete))
+        update.upsert.update((path, sha256(data)) for path, data in entries)
+    update.delete -= update.upsert.keys()
+    ctx.manifest_update = update
     return {"files_written": written, "files_unchanged": unchanged, "files_deleted": deleted}
+
+
+def _record_after_install(ctx: ActionContext, sb: Sandbox) -> None:
+    """An install may rewrite synced files (a lock file): record what it left, so the next
+    delta sends the producer's version instead of trusting one the sandbox no longer has."""
+    update = ctx.manifest_update
+    if update is None or not update.upsert:
+        return
+    actual = _provider(ctx).hashes(sb, list(update.upsert))
+    for path in list(update.upsert):
+        if path in actual:
+            update.upsert[path] = actual[path]
+        else:
+            del update.upsert[path]
+            update.delete.add(path)
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -252,8 +319,8 @@ def _dev_server(ctx: ActionContext, sb: Sandbox) -> str:
 
 def _wait_for_port(ctx: ActionContext, sb: Sandbox, proc: Mapping[str, Any], port: int) -> None:
     provider = _provider(ctx)
-    deadline = time.monotonic() + ctx.settings.workspace_dev_server_timeout_seconds
-    delay = 0.02
+    started = time.monotonic()
+    deadline = started + ctx.settings.workspace_dev_server_timeout_seconds
     ctx.progress("waiting for port", None, None)
     while True:
         if provider.port_ready(sb, port):
@@ -274,8 +341,8 @@ def _wait_for_port(ctx: ActionContext, sb: Sandbox, proc: Mapping[str, Any], por
                 f"{ctx.settings.workspace_dev_server_timeout_seconds:g}s:\n{log}",
                 code="dev_server_timeout",
             )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        early, later = provider.port_poll_seconds
+        time.sleep(early if time.monotonic() - started < 2 else later)
 
 
 def _wants_dev_server(ws: WorkspaceState) -> bool:
@@ -316,6 +383,8 @@ def _ensure(ctx: ActionContext) -> dict[str, Any]:
     p = ctx.payload
     assert isinstance(p, s.EnsurePayload)
     ws = ctx.ws
+    adopting = bool(p.sandbox_id and p.sandbox_id != ws.sandbox_id)
+    manifest = _check_base(ctx, p, adopting)  # before anything changes
     if p.env is not None:
         ws.env = seal_env(ctx.settings, p.env)
     if p.dev_command is not None:
@@ -325,7 +394,8 @@ def _ensure(ctx: ActionContext) -> dict[str, Any]:
     if p.port is not None:
         ws.port = p.port
     created = False
-    if p.sandbox_id and p.sandbox_id != ws.sandbox_id:
+    if adopting:
+        assert p.sandbox_id is not None
         provider_name = ws.provider or ctx.settings.workspace_runtime[0]
         sb = get_provider(provider_name, ctx.settings).adopt(p.sandbox_id, _spec(ctx))
         ws.set_sandbox(sb)
@@ -338,8 +408,15 @@ def _ensure(ctx: ActionContext) -> dict[str, Any]:
         ctx.progress("fetching repository", None, None)
         head = _provider(ctx).git_sync(sb, p.repo.url, p.repo.ref)
         ws.repo = {"url": p.repo.url, "ref": p.repo.ref, "head": head}
-    counts = _sync_files(ctx, sb, p)
+    try:
+        counts = _sync_files(ctx, sb, p, manifest)
+    except PermanentError as exc:
+        if exc.code == MANIFEST_STALE:  # refused: the settings wait for the full sync that follows
+            ws.revert("env", "dev_command", "install_command", "port")
+        raise
     installed = _install(ctx, sb, p.install_command)
+    if installed:
+        _record_after_install(ctx, sb)
     preview_url = ws.preview_url
     if p.start_dev_server:
         _set_wants_dev_server(ws, True)
@@ -369,7 +446,8 @@ def _prepare(ctx: ActionContext) -> Sandbox:
 def _write(ctx: ActionContext) -> dict[str, Any]:
     p = ctx.payload
     assert isinstance(p, s.WritePayload)
-    return _sync_files(ctx, _prepare(ctx), p)
+    manifest = _check_base(ctx, p)
+    return _sync_files(ctx, _prepare(ctx), p, manifest)
 
 
 def _read(ctx: ActionContext) -> dict[str, Any]:
@@ -500,6 +578,7 @@ def _restore(ctx: ActionContext) -> dict[str, Any]:
 
 def _destroy(ctx: ActionContext) -> dict[str, Any]:
     ws = ctx.ws
+    ctx.manifest_update = ManifestUpdate(clear=True)
     if not _has_sandbox(ws):
         return {}
     sb = ws.sb
@@ -518,6 +597,7 @@ def _destroy(ctx: ActionContext) -> dict[str, Any]:
     ws.dev_process = None
     ws.install_hash = None
     ws.repo = None
+    ws.last_snapshot_id = None  # a workspace that comes back starts empty, not from these
     ctx.events.append(("workspace.destroyed", {"workspace_id": str(ws.id)}))
     return {}
 

@@ -93,6 +93,16 @@ def check_path(path: str) -> str:
 SafePath = Annotated[str, Field(max_length=4096)]
 
 
+def decode_content(content: str, encoding: str) -> bytes:
+    """The bytes a file entry's content stands for; ValueError for invalid base64."""
+    if encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=True)
+        except binascii.Error:
+            raise ValueError("not valid base64") from None
+    return content.encode("utf-8")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,17 +119,14 @@ class FileEntry(_Strict):
 
     @model_validator(mode="after")
     def _decodable(self) -> FileEntry:
-        if self.encoding == "base64":
-            try:
-                base64.b64decode(self.content, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError(f"content of {self.path!r} is not valid base64") from None
+        try:
+            decode_content(self.content, self.encoding)
+        except ValueError:
+            raise ValueError(f"content of {self.path!r} is not valid base64") from None
         return self
 
     def data(self) -> bytes:
-        if self.encoding == "base64":
-            return base64.b64decode(self.content)
-        return self.content.encode("utf-8")
+        return decode_content(self.content, self.encoding)
 
     def size(self) -> int:
         if self.encoding == "base64":
@@ -159,6 +166,9 @@ class RepoSpec(_Strict):
 class _WithFiles(_Strict):
     files: Files | None = None
     delete: list[SafePath] | None = None
+    # The workspace manifest (manifest.py) these files were diffed against: the files left out
+    # are asserted unchanged, and the action fails with manifest_stale if they are not.
+    manifest_base: Annotated[int, Field(ge=0)] | None = None
 
     @field_validator("files", mode="before")
     @classmethod

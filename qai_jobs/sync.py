@@ -1,17 +1,23 @@
 """Content-hash file sync: what to send, what to skip, what to ignore.
 
-The sandbox's own hashes are the truth (a command may have changed a file we wrote), so a sync
-asks the provider for the current hashes of the paths it is about to write and sends only
-those that differ.
+Two halves. The producer diffs its tree against the workspace's recorded manifest
+(manifest.py) and sends only the files that differ, plus deletions (``delta_sync``). The worker
+asks the sandbox for the current hashes of the paths it is about to write and writes only those
+that differ (``plan_writes``): the sandbox's own hashes are the truth, since a command may have
+changed a file we wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .errors import MANIFEST_STALE, ActionFailed, ValidationFailed
+from .schemas import check_path, decode_content
 
 # Directories that are outputs, caches or VCS data: never synced from a source tree, never part
 # of a manifest (installing and building recreate them inside the sandbox).
@@ -122,3 +128,103 @@ def install_fingerprint(hashes: dict[str, str]) -> str | None:
         return None
     parts = [f"{name}:{hashes[name]}" for name in INSTALL_INPUTS if name in hashes]
     return sha256("\n".join(parts).encode())
+
+
+# --- the producer's half ---------------------------------------------------------------------
+
+Entry = dict[str, str]  # a file on the wire: {"path", "content", "encoding"?}
+
+
+def wire_entries(files: Mapping[str, str] | Sequence[Mapping[str, str]]) -> list[Entry]:
+    """Files in either payload form (CONTRACT 3) as wire entries, paths as the worker will
+    store them (``./a`` is ``a``): the diff must compare what the manifest records."""
+    raw = (
+        [{"path": path, "content": content} for path, content in files.items()]
+        if isinstance(files, Mapping)
+        else [dict(entry) for entry in files]
+    )
+    seen: set[str] = set()
+    for index, entry in enumerate(raw):
+        path = entry.get("path")
+        if not isinstance(path, str):
+            raise ValidationFailed(f"files[{index}]: needs a string path", field="files")
+        # Only a "." segment changes a path; anything else wrong with one is refused when it
+        # is enqueued (a path the manifest does not have is always sent).
+        if path == "." or path.startswith("./") or "/./" in path or path.endswith("/."):
+            try:
+                entry["path"] = check_path(path)
+            except ValueError as exc:
+                raise ValidationFailed(f"files[{index}]: {exc}", field="files") from None
+        if entry["path"] in seen:
+            raise ValidationFailed(f"files[{index}]: {path!r} appears twice", field="files")
+        seen.add(entry["path"])
+    return raw
+
+
+def entry_sha256(entry: Mapping[str, Any], index: int) -> str:
+    """The hash of an entry's decoded bytes (what the sandbox will hold)."""
+    content = entry.get("content")
+    if not isinstance(content, str) or not isinstance(entry.get("path"), str):
+        raise ValidationFailed(f"files[{index}]: needs a string path and content", field="files")
+    try:
+        return sha256(decode_content(content, entry.get("encoding", "utf-8")))
+    except ValueError:
+        raise ValidationFailed(
+            f"files[{index}]: content of {entry['path']!r} is not valid base64", field="files"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Delta:
+    files: list[Entry]  # those whose content differs from the recorded hash
+    delete: list[str]  # recorded paths the tree no longer has
+    unchanged: int  # files of the tree left out because the manifest has them as they are
+
+
+def plan_delta(
+    entries: Sequence[Entry], recorded: Mapping[str, str], delete_missing: bool
+) -> Delta:
+    changed = [e for i, e in enumerate(entries) if recorded.get(e["path"]) != entry_sha256(e, i)]
+    present = {e["path"] for e in entries}
+    delete = sorted(p for p in recorded if p not in present) if delete_missing else []
+    return Delta(changed, delete, len(entries) - len(changed))
+
+
+def delta_sync(
+    get_manifest: Callable[[], Mapping[str, Any]],
+    submit: Callable[[dict[str, Any]], dict[str, Any]],
+    files: Mapping[str, str] | Sequence[Mapping[str, str]],
+    payload: Mapping[str, Any],
+    *,
+    delete_missing: bool,
+) -> dict[str, Any]:
+    """Sync ``files`` sending only what differs from the workspace's manifest (both clients'
+    ``sync``: ``get_manifest`` is theirs, ``submit`` enqueues ``payload`` plus the given file
+    keys and waits for the result).
+
+    When the workspace changed under the delta (``manifest_stale``, refused before any file
+    was written), the full tree goes instead, and the sandbox's own hashes decide what to
+    write. With ``delete_missing``, recorded files (synced by any ensure/write of the project)
+    that ``files`` no longer has are deleted; files the sandbox made itself are never touched.
+    """
+    entries = wire_entries(files)
+    # A git fetch or an adopted sandbox puts files in place that no manifest knows of: send the
+    # whole tree (and delete nothing in a sandbox we never synced into).
+    full = bool(payload.get("repo") or payload.get("sandbox_id"))
+    delete_missing = delete_missing and not payload.get("sandbox_id")
+    recorded = get_manifest()
+    seq: int | None = recorded["manifest_seq"]
+    delta = plan_delta(entries, recorded["files"], delete_missing)
+    if seq is not None and not full:
+        try:
+            result = submit(
+                {"files": delta.files, "delete": delta.delete or None, "manifest_base": seq}
+            )
+        except ActionFailed as exc:
+            if exc.code != MANIFEST_STALE:
+                raise
+        else:
+            if "files_unchanged" in result:
+                result["files_unchanged"] += delta.unchanged
+            return result
+    return submit({"files": entries, "delete": delta.delete or None})

@@ -47,6 +47,12 @@ MAX_COUNTDOWN_SECONDS = 300.0
 
 EVENT_TYPES = ("workspace.ready", "workspace.error", "workspace.sleeping", "workspace.destroyed")
 
+
+def error_event(error: dict[str, Any], kind: str, attempts: int) -> tuple[str, dict[str, Any]]:
+    """The ``workspace.error`` event of an action's final failure (CONTRACT 5)."""
+    return ("workspace.error", {"error": error, "kind": kind, "attempts": attempts})
+
+
 _BUMP_EVENT_SEQ = sa.text(
     """
     UPDATE workspaces SET event_seq = event_seq + :n WHERE project_id = :p

@@ -69,6 +69,11 @@ class WorkspaceState:
     def mark_clean(self) -> None:
         self._loaded = {name: copy.deepcopy(getattr(self, name)) for name in MUTABLE}
 
+    def revert(self, *names: str) -> None:
+        """Put ``names`` back as they were loaded (an action refused before applying them)."""
+        for name in names:
+            setattr(self, name, copy.deepcopy(self._loaded.get(name)))
+
     def changes(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in MUTABLE if getattr(self, n) != self._loaded.get(n)}
 

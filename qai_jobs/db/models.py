@@ -61,6 +61,8 @@ class Workspace(Base):
     dev_process: Mapped[dict[str, Any] | None]
     repo: Mapped[dict[str, Any] | None]
     last_snapshot_id: Mapped[str | None] = mapped_column(String(255))
+    # seq of the ensure/write that last recorded workspace_files (see manifest.py)
+    manifest_seq: Mapped[int | None] = mapped_column(BigInteger)
     next_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     lease_gen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -113,6 +115,20 @@ class Action(Base):
         Index("ix_actions_status_created", "status", "created_at"),
         Index("ix_actions_finished", "finished_at"),
     )
+
+
+class WorkspaceFile(Base):
+    """One synced path of a workspace and the content hash its last sync left there."""
+
+    __tablename__ = "workspace_files"
+
+    project_id: Mapped[str] = mapped_column(
+        String(128),
+        ForeignKey("workspaces.project_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
 
 
 class Snapshot(Base):

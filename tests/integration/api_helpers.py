@@ -39,10 +39,10 @@ class Api:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def start_api(env: dict[str, str], log_dir: Path, port: int | None = None) -> Api:
+def start_api(env: dict[str, str], log_dir: Path, port: int | None = None, *extra: str) -> Api:
     port = port or free_port()
     log = log_dir / f"api-{port}-{time.monotonic_ns()}.log"
-    proc = Proc([*QAI, "api", "--port", str(port), "--log-level", "warning"], env, log)
+    proc = Proc([*QAI, "api", "--port", str(port), "--log-level", "warning", *extra], env, log)
     url = f"http://127.0.0.1:{port}"
     proc.wait_for_http(url + "/healthz", timeout=60)
     return Api(proc, url, env)

@@ -199,3 +199,19 @@ def test_survives_an_api_restart_mid_burst(
     workspace = WorkspaceClient(settings)
     last = workspace.wait_for(ids[-1], timeout=60)
     assert last["status"] == "succeeded"
+
+
+def test_sync_over_http_sends_only_what_changed(hc: HttpWorkspaceClient, project: str) -> None:
+    assert hc.get_manifest(project) == {"project_id": project, "manifest_seq": None, "files": {}}
+    files = {f"src/f{i}.txt": f"{i}\n" for i in range(40)}
+    assert hc.sync(project, files, timeout=30)["files_written"] == 40
+    recorded = hc.get_manifest(project)
+    assert recorded["manifest_seq"] is not None and len(recorded["files"]) == 40
+    files["src/f7.txt"] = "seven\n"
+    again = hc.sync(project, files, timeout=30)
+    assert again["files_written"] == 1 and again["files_unchanged"] == 39
+    assert hc.read(project, paths=["src/f7.txt"]).wait(timeout=30)["files"][0]["content"] == (
+        "seven\n"
+    )
+    with pytest.raises(ValidationFailed):
+        hc.get_manifest("../nope")

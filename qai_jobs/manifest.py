@@ -1,0 +1,89 @@
+"""The synced-files manifest: what each workspace holds of the files its producers sent.
+
+Every successful ``ensure``/``write`` records, in its own fenced finishing transaction, the
+content hash of each path it synced, and stamps the workspace with its ``seq``
+(``workspaces.manifest_seq``). A producer reads that manifest in one statement, hashes its own
+tree, and sends only what differs, naming the ``seq`` it diffed against (``manifest_base``).
+
+The sandbox, not this table, is the truth: commands, dev servers, installs, a sandbox woken or
+rebuilt may all have changed recorded files since. So every sync re-hashes the recorded paths
+it was not sent in the sandbox (the local provider's hash cache makes that a stat per file). A
+delta whose base is no longer current, or whose unsent files no longer match, fails with
+``manifest_stale`` before any file is written, and the producer sends its full tree instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+
+@dataclass
+class Manifest:
+    seq: int | None  # None: nothing recorded (never synced, destroyed, or adopted anew)
+    files: dict[str, str]
+
+
+@dataclass
+class ManifestUpdate:
+    """What a successful sync changes in the manifest, written when the action settles."""
+
+    upsert: dict[str, str] = field(default_factory=dict)
+    delete: set[str] = field(default_factory=set)
+    replace: bool = False  # forget every recorded path first (an adopted sandbox)
+    clear: bool = False  # the workspace is gone: forget everything, no seq
+
+
+# One statement, so the seq and the rows come from the same snapshot of the database; one JSON
+# object rather than a row per file, since decoding it is several times faster than building
+# thousands of rows.
+_READ = sa.text(
+    """
+    SELECT w.manifest_seq AS seq,
+           (SELECT json_object_agg(f.path, f.sha256) FROM workspace_files f
+            WHERE f.project_id = w.project_id) AS files
+    FROM workspaces w WHERE w.project_id = :p
+    """
+)
+
+
+def read(conn: Connection, project_id: str) -> Manifest:
+    """The recorded manifest; ``Manifest(None, {})`` when there is none."""
+    row = conn.execute(_READ, {"p": project_id}).first()
+    if row is None or row.seq is None:
+        return Manifest(None, {})
+    return Manifest(row.seq, dict(row.files or {}))
+
+
+def apply(conn: Connection, project_id: str, seq: int, update: ManifestUpdate) -> None:
+    """Record ``update`` as of action ``seq`` (inside the action's fenced transaction)."""
+    if update.clear or update.replace:
+        conn.execute(
+            sa.text("DELETE FROM workspace_files WHERE project_id = :p"), {"p": project_id}
+        )
+    if update.clear:
+        conn.execute(
+            sa.text("UPDATE workspaces SET manifest_seq = NULL WHERE project_id = :p"),
+            {"p": project_id},
+        )
+        return
+    if update.delete:
+        conn.execute(
+            sa.text("DELETE FROM workspace_files WHERE project_id = :p AND path = ANY(:paths)"),
+            {"p": project_id, "paths": sorted(update.delete)},
+        )
+    if update.upsert:
+        conn.execute(
+            sa.text(
+                """INSERT INTO workspace_files (project_id, path, sha256)
+                SELECT :p, * FROM unnest(CAST(:paths AS text[]), CAST(:hashes AS text[]))
+                ON CONFLICT (project_id, path) DO UPDATE SET sha256 = EXCLUDED.sha256"""
+            ),
+            {"p": project_id, "paths": list(update.upsert), "hashes": list(update.upsert.values())},
+        )
+    conn.execute(
+        sa.text("UPDATE workspaces SET manifest_seq = :seq WHERE project_id = :p"),
+        {"p": project_id, "seq": seq},
+    )
