@@ -7,10 +7,7 @@ gets one line on stderr, never a traceback.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -224,6 +221,7 @@ def flower(ctx: click.Context, address: str, port: int, flower_args: tuple[str, 
 def up(ctx: click.Context, concurrency: int | None, host: str, port: int) -> None:
     """Migrate, then run worker + beat + api in the foreground; Ctrl-C stops all."""
     from .db.migrate import migrate as run_migrate
+    from .supervise import Supervisor
 
     settings = settings_from(ctx)
     run_migrate(settings.database_url)
@@ -234,40 +232,12 @@ def up(ctx: click.Context, concurrency: int | None, host: str, port: int) -> Non
         "beat": [*exe, "beat"],
         "api": [*exe, "api", "--host", host, "--port", str(port)],
     }
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    for name, cmd in commands.items():
-        procs[name] = subprocess.Popen(cmd)
+    supervisor = Supervisor(commands, say=lambda line: click.echo(line, err=True))
     click.echo(
-        f"qai-jobs up: worker, beat and api (http://{host}:{port}) running; Ctrl-C stops all",
+        f"qai-jobs up: worker, beat and api (http://{host}:{port}) starting; Ctrl-C stops all",
         err=True,
     )
-    exit_code = 0
-    while not stopping:
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                click.echo(f"qai-jobs up: {name} exited with {proc.returncode}; stopping", err=True)
-                exit_code = proc.returncode or 1
-                stopping = True
-                break
-        time.sleep(0.2)
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    sys.exit(exit_code)
+    sys.exit(supervisor.run())
 
 
 # Producer and inspection commands live beside this module to keep each file readable.

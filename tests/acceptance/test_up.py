@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,34 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every live process below ``root``, with its start time and command line."""
+    out = subprocess.run(
+        ["ps", "-e", "-o", "pid=,ppid=,lstart=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in out.splitlines():
+        pid, ppid, rest = line.split(None, 2)
+        children.setdefault(int(ppid), []).append((int(pid), rest))
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for pid, rest in children.get(todo.pop(), []):
+            found[pid] = rest
+            todo.append(pid)
+    return found
+
+
+def _alive(pid: int, start_and_args: str) -> bool:
+    """Still running (not a zombie) and the same process, not a reused pid."""
+    out = subprocess.run(
+        ["ps", "-o", "stat=,lstart=,args=", "-p", str(pid)], capture_output=True, text=True
+    ).stdout.strip()
+    if not out or out.startswith("Z"):
+        return False
+    return out.split(None, 1)[1] == start_and_args
 
 
 def test_up_runs_everything_and_ctrl_c_stops_all(
@@ -47,11 +74,13 @@ def test_up_runs_everything_and_ctrl_c_stops_all(
         assert out.stdout == "from-up\n"
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert health.status_code == 200
+        running = _descendants(up.pid)
+        # worker, beat, api and the worker's two pool processes at least
+        assert len(running) >= 5, running
         up.popen.send_signal(signal.SIGINT)
         assert up.popen.wait(timeout=60) == 0
-        time.sleep(0.5)
-        children = subprocess.run(["pgrep", "-g", str(up.pid)], capture_output=True, text=True)
-        assert children.stdout.strip() == "", "worker, beat or api outlived `up`"
+        left = {pid: cmd for pid, cmd in running.items() if _alive(pid, cmd)}
+        assert not left, f"outlived `up`: {left}\n{up.log()[-3000:]}"
     finally:
         if up.popen.poll() is None:
             up.kill()
