@@ -1,14 +1,16 @@
 """`qai-jobs up`'s supervisor: run worker, beat and api together and stop all of them together.
 
-Each child leads its own process group, so the supervisor can reach what a child started (the
-worker's pool processes) even when the child itself is gone, and a terminal's Ctrl-C reaches only
-the supervisor, which then stops the children in order instead of everyone at once. Dev servers
-of local sandboxes run in sessions of their own and are meant to outlive all of this.
+The children stay in the supervisor's process group, so a terminal treats them as one job:
+Ctrl-C, Ctrl-Z and a closing terminal reach all of them. The supervisor is a child subreaper,
+so what a child leaves behind when it is killed (the worker's pool processes) is re-parented to
+it and can still be found and killed. Processes in sessions of their own are left alone: local
+sandboxes run commands and dev servers that way, and dev servers are meant to outlive `up`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -18,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 GRACE_SECONDS = 20.0  # a warm shutdown lets running actions finish; after this they are killed
 POLL_SECONDS = 0.1
 REAP_SECONDS = 2.0  # how long to wait for killed processes to disappear
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Supervisor:
@@ -35,19 +39,19 @@ class Supervisor:
         self.signals = 0
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self.signals += 1
-        if self.signals == 2:
-            self.say("qai-jobs up: stopping now (second signal)")
+        # Ctrl-\ (SIGQUIT) means "now"; anything else twice does too.
+        self.signals += 2 if signum == signal.SIGQUIT else 1
+        if self.signals >= 2:
+            self.say("qai-jobs up: stopping now")
 
     def run(self) -> int:
         """Start every command, wait for a signal or a child's exit, stop all; the exit code."""
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        _become_subreaper()
+        for signum in (*_STOP_SIGNALS, signal.SIGQUIT):
+            signal.signal(signum, self._on_signal)
         try:
             for name, cmd in self.commands.items():
-                self.procs[name] = subprocess.Popen(
-                    list(cmd), stdin=subprocess.DEVNULL, process_group=0
-                )
+                self.procs[name] = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL)
             return self._watch()
         finally:
             self.stop()
@@ -57,13 +61,14 @@ class Supervisor:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     self.say(f"qai-jobs up: {name} exited with {proc.returncode}; stopping")
-                    return proc.returncode or 1
+                    code = proc.returncode
+                    return 128 - code if code < 0 else code or 1
             time.sleep(POLL_SECONDS)
         return 0
 
     def stop(self) -> None:
-        """SIGTERM each child (Celery's warm shutdown), wait up to the grace period (a second
-        signal cuts it short), then SIGKILL whatever is left in each child's process group."""
+        """SIGTERM every child (Celery's warm shutdown), wait up to the grace period (a second
+        signal cuts it short), then SIGKILL whatever is left below this process."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -74,32 +79,41 @@ class Supervisor:
             time.sleep(POLL_SECONDS)
         for name, proc in self.procs.items():
             if proc.poll() is None:
-                self.say(f"qai-jobs up: {name} did not stop in {self.grace:.0f}s; killing it")
-            _kill_group(proc.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=REAP_SECONDS)
+                self.say(f"qai-jobs up: {name} did not stop in time; killing it")
+                proc.kill()
+                proc.wait()
+        # What the children left: pool processes of a killed worker, re-parented to us.
         deadline = time.monotonic() + REAP_SECONDS
-        while any(_group_alive(p.pid) for p in self.procs.values()):
+        while leftovers := _descendants_in_session():
+            for pid in leftovers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _reap()
             if time.monotonic() > deadline:
+                self.say(f"qai-jobs up: processes {sorted(leftovers)} would not die")
                 break
             time.sleep(POLL_SECONDS / 10)
+        _reap()
 
 
-def _kill_group(pgid: int) -> None:
-    """Kill what is left of a child's group: after a clean exit normally nothing, after a kill
-    the worker's orphaned pool processes."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _become_subreaper() -> None:
+    """Orphans of our children are re-parented to us instead of init (Linux 3.4+)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether the group still has a live member; zombies waiting for init do not count."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
+def _reap() -> None:
+    """Collect exited orphans; the Popen children were all waited for before this."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def _descendants_in_session() -> set[int]:
+    """Live processes below this one and in its session (not zombies)."""
+    me, session = os.getpid(), os.getsid(0)
+    parent: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -108,6 +122,14 @@ def _group_alive(pgid: int) -> bool:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        # fields: state ppid pgrp session ...
+        if fields[0] != "Z" and int(fields[3]) == session:
+            parent[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    for pid in parent:
+        ancestor, steps = parent.get(pid), 0
+        while ancestor is not None and ancestor != me and steps < len(parent):
+            ancestor, steps = parent.get(ancestor), steps + 1  # steps: pid reuse mid-scan
+        if ancestor == me:
+            found.add(pid)
+    return found

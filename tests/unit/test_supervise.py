@@ -1,20 +1,50 @@
-"""`qai-jobs up`'s supervisor with real processes: nothing it started outlives it."""
+"""`qai-jobs up`'s supervisor, driven in its own process with real children and real signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from qai_jobs.supervise import Supervisor
+from tests.support.procs import REPO
 
+DRIVER = """
+import json, sys
+from qai_jobs.supervise import Supervisor
+commands, grace = json.loads(sys.argv[1]), float(sys.argv[2])
+sys.exit(Supervisor(commands, say=lambda line: print(line, flush=True), grace=grace).run())
+"""
 # Ignores SIGTERM, like a worker stuck in its warm shutdown, and leaves a grandchild (a pool
-# process) that ignores it too; both write their pids so the test can look for them afterwards.
+# process) that ignores it too; both write their pids once their traps are set.
 STUBBORN = (
     'trap "" TERM; (trap "" TERM; echo $BASHPID >> {pids}; sleep 600) & echo $$ >> {pids}; wait'
 )
+# Shuts down cleanly on SIGTERM, saying so.
+POLITE = "trap 'echo term >> {out}; exit 0' TERM; echo $$ >> {pids}; while :; do sleep 0.05; done"
+
+
+class Up:
+    def __init__(self, commands: dict[str, str], grace: float = 20.0) -> None:
+        argv = {name: ["bash", "-c", cmd] for name, cmd in commands.items()}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, json.dumps(argv), str(grace)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def finish(self, timeout: float = 30) -> tuple[int, str, float]:
+        started = time.monotonic()
+        out, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, time.monotonic() - started
 
 
 def _alive(pid: int) -> bool:
@@ -26,7 +56,7 @@ def _alive(pid: int) -> bool:
 
 
 def _pids(path: Path, count: int) -> list[int]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if path.exists() and len(lines := path.read_text().split()) >= count:
             return [int(p) for p in lines]
@@ -34,65 +64,72 @@ def _pids(path: Path, count: int) -> list[int]:
     raise TimeoutError(path.read_text() if path.exists() else "no pids")
 
 
-def _signal_soon(sig: int, after: float) -> None:
-    threading.Timer(after, os.kill, (os.getpid(), sig)).start()
+def test_children_get_sigterm_first_and_the_grace_period_to_stop(tmp_path: Path) -> None:
+    pids, out = tmp_path / "pids", tmp_path / "out"
+    polite = POLITE.format(out=out, pids=pids)
+    up = Up({"one": polite, "two": polite}, grace=60)
+    children = _pids(pids, 2)
+    up.signal(signal.SIGINT)
+    code, said, elapsed = up.finish()
+    assert code == 0 and said == ""
+    assert out.read_text() == "term\nterm\n"  # each shut down on its own, nothing was killed
+    assert elapsed < 30  # not the 60 s grace
+    assert not [p for p in children if _alive(p)]
 
 
-def test_a_child_that_ignores_sigterm_is_killed_with_its_children(tmp_path: Path) -> None:
+def test_a_child_that_ignores_sigterm_is_killed_with_what_it_left(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    said: list[str] = []
-    sup = Supervisor(
-        {"stuck": ["bash", "-c", STUBBORN.format(pids=pids)], "fine": ["sleep", "600"]},
-        say=said.append,
-        grace=0.5,
-    )
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        _signal_soon(signal.SIGINT, 1.0)
-        started = time.monotonic()
-        assert sup.run() == 0
-        elapsed = time.monotonic() - started
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+    up = Up({"stuck": STUBBORN.format(pids=pids), "fine": "sleep 600"}, grace=0.5)
     stuck = _pids(pids, 2)
-    assert not [p for p in stuck if _alive(p)], stuck
-    assert not _alive(sup.procs["fine"].pid)
-    assert any("stuck did not stop" in line for line in said), said
-    assert elapsed < 10
-
-
-def test_a_child_exiting_stops_the_others_with_its_code(tmp_path: Path) -> None:
-    said: list[str] = []
-    sup = Supervisor(
-        {"quits": ["bash", "-c", "sleep 0.3; exit 3"], "waits": ["sleep", "600"]},
-        say=said.append,
-    )
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        assert sup.run() == 3
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
-    assert not _alive(sup.procs["waits"].pid)
-    assert said == ["qai-jobs up: quits exited with 3; stopping"]
+    up.signal(signal.SIGTERM)
+    code, said, _ = up.finish()
+    assert code == 0
+    assert "qai-jobs up: stuck did not stop in time; killing it" in said
+    assert not [p for p in stuck if _alive(p)], said
 
 
 def test_a_second_signal_kills_at_once(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    said: list[str] = []
-    sup = Supervisor({"stuck": ["bash", "-c", STUBBORN.format(pids=pids)]}, say=said.append)
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    up = Up({"stuck": STUBBORN.format(pids=pids)})
+    stuck = _pids(pids, 2)
+    up.signal(signal.SIGINT)
+    time.sleep(0.3)
+    up.signal(signal.SIGINT)
+    code, said, elapsed = up.finish()
+    assert code == 0
+    assert elapsed < 15  # the grace is 20 s: only the second signal explains an early end
+    assert "qai-jobs up: stopping now" in said
+    assert not [p for p in stuck if _alive(p)]
+
+
+def test_a_closing_terminal_stops_everything(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    up = Up({"stuck": STUBBORN.format(pids=pids)}, grace=0.5)
+    stuck = _pids(pids, 2)
+    up.signal(signal.SIGHUP)
+    assert up.finish()[0] == 0
+    assert not [p for p in stuck if _alive(p)]
+
+
+def test_a_child_exiting_stops_the_others_with_its_code(tmp_path: Path) -> None:
+    up = Up({"quits": "sleep 0.3; exit 3", "waits": "echo $$; exec sleep 600"})
+    code, said, _ = up.finish()
+    assert code == 3
+    waits = int(said.split()[0])
+    assert not _alive(waits)
+    assert "qai-jobs up: quits exited with 3; stopping" in said
+    # killed by a signal: the shell's convention, 128 + the signal
+    assert Up({"dies": "sleep 0.2; kill -9 $$"}).finish()[0] == 128 + signal.SIGKILL
+
+
+def test_processes_in_their_own_session_outlive_it(tmp_path: Path) -> None:
+    """Local sandboxes start dev servers in sessions of their own, to outlive the worker."""
+    pids = tmp_path / "pids"
+    up = Up({"spawner": f"setsid sleep 600 >/dev/null & echo $! >> {pids}; wait"}, grace=5)
+    (server,) = _pids(pids, 1)
     try:
-        _signal_soon(signal.SIGINT, 0.5)
-        _signal_soon(signal.SIGTERM, 1.0)
-        started = time.monotonic()
-        assert sup.run() == 0
-        elapsed = time.monotonic() - started
+        up.signal(signal.SIGINT)
+        assert up.finish()[0] == 0
+        assert _alive(server)
     finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
-    # the default grace is 20 s: only the second signal explains an early end
-    assert elapsed < 10
-    assert not [p for p in _pids(pids, 2) if _alive(p)]
-    assert "qai-jobs up: stopping now (second signal)" in said
+        os.kill(server, signal.SIGKILL)
