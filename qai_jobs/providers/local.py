@@ -161,13 +161,16 @@ class LocalProvider(Provider):
             except FileExistsError:
                 name = f"{stem}-{secrets.token_hex(3)}"
         layout = Layout(self.root / name)
+        held = False
         try:
             meta = self._provision(layout, spec)
             if spec.snapshot_id:
-                self.snapshots.hold(name, spec.snapshot_id)
+                # The name may be a vanished sandbox's, being rebuilt: it keeps what it held.
+                held = self.snapshots.hold(name, spec.snapshot_id)
                 self.snapshots.restore_into(SafeTree(layout.tree), spec.snapshot_id)
         except BaseException:
-            self.snapshots.forget(name)
+            if held and spec.snapshot_id:
+                self.snapshots.unhold(name, spec.snapshot_id)
             self.ports.release(name)
             shutil.rmtree(layout.base, ignore_errors=True)
             raise

@@ -29,9 +29,15 @@ from .local_fs import SafeTree, os_error
 _SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{32}$")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Replace ``path`` whole; ``durable`` also survives a power cut (fsync before rename), for
+    files whose loss would delete or leak data, not for ones rebuilt or re-checked anyway."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -127,10 +133,10 @@ class SnapshotStore:
         sleep's (``kept`` false) is dropped once ``keep`` newer sleeps of ``source`` exist."""
         snapshot_id = f"snap-{uuid.uuid4().hex}"
         archive, meta = self._paths(snapshot_id)
+        tmp = archive.with_name(archive.name + ".tmp")
         manifest: dict[str, str] = {}
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = archive.with_name(archive.name + ".tmp")
             # Level 3: a few percent bigger than 9 and several times faster on source trees.
             with tarfile.open(tmp, "w:gz", compresslevel=3) as tar:
                 now = time.time()
@@ -141,23 +147,40 @@ class SnapshotStore:
                     manifest[path] = sha256(data)
             os.replace(tmp, archive)
             body = {"id": snapshot_id, "source": source, "created_at": now, "manifest": manifest}
-            atomic_write(meta, json.dumps(body).encode())
+            atomic_write(meta, json.dumps(body).encode(), durable=True)
             with self._holding(source) as held:
                 if kept:
                     held.kept.append(snapshot_id)
                 else:
                     held.sleep = [*held.sleep, snapshot_id][-self.keep :]
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if snapshot_id not in self._held(self._index(source)).all():
+                    self._drop({snapshot_id})  # a full disk must not leave one nobody holds
             raise os_error(exc, "snapshot", ".") from None
         return snapshot_id
 
-    def hold(self, source: str, snapshot_id: str) -> None:
-        """Keep ``snapshot_id`` for ``source``, which is about to be made from it: whoever took
-        it may be destroyed meanwhile. ``snapshot_not_found`` when it is already gone."""
+    def hold(self, source: str, snapshot_id: str) -> bool:
+        """Keep ``snapshot_id`` for ``source``, which is about to be made from it, until
+        ``source`` is destroyed: whoever took it may be destroyed meanwhile, and a later sleep
+        of ``source`` must not rotate it away. Whether it was not held before (for ``unhold``);
+        ``snapshot_not_found`` when it is already gone."""
         with self._holding(source) as held:
             self.manifest(snapshot_id)
-            if snapshot_id not in held.all():
-                held.kept.append(snapshot_id)
+            if snapshot_id in held.kept:
+                return False
+            held.kept.append(snapshot_id)
+            if snapshot_id in held.sleep:
+                held.sleep.remove(snapshot_id)
+                return False
+            return True
+
+    def unhold(self, source: str, snapshot_id: str) -> None:
+        """Undo a ``hold`` that returned True, when making ``source`` from it failed."""
+        with self._holding(source) as held:
+            if snapshot_id in held.kept:
+                held.kept.remove(snapshot_id)
 
     def forget(self, source: str) -> None:
         """Let go of everything ``source`` held (it is being destroyed)."""
@@ -177,7 +200,9 @@ class SnapshotStore:
             index = self._index(source)
             if held.all():
                 index.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(index, json.dumps(asdict(held)).encode())
+                # Durable: read back as empty, it would let another sandbox's destroy delete
+                # snapshots this one still holds.
+                atomic_write(index, json.dumps(asdict(held)).encode(), durable=True)
             else:
                 index.unlink(missing_ok=True)
             released = before - held.all()

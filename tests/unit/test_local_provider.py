@@ -267,6 +267,45 @@ def test_a_snapshot_restored_elsewhere_outlives_the_sandbox_that_took_it(local: 
     assert _snapshot_files(local) == set()
 
 
+def test_restoring_a_sleep_snapshot_keeps_it_past_later_sleeps(local: Local) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none", workspace_local_snapshots_kept=1)
+    provider.write_files(sb, [("a.txt", b"first")])
+    first = provider.sleep(sb).snapshot_id
+    sb = provider.wake(sb)
+    provider.restore(sb, first)
+    provider.write_files(sb, [("a.txt", b"second")])
+    provider.sleep(sb)  # keeps one sleep snapshot: without the hold, `first` would go
+    sb = provider.wake(sb)
+    provider.restore(sb, first)
+    assert provider.read_files(sb, ["a.txt"]) == {"a.txt": b"first"}
+
+
+def test_a_failed_rebuild_keeps_what_the_vanished_sandbox_held(
+    local: Local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider, sb = local.pair(workspace_local_isolation="none")
+    provider.write_files(sb, [("a.txt", b"kept")])
+    explicit = provider.snapshot(sb)
+    slept = provider.sleep(sb).snapshot_id
+    shutil.rmtree(local.tmp / "workspaces" / sb.sandbox_id)  # lost behind our back
+    spec = CreateSpec(sb.state["project_id"], sb.state["workspace_id"], 3000, {}, slept)
+
+    def broken(*_: object) -> None:
+        raise TransientError("disk hiccup")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(provider.snapshots, "restore_into", broken)
+        with pytest.raises(TransientError):
+            provider.create(spec)
+    rebuilt = provider.create(spec)  # the retry
+    local.made.append((provider, rebuilt))
+    assert rebuilt.sandbox_id == sb.sandbox_id
+    assert provider.read_files(rebuilt, ["a.txt"]) == {"a.txt": b"kept"}
+    provider.write_files(rebuilt, [("a.txt", b"changed")])
+    provider.restore(rebuilt, explicit)
+    assert provider.read_files(rebuilt, ["a.txt"]) == {"a.txt": b"kept"}
+
+
 # -- ports -----------------------------------------------------------------------------------
 def _two_free_ports() -> int:
     for _ in range(100):
