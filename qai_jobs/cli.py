@@ -23,6 +23,7 @@ from .errors import (
     QaiJobsError,
     ValidationFailed,
 )
+from .supervise import GRACE_SECONDS
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -216,9 +217,19 @@ def flower(ctx: click.Context, address: str, port: int, flower_args: tuple[str, 
 @click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=None)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--grace",
+    default=GRACE_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help=(
+        "Seconds a stop waits for running actions; then they are killed, and re-run on the "
+        "next start (a command fails with worker_lost instead)."
+    ),
+)
 @click.pass_context
 @guarded
-def up(ctx: click.Context, concurrency: int | None, host: str, port: int) -> None:
+def up(ctx: click.Context, concurrency: int | None, host: str, port: int, grace: float) -> None:
     """Migrate, then run worker + beat + api in the foreground; Ctrl-C stops all."""
     from .db.migrate import migrate as run_migrate
     from .supervise import Supervisor
@@ -232,7 +243,7 @@ def up(ctx: click.Context, concurrency: int | None, host: str, port: int) -> Non
         "beat": [*exe, "beat"],
         "api": [*exe, "api", "--host", host, "--port", str(port)],
     }
-    supervisor = Supervisor(commands, say=lambda line: click.echo(line, err=True))
+    supervisor = Supervisor(commands, say=lambda line: click.echo(line, err=True), grace=grace)
     click.echo(
         f"qai-jobs up: worker, beat and api (http://{host}:{port}) starting; Ctrl-C stops all",
         err=True,

@@ -10,16 +10,16 @@ sandboxes run commands and dev servers that way, and dev servers are meant to ou
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 GRACE_SECONDS = 20.0  # a warm shutdown lets running actions finish; after this they are killed
 POLL_SECONDS = 0.1
 REAP_SECONDS = 2.0  # how long to wait for killed processes to disappear
+REAP_EVERY_SECONDS = 5.0
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -57,12 +57,18 @@ class Supervisor:
             self.stop()
 
     def _watch(self) -> int:
+        next_reap = time.monotonic() + REAP_EVERY_SECONDS
         while not self.signals:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     self.say(f"qai-jobs up: {name} exited with {proc.returncode}; stopping")
                     code = proc.returncode
                     return 128 - code if code < 0 else code or 1
+            if time.monotonic() > next_reap:
+                # A dev server whose worker process is gone is re-parented to us: collect
+                # it when it exits, as init would have.
+                _reap(keep={proc.pid for proc in self.procs.values()})
+                next_reap = time.monotonic() + REAP_EVERY_SECONDS
             time.sleep(POLL_SECONDS)
         return 0
 
@@ -98,22 +104,26 @@ class Supervisor:
 
 def _become_subreaper() -> None:
     """Orphans of our children are re-parented to us instead of init (Linux 3.4+)."""
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _reap() -> None:
-    """Collect exited orphans; the Popen children were all waited for before this."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+def _reap(keep: Collection[int] = ()) -> None:
+    """Collect exited orphans re-parented to us, but not ``keep``: those are Popen's to wait
+    for, and reaping them here would lose their exit status."""
+    me = os.getpid()
+    for pid, (state, ppid, _) in _processes().items():
+        if ppid == me and state == "Z" and pid not in keep:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
-def _descendants_in_session() -> set[int]:
-    """Live processes below this one and in its session (not zombies)."""
-    me, session = os.getpid(), os.getsid(0)
-    parent: dict[int, int] = {}
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """Every process: its state, parent and session (from /proc/<pid>/stat)."""
+    found: dict[int, tuple[str, int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -122,9 +132,18 @@ def _descendants_in_session() -> set[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # fields: state ppid pgrp session ...
-        if fields[0] != "Z" and int(fields[3]) == session:
-            parent[int(entry.name)] = int(fields[1])
+        found[int(entry.name)] = (fields[0], int(fields[1]), int(fields[3]))
+    return found
+
+
+def _descendants_in_session() -> set[int]:
+    """Live processes below this one and in its session (not zombies)."""
+    me, session = os.getpid(), os.getsid(0)
+    parent = {
+        pid: ppid
+        for pid, (state, ppid, sid) in _processes().items()
+        if state != "Z" and sid == session
+    }
     found: set[int] = set()
     for pid in parent:
         ancestor, steps = parent.get(pid), 0

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,10 @@ def _free_port() -> int:
 def _descendants(root: int) -> dict[int, str]:
     """Every live process below ``root``, with its start time and command line."""
     out = subprocess.run(
-        ["ps", "-e", "-o", "pid=,ppid=,lstart=,args="], capture_output=True, text=True, check=True
+        ["ps", "-ww", "-e", "-o", "pid=,ppid=,lstart=,args="],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     children: dict[int, list[tuple[int, str]]] = {}
     for line in out.splitlines():
@@ -41,26 +45,32 @@ def _descendants(root: int) -> dict[int, str]:
 def _alive(pid: int, start_and_args: str) -> bool:
     """Still running (not a zombie) and the same process, not a reused pid."""
     out = subprocess.run(
-        ["ps", "-o", "stat=,lstart=,args=", "-p", str(pid)], capture_output=True, text=True
+        ["ps", "-ww", "-o", "stat=,lstart=,args=", "-p", str(pid)], capture_output=True, text=True
     ).stdout.strip()
     if not out or out.startswith("Z"):
         return False
     return out.split(None, 1)[1] == start_and_args
 
 
-def test_up_runs_everything_and_ctrl_c_stops_all(
-    isolated_env: dict[str, str], log_dir: Path
-) -> None:
+def _start_up(env: dict[str, str], log: Path, *extra: str) -> tuple[Proc, int]:
     port = _free_port()
-    env = {**isolated_env, "WORKSPACE_TOKEN": "up-token"}
-    up = Proc(
-        [sys.executable, "-m", "qai_jobs", "up", "--port", str(port), "--concurrency", "2"],
-        env,
-        log_dir / "up.log",
-    )
+    argv = ["up", "--port", str(port), "--concurrency", "2", *extra]
+    up = Proc([sys.executable, "-m", "qai_jobs", *argv], env, log)
     try:
         up.wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
         up.wait_for_log(" ready.", timeout=60)
+    except BaseException:
+        up.kill()
+        raise
+    return up, port
+
+
+def test_up_runs_everything_and_ctrl_c_stops_all(
+    isolated_env: dict[str, str], log_dir: Path
+) -> None:
+    env = {**isolated_env, "WORKSPACE_TOKEN": "up-token"}
+    up, port = _start_up(env, log_dir / "up.log")
+    try:
         project = f"up-{uuid.uuid4().hex[:6]}"
         out = subprocess.run(
             [sys.executable, "-m", "qai_jobs", "run", project, "--", "echo", "from-up"],
@@ -82,5 +92,41 @@ def test_up_runs_everything_and_ctrl_c_stops_all(
         left = {pid: cmd for pid, cmd in running.items() if _alive(pid, cmd)}
         assert not left, f"outlived `up`: {left}\n{up.log()[-3000:]}"
     finally:
+        if up.popen.poll() is None:
+            up.kill()
+
+
+def test_up_kills_what_does_not_stop_in_time(isolated_env: dict[str, str], log_dir: Path) -> None:
+    """A running action holds the worker's warm shutdown; after the grace everything goes,
+    the sandboxed command included (it dies with the pool process that ran it)."""
+    env = {**isolated_env, "WORKSPACE_RUNTIME": "local"}  # up's default: real sandboxes
+    up, _ = _start_up(env, log_dir / "up-grace.log", "--grace", "2")
+    project = f"upg-{uuid.uuid4().hex[:6]}"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "qai_jobs", "run", project, "--", "sleep", "120"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_dir / "up-grace-run.log", "wb"),  # noqa: SIM115 - the child holds it
+    )
+    try:
+        deadline = time.monotonic() + 60
+        running = _descendants(up.pid)
+        while not any(cmd.endswith(" sleep 120") for cmd in running.values()):
+            assert time.monotonic() < deadline, (
+                f"never started: {running}\n{(log_dir / 'up-grace-run.log').read_text()}"
+                f"\n{up.log()[-3000:]}"
+            )
+            time.sleep(0.1)
+            running = _descendants(up.pid)
+        up.popen.send_signal(signal.SIGINT)
+        assert up.popen.wait(timeout=60) == 0
+        assert "qai-jobs up: worker did not stop in time; killing it" in up.log()
+        time.sleep(0.5)  # the sandbox's PID namespace tears down after its parent is gone
+        left = {pid: cmd for pid, cmd in running.items() if _alive(pid, cmd)}
+        assert not left, f"outlived `up`: {left}\n{up.log()[-3000:]}"
+    finally:
+        client.kill()
+        client.wait()
         if up.popen.poll() is None:
             up.kill()

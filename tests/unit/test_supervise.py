@@ -133,3 +133,21 @@ def test_processes_in_their_own_session_outlive_it(tmp_path: Path) -> None:
         assert _alive(server)
     finally:
         os.kill(server, signal.SIGKILL)
+
+
+def test_orphans_reparented_to_it_are_collected_while_it_runs(tmp_path: Path) -> None:
+    """A dev server outliving the worker process that started it becomes ours to reap."""
+    pids = tmp_path / "pids"
+    orphan = f"(setsid sh -c 'echo $$ >> {pids}; sleep 0.3' &); exec sleep 600"
+    up = Up({"worker": orphan}, grace=5)
+    try:
+        (pid,) = _pids(pids, 1)
+        deadline = time.monotonic() + 15
+        while os.path.exists(f"/proc/{pid}"):  # a zombie until its parent, up, collects it
+            assert time.monotonic() < deadline, "the exited orphan was never collected"
+            time.sleep(0.1)
+        with open(f"/proc/{up.proc.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    finally:
+        up.signal(signal.SIGTERM)
+        assert up.finish()[0] == 0
