@@ -122,11 +122,11 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         got = _acquire(engine, settings, project_id, owner, dispatch)
         if got is None:
             return ran
-        lease, ws = got
+        lease, ws, first = got
         beat = Heartbeat(engine, lease, settings)
         beat.start()
         try:
-            done, cut = _run_batch(engine, settings, lease, ws, beat, dispatch)
+            done, cut = _run_batch(engine, settings, lease, ws, beat, dispatch, first)
             ran += done
         except LeaseLost:
             for_project(project_id).warning("lease lost; a newer holder owns the project")
@@ -162,7 +162,9 @@ def _release(engine: Engine, lease: ordering.Lease) -> float | None:
 @db_retry
 def _acquire(
     engine: Engine, settings: Settings, project_id: str, owner: str, dispatch: Dispatch
-) -> tuple[ordering.Lease, WorkspaceState] | None:
+) -> tuple[ordering.Lease, WorkspaceState, ordering.Started | None] | None:
+    """Take the lease, settle what a dead holder left running, and start the head action if it
+    is due: one transaction, so one commit waiting for the disk instead of two."""
     with engine.begin() as conn:
         got = ordering.acquire(
             conn, project_id, owner, settings.lease_seconds, settings.workspace_max_attempts
@@ -186,13 +188,14 @@ def _acquire(
                 )
             else:
                 alog.warning("worker lost while running a %s: queued to run again", row.kind)
+        first = ordering.start_next(conn, lease)
     publish_many(
         settings.redis_url,
         [(r.id, {"type": "done", "status": r.status}) for r in settled if r.status == "failed"],
     )
     if event_ids:
         dispatch.deliver(event_ids)
-    return lease, ws
+    return lease, ws, first
 
 
 def _run_batch(
@@ -202,17 +205,12 @@ def _run_batch(
     ws: WorkspaceState,
     beat: Heartbeat,
     dispatch: Dispatch,
+    first: ordering.Started | None,
 ) -> tuple[int, bool]:
-    """Run due actions in order; return how many ran and whether the batch limit cut it."""
+    """Run due actions in order, from ``first`` (started with the lease); return how many ran
+    and whether the batch limit cut it."""
     started_at = time.monotonic()
-
-    @db_retry
-    def first() -> ordering.Started | None:
-        with engine.begin() as conn:
-            ordering.fence(conn, lease, settings.lease_seconds)
-            return ordering.start_next(conn, lease)
-
-    current = first()
+    current = first
     ran = 0
     more = True
     while current is not None:
@@ -374,6 +372,7 @@ def _progress_writer(
 ) -> runner.Progress:
     """Record the action's stage (throttled) so get_action and the CLI can show progress."""
     last = [0.0]
+    recorded = [ordering.START_STAGE]  # what the row holds: start_next wrote it
     stmt = sa.text(
         "UPDATE actions SET stage = CAST(:stage AS jsonb) "
         "WHERE id = :id AND status = 'running' AND lease_gen = :g"
@@ -387,12 +386,15 @@ def _progress_writer(
             return
         last[0] = now
         value = {"stage": stage, "done": done, "total": total}
-        try:
-            with engine.begin() as conn:
-                conn.execute(_ASYNC_COMMIT)  # advisory: a stage lost in a crash is harmless
-                conn.execute(stmt, {"id": action_id, "g": lease.gen, "stage": json.dumps(value)})
-        except sa.exc.SQLAlchemyError:
-            return  # progress is advisory
+        if value != recorded[0]:
+            try:
+                with engine.begin() as conn:
+                    conn.execute(_ASYNC_COMMIT)  # advisory: a stage lost in a crash is harmless
+                    params = {"id": action_id, "g": lease.gen, "stage": json.dumps(value)}
+                    conn.execute(stmt, params)
+            except sa.exc.SQLAlchemyError:
+                return  # progress is advisory
+            recorded[0] = value
         publish(settings.redis_url, action_id, {"type": "progress", **value})
 
     return progress

@@ -264,7 +264,7 @@ _START_NEXT = sa.text(
     UPDATE actions a
     SET status = 'running', started_at = coalesce(a.started_at, now()),
         attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
-        next_attempt_at = NULL
+        next_attempt_at = NULL, stage = CAST(:stage AS jsonb)
     FROM head
     WHERE a.id = head.id AND a.status = 'queued'
       AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
@@ -282,11 +282,16 @@ class Started:
     seq: int
 
 
+# The stage an action starts in: the runner reports the same one before running a command, and
+# that report then needs no write of its own.
+START_STAGE: dict[str, Any] = {"stage": "running", "done": None, "total": None}
+
+
 def start_next(conn: Connection, lease: Lease) -> Started | None:
-    """Mark the project's head action running if it is due; the caller has fenced ``conn``."""
-    row = conn.execute(
-        _START_NEXT, {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
-    ).first()
+    """Mark the project's head action running if it is due; the caller has fenced ``conn``
+    (or took the lease in it)."""
+    params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
+    row = conn.execute(_START_NEXT, {**params, "stage": json.dumps(START_STAGE)}).first()
     if row is None:
         return None
     return Started(row.id, row.kind, row.payload, row.attempts, row.seq)
