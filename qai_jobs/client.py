@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -106,6 +107,7 @@ class WorkspaceClient:
             max_timeout_s=settings.workspace_max_timeout_s,
         )
         self._pool: tuple[int, Any] | None = None
+        self._subscriber = _Subscriber(settings.redis_url)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> WorkspaceClient:
@@ -359,7 +361,7 @@ class WorkspaceClient:
         """Block until the action is terminal; return it (any terminal status)."""
         uid = _uuid(action_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with closing(_Subscription(self.settings.redis_url, channel(uid))) as messages:
+        with closing(_Subscription(self._subscriber, channel(uid))) as messages:
             while True:
                 try:
                     action = self.get_action(uid)
@@ -387,16 +389,55 @@ class WorkspaceClient:
                         on_event(message)
 
 
+class _Subscriber(threading.local):
+    """One pub/sub connection per thread (and process), kept open between waits: opening one
+    costs a TCP connect, while subscribing on an open one is a single round trip."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.held: tuple[int, redis.client.PubSub] | None = None
+
+    def get(self) -> redis.client.PubSub:
+        if self.held is None or self.held[0] != os.getpid():
+            self.held = (os.getpid(), redis_client(self.url).pubsub())
+        return self.held[1]
+
+    def drop(self) -> None:
+        if self.held is not None and self.held[0] == os.getpid():
+            with contextlib.suppress(redis.RedisError):
+                self.held[1].close()
+        self.held = None
+
+
 class _Subscription:
-    def __init__(self, url: str, name: str):
+    def __init__(self, subscriber: _Subscriber, name: str):
+        self.subscriber = subscriber
+        self.name = name.encode()
         self.pubsub: redis.client.PubSub | None = None
-        try:
-            self.pubsub = redis_client(url).pubsub()
-            self.pubsub.subscribe(name)
-            # Wait for the confirmation: only then can no later PUBLISH pass us by.
-            self.pubsub.get_message(timeout=1.0)
-        except redis.RedisError:
-            self.pubsub = None  # degrade to the safety re-check
+        # A kept connection may have died since (Redis restarted, an idle timeout): one more
+        # try on a fresh one; after that, degrade to the safety re-check.
+        for _ in range(2):
+            try:
+                self.pubsub = subscriber.get()
+                self._subscribe()
+                return
+            except redis.RedisError:
+                self._broken()
+
+    def _subscribe(self) -> None:
+        assert self.pubsub is not None
+        self.pubsub.subscribe(self.name)
+        # Wait for the confirmation: only then can no later PUBLISH pass us by. Whatever an
+        # earlier wait on this connection left unread comes first: skip it.
+        deadline = time.monotonic() + 1.0
+        while (left := deadline - time.monotonic()) > 0:
+            raw = self.pubsub.get_message(timeout=left)
+            if raw is not None and raw["type"] == "subscribe" and raw["channel"] == self.name:
+                return
+
+    def _broken(self) -> None:
+        self.pubsub = None
+        self.subscriber.drop()
 
     def __call__(self, timeout: float) -> dict[str, Any] | None:
         if self.pubsub is None:
@@ -405,9 +446,9 @@ class _Subscription:
         try:
             raw = self.pubsub.get_message(timeout=timeout)
         except redis.RedisError:
-            self.pubsub = None
+            self._broken()
             return None
-        if raw is None or raw.get("type") != "message":
+        if raw is None or raw.get("type") != "message" or raw.get("channel") != self.name:
             return None
         try:
             message: dict[str, Any] = json.loads(raw["data"])
@@ -417,8 +458,10 @@ class _Subscription:
 
     def close(self) -> None:
         if self.pubsub is not None:
-            with contextlib.suppress(redis.RedisError):
-                self.pubsub.close()
+            try:
+                self.pubsub.unsubscribe(self.name)
+            except redis.RedisError:
+                self._broken()
 
 
 def _uuid(value: str | uuid.UUID) -> uuid.UUID:
