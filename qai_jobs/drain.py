@@ -119,13 +119,16 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
     ran = 0
     while True:
         owner = owner_name()
-        got = _acquire(engine, settings, project_id, owner, dispatch)
+        got = _acquire(engine, settings, project_id, owner)
         if got is None:
             return ran
-        lease, ws, first = got
+        lease, ws, first, settled = got
         beat = Heartbeat(engine, lease, settings)
         beat.start()
         try:
+            # Redis and Celery I/O: only now, with the heartbeat keeping the lease, because
+            # nothing checks the lease again before the already started first action runs.
+            settled.announce(settings, dispatch)
             done, cut = _run_batch(engine, settings, lease, ws, beat, dispatch, first)
             ran += done
         except LeaseLost:
@@ -159,22 +162,37 @@ def _release(engine: Engine, lease: ordering.Lease) -> float | None:
         return ordering.pending_delay(conn, lease.project_id)
 
 
+@dataclass
+class _Settled:
+    """What taking the lease settled, to announce once the heartbeat runs."""
+
+    failed: list[uuid.UUID] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+
+    def announce(self, settings: Settings, dispatch: Dispatch) -> None:
+        publish_many(
+            settings.redis_url, [(i, {"type": "done", "status": "failed"}) for i in self.failed]
+        )
+        if self.event_ids:
+            dispatch.deliver(self.event_ids)
+
+
 @db_retry
 def _acquire(
-    engine: Engine, settings: Settings, project_id: str, owner: str, dispatch: Dispatch
-) -> tuple[ordering.Lease, WorkspaceState, ordering.Started | None] | None:
+    engine: Engine, settings: Settings, project_id: str, owner: str
+) -> tuple[ordering.Lease, WorkspaceState, ordering.Started | None, _Settled] | None:
     """Take the lease, settle what a dead holder left running, and start the head action if it
     is due: one transaction, so one commit waiting for the disk instead of two."""
+    settled = _Settled()
     with engine.begin() as conn:
         got = ordering.acquire(
             conn, project_id, owner, settings.lease_seconds, settings.workspace_max_attempts
         )
         if got is None:
             return None
-        lease, settled = got
+        lease, rows = got
         ws = WorkspaceState.load(conn, project_id)
-        event_ids: list[str] = []
-        for row in settled:
+        for row in rows:
             alog = for_action(project_id, row.id)
             if row.status == "failed":
                 alog.warning("worker lost while running a %s: failed with worker_lost", row.kind)
@@ -183,19 +201,14 @@ def _acquire(
                     "message": "the worker running this action stopped before it finished",
                     "retryable": False,
                 }
-                event_ids += record_events(
+                settled.failed.append(row.id)
+                settled.event_ids += record_events(
                     conn, settings, project_id, row.id, [error_event(error, row.kind, row.attempts)]
                 )
             else:
                 alog.warning("worker lost while running a %s: queued to run again", row.kind)
         first = ordering.start_next(conn, lease)
-    publish_many(
-        settings.redis_url,
-        [(r.id, {"type": "done", "status": r.status}) for r in settled if r.status == "failed"],
-    )
-    if event_ids:
-        dispatch.deliver(event_ids)
-    return lease, ws, first
+    return lease, ws, first, settled
 
 
 def _run_batch(

@@ -195,3 +195,51 @@ def test_fencing_a_stale_holder_cannot_overwrite(
         ordering.finish(conn, new, action_id, status="succeeded", result={"fresh": True})
         ordering.release(conn, new)
     assert iso_client.get_action(action_id)["result"] == {"fresh": True}
+
+
+def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(
+    isolated_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking the lease starts the head action in the same transaction; announcing what it
+    settled (Redis, Celery) comes after. While that I/O hangs past the lease's lifetime, the
+    lease must still be ours, or a second worker would run the project at the same time."""
+    from qai_jobs import drain, runner
+
+    env = {**isolated_env, "WORKSPACE_HEARTBEAT_SECONDS": "0.2"}
+    settings = settings_for(env)
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"gap-{uuid.uuid4().hex[:6]}"
+    dead, second = uuid.uuid4(), uuid.uuid4()
+    with engine.begin() as conn:
+        for action_id in (dead, second):
+            ordering.enqueue(
+                conn, action_id=action_id, project_id=project, kind="command", payload={"cmd": "x"}
+            )
+    with engine.begin() as conn:  # a holder dies running the first command
+        got = ordering.acquire(conn, project, "dead-holder", ttl=0.01)
+        assert got is not None
+        ordering.start_next(conn, got[0])
+    time.sleep(0.05)
+    stolen: list[bool] = []
+
+    def slow_redis(url: str, messages: object) -> None:  # the worker_lost notice hangs
+        time.sleep(settings.lease_seconds + 0.3)
+        with engine.begin() as conn:
+            stolen.append(ordering.acquire(conn, project, "other-worker", ttl=30) is not None)
+
+    ran: list[uuid.UUID] = []
+    monkeypatch.setattr(drain, "publish_many", slow_redis)
+    monkeypatch.setattr(runner, "execute", lambda ctx: ran.append(ctx.action_id) or {})
+    dispatch = drain.Dispatch(kick=lambda *_: None, deliver=lambda _: None)
+    assert drain.drain(settings, project, dispatch) == 1
+    assert stolen == [False]  # the heartbeat kept the lease through the hang
+    assert ran == [second]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id, status, error->>'code' AS code FROM actions WHERE project_id = :p"),
+            {"p": project},
+        ).all()
+    assert {r.id: (r.status, r.code) for r in rows} == {
+        dead: ("failed", "worker_lost"),
+        second: ("succeeded", None),
+    }
