@@ -90,7 +90,13 @@ class Jail:
         """What to hand to Popen; the caller must spawn it or ``release()`` it."""
         if self.isolation != "bwrap":
             full = {**BASE_ENV, "HOME": str(self.home), **env}
-            return Launch(list(argv), full, self.tree / cwd if cwd else self.tree)
+            where = self.tree / cwd if cwd else self.tree
+            if foreground and _SETPRIV:
+                # What bubblewrap's --die-with-parent does below: a command dies with its
+                # worker (here only the command's own process, not what it started).
+                program = _resolve(argv[0], full, where)
+                argv = [_SETPRIV, "--pdeathsig", "KILL", "--", program, *argv[1:]]
+            return Launch(list(argv), full, where)
         inner = {**BASE_ENV, "HOME": SANDBOX_HOME, **env}
         args = ["bwrap"]
         if foreground:
@@ -161,6 +167,9 @@ def _etc() -> tuple[list[str], list[int]]:
     # Not recursive: the directory binds are read-only already, the private-key mask stays empty.
     args += ["--remount-ro", "/etc"]
     return args, fds
+
+
+_SETPRIV = shutil.which("setpriv", path=SAFE_PATH)  # util-linux, on every Debian
 
 
 def check_env(env: Mapping[str, str]) -> None:

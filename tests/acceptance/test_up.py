@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.procs import REPO, Proc
 
@@ -43,13 +44,15 @@ def _descendants(root: int) -> dict[int, str]:
 
 
 def _alive(pid: int, start_and_args: str) -> bool:
-    """Still running (not a zombie) and the same process, not a reused pid."""
+    """Still running (not a zombie) and the same process: same start, not a reused pid (the
+    command line may have changed since, by an exec)."""
     out = subprocess.run(
-        ["ps", "-ww", "-o", "stat=,lstart=,args=", "-p", str(pid)], capture_output=True, text=True
+        ["ps", "-ww", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True
     ).stdout.strip()
     if not out or out.startswith("Z"):
         return False
-    return out.split(None, 1)[1] == start_and_args
+    started = start_and_args.split(None, 5)[:5]  # lstart is five words: Mon Nov 23 16:26:26 2026
+    return out.split(None, 1)[1].split() == started
 
 
 def _start_up(env: dict[str, str], log: Path, *extra: str) -> tuple[Proc, int]:
@@ -96,25 +99,33 @@ def test_up_runs_everything_and_ctrl_c_stops_all(
             up.kill()
 
 
-def test_up_kills_what_does_not_stop_in_time(isolated_env: dict[str, str], log_dir: Path) -> None:
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_up_kills_what_does_not_stop_in_time(
+    isolated_env: dict[str, str], log_dir: Path, isolation: str
+) -> None:
     """A running action holds the worker's warm shutdown; after the grace everything goes,
     the sandboxed command included (it dies with the pool process that ran it)."""
-    env = {**isolated_env, "WORKSPACE_RUNTIME": "local"}  # up's default: real sandboxes
-    up, _ = _start_up(env, log_dir / "up-grace.log", "--grace", "2")
+    env = {  # up's default runtime: real sandboxes
+        **isolated_env,
+        "WORKSPACE_RUNTIME": "local",
+        "WORKSPACE_LOCAL_ISOLATION": isolation,
+    }
+    up, _ = _start_up(env, log_dir / f"up-grace-{isolation}.log", "--grace", "2")
     project = f"upg-{uuid.uuid4().hex[:6]}"
     client = subprocess.Popen(
         [sys.executable, "-m", "qai_jobs", "run", project, "--", "sleep", "120"],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
-        stderr=open(log_dir / "up-grace-run.log", "wb"),  # noqa: SIM115 - the child holds it
+        stderr=open(log_dir / f"up-grace-run-{isolation}.log", "wb"),  # noqa: SIM115
     )
     try:
         deadline = time.monotonic() + 60
         running = _descendants(up.pid)
-        while not any(cmd.endswith(" sleep 120") for cmd in running.values()):
+        while not any(cmd.endswith("sleep 120") for cmd in running.values()):
             assert time.monotonic() < deadline, (
-                f"never started: {running}\n{(log_dir / 'up-grace-run.log').read_text()}"
+                f"never started: {running}\n"
+                f"{(log_dir / f'up-grace-run-{isolation}.log').read_text()}"
                 f"\n{up.log()[-3000:]}"
             )
             time.sleep(0.1)
