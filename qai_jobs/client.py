@@ -395,18 +395,26 @@ class _Subscriber(threading.local):
 
     def __init__(self, url: str):
         self.url = url
-        self.held: tuple[int, redis.client.PubSub] | None = None
+        self.idle: tuple[int, redis.client.PubSub] | None = None
 
-    def get(self) -> redis.client.PubSub:
-        if self.held is None or self.held[0] != os.getpid():
-            self.held = (os.getpid(), redis_client(self.url).pubsub())
-        return self.held[1]
+    def borrow(self) -> redis.client.PubSub:
+        """The kept connection; a new one if there is none, or if it is lent out already (a
+        wait inside another wait's on_event must not read the outer wait's messages)."""
+        held, self.idle = self.idle, None
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        return redis_client(self.url).pubsub()
 
-    def drop(self) -> None:
-        if self.held is not None and self.held[0] == os.getpid():
-            with contextlib.suppress(redis.RedisError):
-                self.held[1].close()
-        self.held = None
+    def give_back(self, pubsub: redis.client.PubSub) -> None:
+        if self.idle is None:
+            self.idle = (os.getpid(), pubsub)
+        else:
+            _close(pubsub)
+
+
+def _close(pubsub: redis.client.PubSub) -> None:
+    with contextlib.suppress(redis.RedisError):
+        pubsub.close()
 
 
 class _Subscription:
@@ -418,7 +426,7 @@ class _Subscription:
         # try on a fresh one; after that, degrade to the safety re-check.
         for _ in range(2):
             try:
-                self.pubsub = subscriber.get()
+                self.pubsub = subscriber.borrow()
                 self._subscribe()
                 return
             except redis.RedisError:
@@ -436,8 +444,9 @@ class _Subscription:
                 return
 
     def _broken(self) -> None:
+        if self.pubsub is not None:
+            _close(self.pubsub)
         self.pubsub = None
-        self.subscriber.drop()
 
     def __call__(self, timeout: float) -> dict[str, Any] | None:
         if self.pubsub is None:
@@ -457,11 +466,15 @@ class _Subscription:
         return message
 
     def close(self) -> None:
-        if self.pubsub is not None:
-            try:
-                self.pubsub.unsubscribe(self.name)
-            except redis.RedisError:
-                self._broken()
+        if self.pubsub is None:
+            return
+        try:
+            self.pubsub.unsubscribe(self.name)
+        except redis.RedisError:
+            self._broken()
+            return
+        self.subscriber.give_back(self.pubsub)
+        self.pubsub = None
 
 
 def _uuid(value: str | uuid.UUID) -> uuid.UUID:

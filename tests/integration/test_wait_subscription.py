@@ -53,3 +53,19 @@ def test_waits_reuse_one_connection(settings: Settings) -> None:
         seen.add(sub.pubsub.connection._sock.getsockname())
         sub.close()
     assert len(seen) == 1
+
+
+def test_a_wait_inside_another_waits_callback_leaves_the_outer_one_its_messages(
+    settings: Settings,
+) -> None:
+    client = WorkspaceClient(settings)
+    admin = redis.Redis.from_url(settings.redis_url)
+    outer_channel, inner_channel = _channel(), _channel()
+    outer = _Subscription(client._subscriber, outer_channel)
+    inner = _Subscription(client._subscriber, inner_channel)  # e.g. from outer's on_event
+    admin.publish(outer_channel, '{"type": "done", "for": "outer"}')
+    admin.publish(inner_channel, '{"type": "done", "for": "inner"}')
+    assert inner(5.0) == {"type": "done", "for": "inner"}
+    inner.close()
+    assert outer(5.0) == {"type": "done", "for": "outer"}
+    outer.close()
