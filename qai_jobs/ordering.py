@@ -163,7 +163,7 @@ _SETTLE = sa.text(
     SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN 'queued' ELSE 'failed' END,
         error = CAST(:error AS jsonb),
         finished_at = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN NULL ELSE now() END,
-        worker = NULL, next_attempt_at = NULL
+        worker = NULL, next_attempt_at = NULL, stage = NULL
     WHERE project_id = :p AND status = 'running'
     RETURNING id, kind, status, attempts
     """
