@@ -24,7 +24,7 @@ from .manifest import Manifest, ManifestUpdate
 from .providers.base import CreateSpec, Provider, Sandbox, SandboxStatus
 from .providers.select import create_with_fallback, get_provider
 from .sealing import seal_env, unseal_env
-from .sync import INSTALL_INPUTS, install_command_for, install_fingerprint, plan_writes, sha256
+from .sync import INSTALL_INPUTS, install_command_for, install_fingerprint, plan_writes
 from .workspace_state import WorkspaceState
 
 Progress = Callable[[str, int | None, int | None], None]
@@ -243,7 +243,7 @@ def _sync_files(
             provider.write_files(sb, plan.to_write[i : i + chunk])
             ctx.progress("syncing", min(total, i + chunk), total)
         written, unchanged = total, len(plan.unchanged)
-        update.upsert.update((path, sha256(data)) for path, data in entries)
+        update.upsert.update(plan.hashes)
     update.delete -= update.upsert.keys()
     ctx.manifest_update = update
     return {"files_written": written, "files_unchanged": unchanged, "files_deleted": deleted}

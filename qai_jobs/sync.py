@@ -98,18 +98,21 @@ def walk_tree(root: Path) -> Iterator[str]:
 class SyncPlan:
     to_write: list[tuple[str, bytes]]
     unchanged: list[str]
+    hashes: dict[str, str]  # every file's, as sent: what the manifest records
 
 
 def plan_writes(files: Iterable[tuple[str, bytes]], current: dict[str, str]) -> SyncPlan:
     """Split ``files`` into those whose content differs from ``current`` hashes and the rest."""
     to_write: list[tuple[str, bytes]] = []
     unchanged: list[str] = []
+    hashes: dict[str, str] = {}
     for path, data in files:
-        if current.get(path) == sha256(data):
+        hashes[path] = digest = sha256(data)
+        if current.get(path) == digest:
             unchanged.append(path)
         else:
             to_write.append((path, data))
-    return SyncPlan(to_write, unchanged)
+    return SyncPlan(to_write, unchanged, hashes)
 
 
 def install_command_for(present: Sequence[str]) -> str | None:
