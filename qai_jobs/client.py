@@ -31,7 +31,7 @@ from .notify import channel
 from .notify import client as redis_client
 from .schemas import Limits, check_project_id, payload_to_json, validate_payload
 from .sealing import seal_payload
-from .sync import delta_sync
+from .sync import Syncing
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # How often a waiter re-reads Postgres even without a notification (lost-message safety net).
@@ -94,7 +94,7 @@ class ActionHandle:
         )
 
 
-class WorkspaceClient:
+class WorkspaceClient(Syncing):
     """Enqueue workspace actions and inspect them, straight against Postgres and Redis."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
@@ -296,32 +296,6 @@ class WorkspaceClient:
         with self.engine.connect() as conn:
             got = manifest.read(conn, project_id)
         return {"project_id": project_id, "manifest_seq": got.seq, "files": got.files}
-
-    def sync(
-        self,
-        project_id: str,
-        files: Any,
-        *,
-        kind: str = "ensure",
-        delete_missing: bool = True,
-        timeout: float | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-        **payload: Any,
-    ) -> dict[str, Any]:
-        """``ensure`` (or ``write``) ``files``, sending only those that differ from what the
-        workspace holds, and wait for the result (see ``sync.delta_sync``)."""
-
-        def submit(part: dict[str, Any]) -> dict[str, Any]:
-            handle = self.enqueue_payload(project_id, kind, {**payload, **part})
-            return handle.wait(timeout=timeout, on_event=on_event)
-
-        return delta_sync(
-            lambda: self.get_manifest(project_id),
-            submit,
-            files,
-            payload,
-            delete_missing=delete_missing,
-        )
 
     @db_retry
     def list_workspaces(self, limit: int = 1000) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from .errors import (
     ValidationFailed,
 )
 from .schemas import Limits, check_project_id, validate_payload
-from .sync import delta_sync
+from .sync import Syncing
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # One long-poll lasts at most this long; ``wait`` loops until its own deadline.
@@ -123,7 +123,7 @@ class HttpActionHandle:
         raise ActionFailed(self.id, error)
 
 
-class HttpWorkspaceClient:
+class HttpWorkspaceClient(Syncing):
     """Enqueue workspace actions and inspect them through ``qai-jobs api``."""
 
     def __init__(
@@ -207,6 +207,16 @@ class HttpWorkspaceClient:
         self, project_id: str, kind: str, idempotency_key: str | None = None, **payload: Any
     ) -> HttpActionHandle:
         """Validate locally, then enqueue; retried safely under one idempotency key."""
+        return self.enqueue_payload(project_id, kind, payload, idempotency_key)
+
+    def enqueue_payload(
+        self,
+        project_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> HttpActionHandle:
+        """``enqueue`` with the payload as a mapping (``WorkspaceClient.enqueue_payload``)."""
         check_project_id(project_id)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
             raise ValidationFailed("idempotency_key: 1 to 255 characters", field="idempotency_key")
@@ -282,31 +292,6 @@ class HttpWorkspaceClient:
         check_project_id(project_id)
         data: dict[str, Any] = self._request("GET", f"/v1/projects/{project_id}/manifest").json()
         return data
-
-    def sync(
-        self,
-        project_id: str,
-        files: Any,
-        *,
-        kind: str = "ensure",
-        delete_missing: bool = True,
-        timeout: float | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-        **payload: Any,
-    ) -> dict[str, Any]:
-        """``ensure`` (or ``write``) sending only the files that differ, and wait for the result
-        (``WorkspaceClient.sync``; ``on_event`` is accepted for symmetry, as in ``wait``)."""
-
-        def submit(part: dict[str, Any]) -> dict[str, Any]:
-            return self.enqueue(project_id, kind, **{**payload, **part}).wait(timeout=timeout)
-
-        return delta_sync(
-            lambda: self.get_manifest(project_id),
-            submit,
-            files,
-            payload,
-            delete_missing=delete_missing,
-        )
 
     def cancel(self, action_id: str | uuid.UUID) -> dict[str, Any]:
         """Cancel a queued action; Conflict if it is running or already finished."""

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import MANIFEST_STALE, ActionFailed, ValidationFailed
 from .schemas import check_path, decode_content
@@ -231,3 +231,52 @@ def delta_sync(
                 result["files_unchanged"] += delta.unchanged
             return result
     return submit({"files": entries, "delete": delta.delete or None})
+
+
+class _Handle(Protocol):
+    def wait(
+        self, timeout: float | None = None, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]: ...
+
+
+class _Client(Protocol):
+    def get_manifest(self, project_id: str) -> dict[str, Any]: ...
+
+    def enqueue_payload(
+        self,
+        project_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> _Handle: ...
+
+
+class Syncing:
+    """``sync`` for both clients (``WorkspaceClient`` and ``HttpWorkspaceClient``)."""
+
+    def sync(
+        self: _Client,
+        project_id: str,
+        files: Any,
+        *,
+        kind: str = "ensure",
+        delete_missing: bool = True,
+        timeout: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        **payload: Any,
+    ) -> dict[str, Any]:
+        """``ensure`` (or ``write``) ``files``, sending only those that differ from what the
+        workspace holds, and wait for the result (see ``delta_sync``; over HTTP ``on_event``
+        sees nothing, as in ``wait``)."""
+
+        def submit(part: dict[str, Any]) -> dict[str, Any]:
+            handle = self.enqueue_payload(project_id, kind, {**payload, **part})
+            return handle.wait(timeout=timeout, on_event=on_event)
+
+        return delta_sync(
+            lambda: self.get_manifest(project_id),
+            submit,
+            files,
+            payload,
+            delete_missing=delete_missing,
+        )
