@@ -16,6 +16,8 @@ import subprocess
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 
+from .proctab import PPID, SESSION, STATE, descendants, stat_fields
+
 GRACE_SECONDS = 20.0  # a warm shutdown lets running actions finish; after this they are killed
 POLL_SECONDS = 0.1
 REAP_SECONDS = 2.0  # how long to wait for killed processes to disappear
@@ -115,40 +117,19 @@ def _reap(keep: Collection[int] = ()) -> None:
     """Collect exited orphans re-parented to us, but not ``keep``: those are Popen's to wait
     for, and reaping them here would lose their exit status."""
     me = os.getpid()
-    for pid, (state, ppid, _) in _processes().items():
-        if ppid == me and state == "Z" and pid not in keep:
+    for pid in descendants(me) - set(keep):
+        fields = stat_fields(pid)
+        if fields is not None and fields[STATE] == "Z" and int(fields[PPID]) == me:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
 
-def _processes() -> dict[int, tuple[str, int, int]]:
-    """Every process: its state, parent and session (from /proc/<pid>/stat)."""
-    found: dict[int, tuple[str, int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[int(entry.name)] = (fields[0], int(fields[1]), int(fields[3]))
-    return found
-
-
 def _descendants_in_session() -> set[int]:
     """Live processes below this one and in its session (not zombies)."""
-    me, session = os.getpid(), os.getsid(0)
-    parent = {
-        pid: ppid
-        for pid, (state, ppid, sid) in _processes().items()
-        if state != "Z" and sid == session
-    }
+    session = os.getsid(0)
     found: set[int] = set()
-    for pid in parent:
-        ancestor, steps = parent.get(pid), 0
-        while ancestor is not None and ancestor != me and steps < len(parent):
-            ancestor, steps = parent.get(ancestor), steps + 1  # steps: pid reuse mid-scan
-        if ancestor == me:
+    for pid in descendants(os.getpid()):
+        fields = stat_fields(pid)
+        if fields is not None and fields[STATE] != "Z" and int(fields[SESSION]) == session:
             found.add(pid)
     return found

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PermanentError, TransientError
+from ..proctab import START, STATE, descendants, stat_fields
 from .base import ExecResult, OutputCallback
 from .local_fs import os_error
 
@@ -326,22 +327,12 @@ def spawn_detached(launch: Launch, *, confine: Sequence[str], log_path: Path) ->
     return proc.pid
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat from the state on (index 0 = state, 1 = ppid, 19 = start)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read().decode(errors="replace")
-    except OSError:
-        return None
-    return data[data.rindex(")") + 2 :].split()
-
-
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot; None if gone or a zombie."""
-    fields = _stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
+    fields = stat_fields(pid)
+    if fields is None or fields[STATE] in ("Z", "X"):
         return None
-    return int(fields[19])
+    return int(fields[START])
 
 
 def alive(pid: int, started_at: int) -> bool:
@@ -349,21 +340,6 @@ def alive(pid: int, started_at: int) -> bool:
     if pid in _children:
         _children[pid].poll()  # reap it if it exited, so it does not linger as a zombie
     return start_time(pid) == started_at
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _signal(pids: set[int], group: int, sig: int) -> None:
