@@ -44,9 +44,9 @@ timezone = "UTC"
 enable_utc = True
 
 # Beat sends one message per sweep and period; the sweep itself makes sure only one of them
-# runs per period (qai_jobs.sweeps.run_sweep), however many beat processes are up.
+# runs per period (qai_jobs.worker.sweeps.run_sweep), however many beat processes are up.
 # Messages expire after a period so a backlog (workers down) does not replay old sweeps.
-from qai_jobs.sweeps import SWEEPS  # noqa: E402
+from qai_jobs.worker.sweeps import SWEEPS  # noqa: E402
 
 beat_schedule = {
     f"sweep-{name}": {

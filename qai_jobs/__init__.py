@@ -5,9 +5,9 @@ client = WorkspaceClient.from_env()
 result = client.ensure("proj-1", files={"server.js": "..."}).wait(timeout=120)
 """
 
-from .client import ActionHandle, WorkspaceClient
-from .errors import ActionFailed, QaiJobsError
-from .schemas import KINDS
+from qai_jobs.client.direct import ActionHandle, WorkspaceClient
+from qai_jobs.errors import ActionFailed, QaiJobsError
+from qai_jobs.schemas import KINDS
 
 __all__ = ["KINDS", "ActionFailed", "ActionHandle", "QaiJobsError", "WorkspaceClient"]
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from .cli import main
+from qai_jobs.cli.main import main
 
 main()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from .config import Settings, load_settings
+from qai_jobs.config import Settings, load_settings
 
 _settings: Settings | None = None
 
@@ -26,5 +26,8 @@ def current_settings() -> Settings:
     return _settings
 
 
-app = Celery("qai_jobs", include=["qai_jobs.tasks", "qai_jobs.tasks_ops", "qai_jobs.bench_tasks"])
+app = Celery(
+    "qai_jobs",
+    include=["qai_jobs.worker.tasks", "qai_jobs.worker.ops_tasks", "qai_jobs.bench.tasks"],
+)
 app.config_from_object("celeryconfig")

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .errors import ConfigurationError
+from qai_jobs.errors import ConfigurationError
 
 KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/qai_jobs"

@@ -26,10 +26,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from . import stats
-from .config import Settings
-from .db.session import engine_for
-from .notify import client as redis_client
+from qai_jobs.config import Settings
+from qai_jobs.db import stats
+from qai_jobs.db.session import engine_for
+from qai_jobs.notify import client as redis_client
 
 CARRIED = "qai:metrics:carried"
 SWEEPS_LAST = "qai:sweeps:last"

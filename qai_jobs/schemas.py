@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import PayloadTooLarge, ValidationFailed
+from qai_jobs.errors import PayloadTooLarge, ValidationFailed
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

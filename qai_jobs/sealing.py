@@ -17,8 +17,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from .config import Settings
-from .errors import ConfigurationError
+from qai_jobs.config import Settings
+from qai_jobs.errors import ConfigurationError
 
 SEALED = "sealed"
 KEY_FILE = Path(".qai/secret.key")

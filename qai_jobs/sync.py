@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import MANIFEST_STALE, ActionFailed, ValidationFailed
-from .schemas import check_path, decode_content
+from qai_jobs.errors import MANIFEST_STALE, ActionFailed, ValidationFailed
+from qai_jobs.schemas import check_path, decode_content
 
 # Directories that are outputs, caches or VCS data: never synced from a source tree, never part
 # of a manifest (installing and building recreate them inside the sandbox).

@@ -4,7 +4,7 @@ Select it with ``WORKSPACE_RUNTIME=fake``; inject faults into every worker with
 :func:`inject_fault` and read what really ran with :func:`journal`.
 """
 
-from .providers.fake import (
+from qai_jobs.providers.fake.provider import (
     FakeProvider,
     MemoryStore,
     RedisStore,

@@ -1,7 +1,7 @@
 """Postgres: models, engines and the queries that need care."""
 
-from .models import Action, Base, Snapshot, WebhookEvent, Workspace
-from .session import db_retry, dispose_all, engine_for
+from qai_jobs.db.models import Action, Base, Snapshot, WebhookEvent, Workspace
+from qai_jobs.db.session import db_retry, dispose_all, engine_for
 
 __all__ = [
     "Action",

@@ -1,7 +1,14 @@
 """Sandbox backends behind one small protocol (see ``base``)."""
 
-from .base import CreateSpec, ExecResult, Provider, Sandbox, SandboxStatus, SleepResult
-from .select import get_provider
+from qai_jobs.providers.base import (
+    CreateSpec,
+    ExecResult,
+    Provider,
+    Sandbox,
+    SandboxStatus,
+    SleepResult,
+)
+from qai_jobs.providers.select import get_provider
 
 __all__ = [
     "CreateSpec",

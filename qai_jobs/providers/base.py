@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..config import Settings
+from qai_jobs.config import Settings
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout"|"stderr", chunk) while a command runs, for live output."""
@@ -206,7 +206,7 @@ class Provider(abc.ABC):
         The default runs git inside the sandbox; providers whose sandbox cannot see the URL
         (local paths under bwrap) override it.
         """
-        from ..errors import PermanentError
+        from qai_jobs.errors import PermanentError
 
         script = (
             "set -e; if [ ! -d .git ]; then git init -q . ; fi; "

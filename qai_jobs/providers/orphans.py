@@ -11,11 +11,11 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
-from ..config import Settings
-from ..errors import ConfigurationError, ProviderError
-from .base import Provider
-from .remote import CloudProvider, TaggedSandbox
-from .select import get_provider
+from qai_jobs.config import Settings
+from qai_jobs.errors import ConfigurationError, ProviderError
+from qai_jobs.providers.base import Provider
+from qai_jobs.providers.select import get_provider
+from qai_jobs.providers.shell import CloudProvider, TaggedSandbox
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..config import Settings
-from ..errors import ConfigurationError, TransientError
-from .base import CreateSpec, Provider, Sandbox
-from .breaker import CircuitBreaker, RedisBreakerStore
+from qai_jobs.config import Settings
+from qai_jobs.errors import ConfigurationError, TransientError
+from qai_jobs.providers.base import CreateSpec, Provider, Sandbox
+from qai_jobs.providers.breaker import CircuitBreaker, RedisBreakerStore
 
 logger = logging.getLogger(__name__)
 

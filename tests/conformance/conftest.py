@@ -50,13 +50,13 @@ def register(factory: ProviderFactory) -> ProviderFactory:
 
 
 def _fake(settings: Settings) -> Provider:
-    from qai_jobs.providers.fake import FakeProvider, MemoryStore
+    from qai_jobs.providers.fake.provider import FakeProvider, MemoryStore
 
     return FakeProvider(settings, store=MemoryStore())
 
 
 def _local(settings: Settings) -> Provider:
-    from qai_jobs.providers.local import LocalProvider
+    from qai_jobs.providers.local.provider import LocalProvider
 
     return LocalProvider(settings)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from qai_jobs.config import Settings
-from qai_jobs.providers import e2b as e2b_adapter
-from qai_jobs.providers import modal as modal_adapter
+from qai_jobs.providers.e2b import provider as e2b_adapter
+from qai_jobs.providers.modal import provider as modal_adapter
 
 from . import fake_e2b, fake_modal
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from qai_jobs.client import WorkspaceClient
+from qai_jobs.client.direct import WorkspaceClient
 from tests.integration.api_helpers import TOKEN, Api, api, free_port, http  # noqa: F401
 from tests.support.procs import QAI
 
@@ -306,7 +306,7 @@ def test_the_shared_listening_socket_gets_tcp_nodelay_on_accept() -> None:
     import asyncio
     import socket
 
-    from qai_jobs.api_serve import _TcpConfig
+    from qai_jobs.api.serve import _TcpConfig
 
     sock = _TcpConfig("qai_jobs.api:app_from_env", host="127.0.0.1", port=0).bind_socket()
     seen: list[int] = []

@@ -15,8 +15,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from qai_jobs import ordering
-from qai_jobs.client import WorkspaceClient
+from qai_jobs.client.direct import WorkspaceClient
+from qai_jobs.db import ordering
 from qai_jobs.db.session import engine_for
 from qai_jobs.errors import LeaseLost
 from qai_jobs.testing import clear_faults, inject_fault, journal
@@ -203,7 +203,8 @@ def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(
     """Taking the lease starts the head action in the same transaction; announcing what it
     settled (Redis, Celery) comes after. While that I/O hangs past the lease's lifetime, the
     lease must still be ours, or a second worker would run the project at the same time."""
-    from qai_jobs import drain, runner
+    from qai_jobs.runner import handlers as runner
+    from qai_jobs.worker import drain
 
     env = {**isolated_env, "WORKSPACE_HEARTBEAT_SECONDS": "0.2"}
     settings = settings_for(env)

@@ -15,8 +15,8 @@ from qai_jobs import ActionFailed
 from qai_jobs.config import Settings
 from qai_jobs.db.session import engine_for
 from qai_jobs.metrics import render
-from qai_jobs.sweeps import prune
 from qai_jobs.testing import clear_faults, inject_fault
+from qai_jobs.worker.sweeps import prune
 from tests.support.procs import QAI, REPO
 
 

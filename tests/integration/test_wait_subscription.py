@@ -6,7 +6,7 @@ import uuid
 
 import redis
 
-from qai_jobs.client import WorkspaceClient, _Subscription
+from qai_jobs.client.direct import WorkspaceClient, _Subscription
 from qai_jobs.config import Settings
 
 

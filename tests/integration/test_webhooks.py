@@ -16,7 +16,7 @@ from qai_jobs import ActionFailed
 from qai_jobs.config import Settings, load_settings
 from qai_jobs.db.session import engine_for
 from qai_jobs.testing import inject_fault
-from qai_jobs.webhooks import NO_SECRET, NOT_CONFIGURED, deliver
+from qai_jobs.worker.webhooks import NO_SECRET, NOT_CONFIGURED, deliver
 from tests.integration.ops_support import (
     SECRET,
     Receiver,
@@ -45,7 +45,7 @@ def settings(base_env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> Any:
-    from qai_jobs.client import WorkspaceClient
+    from qai_jobs.client.direct import WorkspaceClient
 
     return WorkspaceClient(settings)
 

@@ -8,8 +8,8 @@ import modal.exception as me
 import pytest
 
 from qai_jobs.errors import PermanentError, SandboxGone, TransientError
-from qai_jobs.providers.e2b_errors import map_e2b_error
-from qai_jobs.providers.modal_errors import map_modal_error
+from qai_jobs.providers.e2b.errors import map_e2b_error
+from qai_jobs.providers.modal.errors import map_modal_error
 
 MODAL_TABLE = [
     (me.SandboxTerminatedError("terminated"), SandboxGone, "sandbox_gone"),

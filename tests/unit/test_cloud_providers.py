@@ -13,7 +13,7 @@ import modal.exception as me
 import pytest
 
 from qai_jobs.errors import SandboxGone, TransientError
-from qai_jobs.providers import doctor
+from qai_jobs.providers import credentials as doctor
 from qai_jobs.providers.base import CreateSpec, Provider, SandboxStatus
 from qai_jobs.providers.orphans import find_orphans, sweep_orphans
 from tests.fakes.cloud import e2b_provider, modal_provider, settings
@@ -105,7 +105,7 @@ def test_orphan_sweep_terminates_exactly_the_untracked(tmp_path: Path) -> None:
 
 
 def test_find_orphans_accepts_bare_ids() -> None:
-    from qai_jobs.providers.remote import TaggedSandbox
+    from qai_jobs.providers.shell import TaggedSandbox
 
     listed = [TaggedSandbox("modal", "sb-1", "p", "w"), TaggedSandbox("e2b", "i2", "p", "w")]
     assert find_orphans(listed, {"sb-1"}) == [listed[1]]

@@ -25,8 +25,8 @@ import pytest
 
 from qai_jobs.errors import PermanentError, TransientError
 from qai_jobs.providers.base import CreateSpec, Sandbox, SandboxStatus
-from qai_jobs.providers.local import LocalProvider
-from qai_jobs.providers.local_limits import Limits, _cgroup_bases
+from qai_jobs.providers.local.limits import Limits, _cgroup_bases
+from qai_jobs.providers.local.provider import LocalProvider
 from qai_jobs.sync import sha256
 from tests.conformance.conftest import make_settings
 
@@ -497,7 +497,7 @@ def test_hash_cache_sees_every_change_and_never_follows_symlinks(tmp_path: Path)
 
     from qai_jobs.config import Settings
     from qai_jobs.providers.base import CreateSpec
-    from qai_jobs.providers.local import LocalProvider
+    from qai_jobs.providers.local.provider import LocalProvider
 
     provider = LocalProvider(
         Settings(workspace_root=tmp_path / "ws", workspace_local_isolation="none")
@@ -538,7 +538,7 @@ def test_hashing_a_tree_of_many_directories_needs_few_descriptors(local: Local) 
 
 
 def test_writes_fill_the_hash_cache_so_the_next_sync_only_stats(local: Local) -> None:
-    from qai_jobs.providers.local_hashcache import HashCache
+    from qai_jobs.providers.local.hashcache import HashCache
 
     provider, sb = local.pair(workspace_local_isolation="none")
     files = [(f"d{i % 5}/f{i}.txt", f"content {i}".encode()) for i in range(100)]

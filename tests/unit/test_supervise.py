@@ -14,7 +14,7 @@ from tests.support.procs import REPO
 
 DRIVER = """
 import json, sys
-from qai_jobs.supervise import Supervisor
+from qai_jobs.cli.supervise import Supervisor
 commands, grace = json.loads(sys.argv[1]), float(sys.argv[2])
 sys.exit(Supervisor(commands, say=lambda line: print(line, flush=True), grace=grace).run())
 """

@@ -1,0 +1,79 @@
+"""`qai-jobs doctor`: is everything this process needs configured and reachable?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qai_jobs.config import Settings
+
+
+def _check(name: str, status: str, detail: str) -> dict[str, Any]:
+    return {"name": name, "status": status, "detail": detail}
+
+
+def run_checks(settings: Settings) -> list[dict[str, Any]]:
+    checks = [
+        _check(
+            "config",
+            "ok",
+            f"providers {','.join(settings.workspace_runtime)}; "
+            f"webhook targets {len(settings.workspace_callback_url)}; "
+            f"API token {'set' if settings.workspace_token else 'unset (loopback only)'}",
+        ),
+        _postgres(settings),
+        _redis(settings),
+    ]
+    if "local" in settings.workspace_runtime:
+        iso = settings.isolation
+        checks.append(
+            _check(
+                "local isolation",
+                "ok" if iso == "bwrap" else "warn",
+                "bubblewrap" if iso == "bwrap" else "none: workspaces are NOT isolated",
+            )
+        )
+    from qai_jobs.providers.credentials import check as cloud_checks
+
+    checks.extend(_cloud(report) for report in cloud_checks(settings))
+    return checks
+
+
+def _cloud(report: dict[str, Any]) -> dict[str, Any]:
+    """One line per cloud provider: SDK, credentials (never their values), reachability."""
+    name = f"provider {report['provider']}"
+    if not report["sdk_installed"]:
+        return _check(name, "fail", f"SDK not installed: {report.get('hint', '')}")
+    detail = f"SDK {report['sdk_version']}; credentials {report['credentials']}"
+    if report["reachable"] is True:
+        return _check(name, "ok", detail + "; reachable")
+    if report["reachable"] is False:
+        return _check(name, "fail", f"{detail}; {report.get('error')}: {report.get('message')}")
+    status = "warn" if report["credentials"] != "set" else "ok"
+    return _check(name, status, detail + "; not contacted")
+
+
+def _postgres(settings: Settings) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from qai_jobs.db.session import engine_for
+
+    try:
+        with engine_for(settings.database_url).connect() as conn:
+            version = conn.execute(sa.text("SHOW server_version")).scalar()
+            head = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.ProgrammingError:
+        return _check("postgres", "fail", "reachable, but not migrated: run `qai-jobs migrate`")
+    except sa.exc.SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        return _check("postgres", "fail", str(orig).splitlines()[0])
+    return _check("postgres", "ok", f"server {version}, schema {head}")
+
+
+def _redis(settings: Settings) -> dict[str, Any]:
+    import redis
+
+    try:
+        info = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).info("server")
+    except redis.RedisError as exc:
+        return _check("redis", "fail", str(exc))
+    return _check("redis", "ok", f"server {info.get('redis_version')}")

@@ -1,0 +1,391 @@
+"""Per-project exclusion, FIFO order and fencing: the only module that knows about the lease.
+
+The design (GUIDE, "the heart of it"):
+
+* Enqueue bumps the project's ``next_seq`` with ``UPDATE ... RETURNING`` and inserts the action
+  with that number in one transaction. The row lock on the workspace makes sequence numbers
+  follow commit order. The Celery message is sent only after commit.
+* A drainer takes the project's lease: ``lease_gen`` grows on every grant, ``lease_owner`` and
+  ``lease_expires_at`` say who holds it until when (renewed by a heartbeat). It runs the queued
+  actions in ``seq`` order; a task that finds the lease taken leaves, the holder will get to it.
+* Every state write is fenced: it first updates the workspace row ``WHERE lease_gen = :mine``,
+  which both proves we still hold the lease and locks the row against a takeover until commit.
+* Backoff lives in Postgres (``next_attempt_at``) so a retried action keeps its place at the head.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from qai_jobs.errors import LeaseLost, WorkerLost
+from qai_jobs.schemas import IDEMPOTENT_KINDS
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+_BUMP = sa.text(
+    """
+    INSERT INTO workspaces (project_id, id, next_seq) VALUES (:p, :wid, 1)
+    ON CONFLICT (project_id) DO UPDATE SET next_seq = workspaces.next_seq + 1
+    RETURNING next_seq
+    """
+)
+_FIND_KEY = sa.text("SELECT id FROM actions WHERE project_id = :p AND idempotency_key = :k")
+_COLUMNS = """
+    INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
+                         idempotency_key, kicked_at)
+"""
+# Without an idempotency key there is nothing to look up first: bump and insert in one
+# statement (the common enqueue, one round trip to Postgres besides the commit).
+_BUMP_AND_INSERT = sa.text(
+    """
+    WITH bumped AS (
+        INSERT INTO workspaces (project_id, id, next_seq) VALUES (:p, :wid, 1)
+        ON CONFLICT (project_id) DO UPDATE SET next_seq = workspaces.next_seq + 1
+        RETURNING next_seq
+    )"""
+    + _COLUMNS
+    + """
+    SELECT :id, :p, bumped.next_seq, :kind, CAST(:payload AS jsonb), :status,
+           CAST(:error AS jsonb), CAST(:finished AS timestamptz), NULL, now()
+    FROM bumped
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+_INSERT = sa.text(
+    """
+    INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
+                         idempotency_key, kicked_at)
+    VALUES (:id, :p, :seq, :kind, CAST(:payload AS jsonb), :status, CAST(:error AS jsonb),
+            CAST(:finished AS timestamptz), :k, now())
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    id: uuid.UUID
+    created: bool  # False when an idempotency key or task id found an existing action
+
+
+def enqueue(
+    conn: Connection,
+    *,
+    action_id: uuid.UUID,
+    project_id: str,
+    kind: str,
+    payload: dict[str, Any],
+    idempotency_key: str | None = None,
+    failed_error: dict[str, Any] | None = None,
+) -> Enqueued:
+    """Record an action in ``conn``'s transaction (the caller commits, then sends the message).
+
+    ``failed_error`` records an action that arrived invalid (from a foreign producer) as failed,
+    so whoever sent it can see why. An id already recorded (a redelivered task, or a retry of
+    a transaction whose commit succeeded unseen) comes back with ``created=False``.
+    """
+    params: dict[str, Any] = {
+        "id": action_id,
+        "p": project_id,
+        "kind": kind,
+        "payload": json.dumps(payload),
+        "status": "failed" if failed_error else "queued",
+        "finished": datetime.now(UTC) if failed_error else None,
+        "error": _json(failed_error),
+    }
+    if idempotency_key is None:
+        inserted = conn.execute(_BUMP_AND_INSERT, {**params, "wid": uuid.uuid4()}).first()
+        return Enqueued(action_id, created=inserted is not None)
+    # The bump locks the workspace row first, so two enqueues with one key serialise here.
+    seq = conn.execute(_BUMP, {"p": project_id, "wid": uuid.uuid4()}).scalar_one()
+    existing = conn.execute(_FIND_KEY, {"p": project_id, "k": idempotency_key}).scalar()
+    if existing is not None:
+        return Enqueued(existing, created=False)
+    inserted = conn.execute(_INSERT, {**params, "seq": seq, "k": idempotency_key}).first()
+    return Enqueued(action_id, created=inserted is not None)
+
+
+_CANCEL = sa.text(
+    """
+    UPDATE actions SET status = 'cancelled', finished_at = now(),
+           error = CAST(:error AS jsonb)
+    WHERE id = :id AND status = 'queued'
+    RETURNING project_id
+    """
+)
+
+
+def cancel(conn: Connection, action_id: uuid.UUID) -> bool:
+    """Cancel a queued action; False if it is not queued (running ones are not interrupted)."""
+    error = {"code": "cancelled", "message": "cancelled before it started", "retryable": False}
+    return conn.execute(_CANCEL, {"id": action_id, "error": json.dumps(error)}).first() is not None
+
+
+# --- the lease -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    project_id: str
+    gen: int
+    owner: str
+
+
+_ACQUIRE = sa.text(
+    """
+    UPDATE workspaces
+    SET lease_gen = lease_gen + 1, lease_owner = :o,
+        lease_expires_at = now() + make_interval(secs => :ttl)
+    WHERE project_id = :p
+      AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
+    RETURNING lease_gen
+    """
+)
+# Actions left `running` by an earlier holder (whose lease expired: it died or lost touch).
+# Idempotent kinds go back to the queue; a command is not run twice behind the user's back.
+_SETTLE = sa.text(
+    """
+    UPDATE actions
+    SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN 'queued' ELSE 'failed' END,
+        error = CAST(:error AS jsonb),
+        finished_at = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN NULL ELSE now() END,
+        worker = NULL, next_attempt_at = NULL, stage = NULL
+    WHERE project_id = :p AND status = 'running'
+    RETURNING id, kind, status, attempts
+    """
+)
+
+
+@dataclass(frozen=True)
+class Settled:
+    id: uuid.UUID
+    kind: str
+    status: str
+    attempts: int
+
+
+def acquire(
+    conn: Connection, project_id: str, owner: str, ttl: float, max_attempts: int = 5
+) -> tuple[Lease, list[Settled]] | None:
+    gen = conn.execute(_ACQUIRE, {"p": project_id, "o": owner, "ttl": ttl}).scalar()
+    if gen is None:
+        return None
+    error = WorkerLost("the worker running this action stopped before it finished").to_dict()
+    rows = conn.execute(
+        _SETTLE,
+        {
+            "p": project_id,
+            "idem": sorted(IDEMPOTENT_KINDS),
+            "error": json.dumps(error),
+            "max": max_attempts,
+        },
+    ).all()
+    return Lease(project_id, gen, owner), [
+        Settled(r.id, r.kind, r.status, r.attempts) for r in rows
+    ]
+
+
+_RENEW = sa.text(
+    """
+    UPDATE workspaces SET lease_expires_at = now() + make_interval(secs => :ttl)
+    WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o
+    RETURNING event_seq
+    """
+)
+_BEAT = sa.text("UPDATE actions SET heartbeat_at = now() WHERE id = :id AND status = 'running'")
+
+
+def renew(conn: Connection, lease: Lease, ttl: float, action_id: uuid.UUID | None) -> bool:
+    """Extend the lease (the heartbeat); False when it was lost to another holder."""
+    held = conn.execute(
+        _RENEW, {"p": lease.project_id, "g": lease.gen, "o": lease.owner, "ttl": ttl}
+    ).first()
+    if held is not None and action_id is not None:
+        conn.execute(_BEAT, {"id": action_id})
+    return held is not None
+
+
+def fence(conn: Connection, lease: Lease, ttl: float) -> None:
+    """Prove the lease is still ours and lock the workspace row until commit; else LeaseLost."""
+    if not renew(conn, lease, ttl, None):
+        raise LeaseLost(f"lease {lease.gen} of project {lease.project_id} was lost")
+
+
+_RELEASE = sa.text(
+    """
+    UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL
+    WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o
+    """
+)
+_PENDING = sa.text(
+    """
+    SELECT coalesce(next_attempt_at, created_at) AS due, now() AS now
+    FROM actions WHERE project_id = :p AND status = 'queued'
+    ORDER BY seq LIMIT 1
+    """
+)
+
+
+def release(conn: Connection, lease: Lease) -> None:
+    conn.execute(_RELEASE, {"p": lease.project_id, "g": lease.gen, "o": lease.owner})
+
+
+def pending_delay(conn: Connection, project_id: str) -> float | None:
+    """Seconds until the project's next queued action is due (0 if due now); None if none."""
+    row = conn.execute(_PENDING, {"p": project_id}).first()
+    if row is None:
+        return None
+    return max(0.0, float((row.due - row.now).total_seconds()))
+
+
+# --- running actions -------------------------------------------------------------------------
+
+_START_NEXT = sa.text(
+    """
+    WITH head AS (
+        SELECT id FROM actions
+        WHERE project_id = :p AND status = 'queued'
+        ORDER BY seq LIMIT 1
+    )
+    UPDATE actions a
+    SET status = 'running', started_at = coalesce(a.started_at, now()),
+        attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
+        next_attempt_at = NULL, stage = CAST(:stage AS jsonb)
+    FROM head
+    WHERE a.id = head.id AND a.status = 'queued'
+      AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
+    RETURNING a.id, a.kind, a.payload, a.attempts, a.seq
+    """
+)
+
+
+@dataclass(frozen=True)
+class Started:
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    seq: int
+
+
+# The stage an action starts in: the runner reports the same one before running a command, and
+# that report then needs no write of its own.
+START_STAGE: dict[str, Any] = {"stage": "running", "done": None, "total": None}
+
+
+def start_next(conn: Connection, lease: Lease) -> Started | None:
+    """Mark the project's head action running if it is due; the caller has fenced ``conn``
+    (or took the lease in it)."""
+    params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
+    row = conn.execute(_START_NEXT, {**params, "stage": json.dumps(START_STAGE)}).first()
+    if row is None:
+        return None
+    return Started(row.id, row.kind, row.payload, row.attempts, row.seq)
+
+
+_FINISH = sa.text(
+    """
+    UPDATE actions
+    SET status = :status, result = CAST(:result AS jsonb), error = CAST(:error AS jsonb),
+        finished_at = now(), stage = NULL, worker = NULL
+    WHERE id = :id AND status = 'running' AND lease_gen = :g
+    RETURNING kind, attempts
+    """
+)
+_RETRY = sa.text(
+    """
+    UPDATE actions
+    SET status = 'queued', error = CAST(:error AS jsonb), worker = NULL, stage = NULL,
+        next_attempt_at = now() + make_interval(secs => :delay)
+    WHERE id = :id AND status = 'running' AND lease_gen = :g
+    """
+)
+
+
+def finish(
+    conn: Connection,
+    lease: Lease,
+    action_id: uuid.UUID,
+    *,
+    status: str,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    row = conn.execute(
+        _FINISH,
+        {
+            "id": action_id,
+            "g": lease.gen,
+            "status": status,
+            "result": _json(result),
+            "error": _json(error),
+        },
+    ).first()
+    if row is None:
+        raise LeaseLost(f"action {action_id} is no longer ours to finish")
+
+
+def retry_later(
+    conn: Connection, lease: Lease, action_id: uuid.UUID, *, error: dict[str, Any], delay: float
+) -> None:
+    res = conn.execute(
+        _RETRY, {"id": action_id, "g": lease.gen, "error": json.dumps(error), "delay": delay}
+    )
+    if res.rowcount == 0:
+        raise LeaseLost(f"action {action_id} is no longer ours to retry")
+
+
+# --- recovery (independent of the broker) ----------------------------------------------------
+
+_STALE = sa.text(
+    """
+    WITH stale AS (
+        SELECT DISTINCT a.project_id FROM actions a JOIN workspaces w USING (project_id)
+        WHERE (w.lease_owner IS NULL OR w.lease_expires_at < now())
+          AND (
+            (a.status = 'queued' AND coalesce(a.next_attempt_at, a.created_at) <= now()
+             AND (a.kicked_at IS NULL OR a.kicked_at < now() - make_interval(secs => :stale))
+             -- only the head counts: the actions behind a retrying head wait for it
+             AND a.seq = (SELECT min(q.seq) FROM actions q
+                          WHERE q.project_id = a.project_id AND q.status = 'queued'))
+            OR a.status = 'running'
+          )
+        LIMIT :limit
+    )
+    UPDATE actions SET kicked_at = now()
+    WHERE status = 'queued' AND project_id IN (SELECT project_id FROM stale)
+    RETURNING project_id
+    """
+)
+_STALE_RUNNING_ONLY = sa.text(
+    """
+    SELECT DISTINCT a.project_id FROM actions a JOIN workspaces w USING (project_id)
+    WHERE a.status = 'running' AND (w.lease_owner IS NULL OR w.lease_expires_at < now())
+    LIMIT :limit
+    """
+)
+
+
+def stale_projects(engine: Engine, stale_after: float, limit: int = 1000) -> set[str]:
+    """Projects whose work nobody is doing: due queued actions whose message may be lost, or
+    running actions whose holder's lease expired. Marks the queued ones as kicked."""
+    with engine.begin() as conn:
+        projects = {
+            r.project_id for r in conn.execute(_STALE, {"stale": stale_after, "limit": limit})
+        }
+        projects |= {r.project_id for r in conn.execute(_STALE_RUNNING_ONLY, {"limit": limit})}
+    return projects

@@ -1,0 +1,399 @@
+"""The ``local`` provider: each workspace is a directory on the worker's host.
+
+Layout under WORKSPACE_ROOT (absolute)::
+
+    <sandbox_id>/            sandbox_id = <project_id>-<first 8 of the workspace id>
+        tree/                the workspace, /workspace inside the sandbox
+        home/                the sandbox's HOME (npm cache), outside the synced tree
+        git/                 git metadata of a repo source: never inside the tree, where
+                             sandboxed code could plant hooks or config for host-side git
+        logs/  procs/        dev server logs and the registry of started processes
+        meta.json            project, workspace, port, env of the sandbox
+        sleeping             marker: {"snapshot_id"} while asleep
+    snapshots/<id>.tar.gz + <id>.json
+    ports.json               port -> sandbox_id, under .ports.lock
+
+``Sandbox.state`` keeps ``dir`` and ``port``; everything else is found from the directory, so any
+worker process on the machine can take over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from qai_jobs.config import Settings
+from qai_jobs.errors import PermanentError, SandboxGone
+from qai_jobs.providers.base import (
+    CreateSpec,
+    ExecResult,
+    OutputCallback,
+    Provider,
+    Sandbox,
+    SandboxStatus,
+    SleepResult,
+)
+from qai_jobs.providers.local.fs import SafeTree
+from qai_jobs.providers.local.git import git_sync
+from qai_jobs.providers.local.hashcache import HashCache
+from qai_jobs.providers.local.limits import Limits
+from qai_jobs.providers.local.proc import (
+    Jail,
+    check_env,
+    run_captured,
+    spawn_detached,
+    start_time,
+    stop_tree,
+)
+from qai_jobs.providers.local.proc import alive as pid_alive
+from qai_jobs.providers.local.store import PortRegistry, SnapshotStore, atomic_write
+from qai_jobs.sync import sha256
+
+log = logging.getLogger(__name__)
+_SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_KEEP_LOGS = 5
+_warned: set[str] = set()  # warn once per process, not per provider instance
+
+
+class Layout:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.tree = base / "tree"
+        self.home = base / "home"
+        self.git = base / "git"
+        self.logs = base / "logs"
+        self.procs = base / "procs"
+        self.meta = base / "meta.json"
+        self.sleeping = base / "sleeping"
+
+    def make(self) -> None:
+        for path in (self.tree, self.home, self.logs, self.procs):
+            path.mkdir(mode=0o755, exist_ok=True)
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            meta: dict[str, Any] = json.loads(self.meta.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return meta
+
+
+class LocalProvider(Provider):
+    name: ClassVar[str] = "local"
+    # A refused loopback connection costs next to nothing, while every millisecond slept past
+    # the moment the server listens is added to a cold start (node listens in ~100 ms).
+    port_poll_seconds: ClassVar[tuple[float, float]] = (0.01, 0.1)
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.root = Path(settings.workspace_root).expanduser().resolve()
+        self.ports = PortRegistry(
+            self.root, settings.workspace_local_port_min, settings.workspace_local_port_max
+        )
+        self.snapshots = SnapshotStore(self.root, settings.workspace_local_snapshots_kept)
+        if settings.isolation == "none" and "none" not in _warned:
+            _warned.add("none")
+            log.warning(
+                "WORKSPACE_LOCAL_ISOLATION=none: workspace commands run unconfined on this host"
+            )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _layout(self, sb: Sandbox) -> Layout:
+        base = sb.state.get("dir")
+        return Layout(Path(base) if base else self.root / sb.sandbox_id)
+
+    def _existing(self, sb: Sandbox) -> Layout:
+        layout = self._layout(sb)
+        if not layout.tree.is_dir():
+            raise SandboxGone(f"local workspace {sb.sandbox_id} does not exist")
+        return layout
+
+    def _awake(self, sb: Sandbox) -> Layout:
+        layout = self._existing(sb)
+        if layout.sleeping.exists():
+            raise PermanentError(f"local workspace {sb.sandbox_id} is sleeping")
+        return layout
+
+    def _jail(self, layout: Layout) -> Jail:
+        return Jail(self.settings.isolation, layout.tree, layout.home)
+
+    def _env(self, layout: Layout, env: Mapping[str, str] | None) -> dict[str, str]:
+        merged = {**layout.read_meta().get("env", {}), **(env or {})}
+        check_env(merged)
+        return merged
+
+    def _sandbox(self, layout: Layout, meta: Mapping[str, Any]) -> Sandbox:
+        state = {
+            "dir": str(layout.base),
+            "port": meta["port"],
+            "project_id": meta["project_id"],
+            "workspace_id": meta["workspace_id"],
+            "isolation": self.settings.isolation,
+        }
+        return Sandbox(self.name, layout.base.name, state)
+
+    def _provision(self, layout: Layout, spec: CreateSpec) -> dict[str, Any]:
+        layout.make()
+        meta = {
+            "project_id": spec.project_id,
+            "workspace_id": spec.workspace_id,
+            "port": self.ports.allocate(layout.base.name),
+            "env": dict(spec.env),
+            "created_at": time.time(),
+        }
+        atomic_write(layout.meta, json.dumps(meta).encode())
+        layout.meta.chmod(0o600)  # env may hold the user's secrets
+        return meta
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def create(self, spec: CreateSpec) -> Sandbox:
+        if spec.snapshot_id:
+            self.snapshots.manifest(spec.snapshot_id)  # snapshot_not_found before any work
+        self.root.mkdir(parents=True, exist_ok=True)
+        stem = f"{spec.project_id}-{spec.workspace_id.replace('-', '')[:8]}"
+        name = stem
+        while True:
+            try:
+                (self.root / name).mkdir(mode=0o700)
+                break
+            except FileExistsError:
+                name = f"{stem}-{secrets.token_hex(3)}"
+        layout = Layout(self.root / name)
+        held = False
+        try:
+            meta = self._provision(layout, spec)
+            if spec.snapshot_id:
+                # The name may be a vanished sandbox's, being rebuilt: it keeps what it held.
+                held = self.snapshots.hold(name, spec.snapshot_id)
+                self.snapshots.restore_into(SafeTree(layout.tree), spec.snapshot_id)
+        except BaseException:
+            if held and spec.snapshot_id:
+                self.snapshots.unhold(name, spec.snapshot_id)
+            self.ports.release(name)
+            shutil.rmtree(layout.base, ignore_errors=True)
+            raise
+        return self._sandbox(layout, meta)
+
+    def adopt(self, sandbox_id: str, spec: CreateSpec) -> Sandbox:
+        if not _SANDBOX_ID.match(sandbox_id):
+            raise SandboxGone(f"no local workspace {sandbox_id!r}")
+        layout = Layout(self.root / sandbox_id)
+        meta = layout.read_meta()
+        if not meta or not layout.tree.is_dir():
+            raise SandboxGone(f"no local workspace {sandbox_id!r}")
+        meta["port"] = self.ports.allocate(sandbox_id)
+        return self._sandbox(layout, meta)
+
+    def status(self, sb: Sandbox) -> SandboxStatus:
+        layout = self._layout(sb)
+        if not layout.meta.exists():
+            return SandboxStatus.GONE
+        if layout.sleeping.exists():
+            return SandboxStatus.SLEEPING
+        return SandboxStatus.RUNNING if layout.tree.is_dir() else SandboxStatus.GONE
+
+    def sleep(self, sb: Sandbox) -> SleepResult:
+        layout = self._existing(sb)
+        self._stop_all(layout)
+        snapshot_id = self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id, kept=False)
+        atomic_write(layout.sleeping, json.dumps({"snapshot_id": snapshot_id}).encode())
+        sb.state["sleep_snapshot"] = snapshot_id
+        return SleepResult(sb, snapshot_id)
+
+    def wake(self, sb: Sandbox) -> Sandbox:
+        layout = self._layout(sb)
+        snapshot_id = sb.state.get("sleep_snapshot")
+        with contextlib.suppress(OSError, ValueError):
+            snapshot_id = json.loads(layout.sleeping.read_bytes())["snapshot_id"]
+        if not layout.tree.is_dir() or not layout.meta.exists():
+            if not snapshot_id:
+                raise SandboxGone(f"local workspace {sb.sandbox_id} is gone, with no snapshot")
+            layout.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            spec = CreateSpec(
+                str(sb.state.get("project_id", "")), str(sb.state.get("workspace_id", "")), 0
+            )
+            meta = layout.read_meta() or self._provision(layout, spec)
+            layout.make()
+            sb.state["port"] = meta["port"]
+        if snapshot_id:
+            tree = SafeTree(layout.tree)
+            # Files can vanish or change while asleep: verify against the manifest, repair.
+            if tree.manifest() != self.snapshots.manifest(snapshot_id):
+                self.snapshots.restore_into(tree, snapshot_id)
+        layout.sleeping.unlink(missing_ok=True)
+        sb.state.pop("sleep_snapshot", None)
+        return sb
+
+    def snapshot(self, sb: Sandbox) -> str:
+        layout = self._existing(sb)
+        return self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id, kept=True)
+
+    def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
+        layout = self._existing(sb)
+        self.snapshots.hold(sb.sandbox_id, snapshot_id)
+        self.snapshots.restore_into(SafeTree(layout.tree), snapshot_id)
+        return sb
+
+    def destroy(self, sb: Sandbox) -> None:
+        layout = self._layout(sb)
+        if layout.base.is_dir():
+            self._stop_all(layout)
+            shutil.rmtree(layout.base, ignore_errors=True)
+        self.snapshots.forget(sb.sandbox_id)
+        HashCache.forget(layout.base / "hashcache.json")
+        Limits(self.settings, layout.base.name).remove()
+        self.ports.release(layout.base.name)
+
+    def _stop_all(self, layout: Layout) -> None:
+        records = []
+        for path in layout.procs.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                rec = json.loads(path.read_bytes())
+                records.append((int(rec["pid"]), int(rec["started_at"])))
+        stop_tree(records)
+        # The cgroup knows processes that left their group or were started by a run.
+        Limits(self.settings, layout.base.name).kill_all()
+        for path in layout.procs.glob("*.json"):
+            path.unlink(missing_ok=True)
+
+    # -- files -------------------------------------------------------------------------------
+    def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
+        layout = self._existing(sb)
+        tree = SafeTree(layout.tree)
+        cache = HashCache.at(layout.base / "hashcache.json")
+        try:
+            for path, data in files:
+                cache.record(path, tree.write(path, data), sha256(data))
+        finally:
+            cache.save()
+
+    def delete_files(self, sb: Sandbox, paths: Sequence[str]) -> list[str]:
+        tree = SafeTree(self._existing(sb).tree)
+        deleted = [path for path in paths if tree.delete(path)]
+        for path in deleted:
+            tree.prune_empty_parents(path)
+        return deleted
+
+    def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
+        tree = SafeTree(self._existing(sb).tree)
+        return {path: tree.read(path) for path in paths}
+
+    def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
+        layout = self._existing(sb)
+        tree = SafeTree(layout.tree)
+        if paths is None:
+            return tree.manifest()
+        cache = HashCache.at(layout.base / "hashcache.json")
+        found = cache.hashes(tree, paths)
+        cache.save()
+        return found
+
+    # -- processes ---------------------------------------------------------------------------
+    def run(
+        self,
+        sb: Sandbox,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 300,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        layout = self._awake(sb)
+        if cwd and not SafeTree(layout.tree).is_dir(cwd):
+            raise PermanentError(f"working directory {cwd!r} does not exist", code="invalid_cwd")
+        limits = Limits(self.settings, sb.sandbox_id)
+        confine = limits.confine(limits.prepare())
+        merged = self._env(layout, env)
+        return run_captured(
+            self._jail(layout).command(argv, cwd, merged, foreground=True),
+            confine=confine,
+            timeout_s=max(timeout_s, 0.001),
+            max_bytes=self.settings.workspace_max_output_bytes,
+            on_output=on_output,
+        )
+
+    def start_process(
+        self, sb: Sandbox, command: str, *, env: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        layout = self._awake(sb)
+        limits = Limits(self.settings, sb.sandbox_id)
+        # $PORT too, for servers started without the {port} placeholder (node server.js).
+        port_env = {"PORT": str(sb.state["port"])} if sb.state.get("port") else {}
+        merged = {**port_env, **self._env(layout, env)}
+        confine = limits.confine(limits.prepare())
+        layout.logs.mkdir(exist_ok=True)
+        log_path = layout.logs / f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}.log"
+        pid = spawn_detached(
+            self._jail(layout).command(["bash", "-lc", command], None, merged, foreground=False),
+            confine=confine,
+            log_path=log_path,
+        )
+        started = start_time(pid)
+        record = {"pid": pid, "started_at": started or 0, "log": str(log_path), "command": command}
+        atomic_write(layout.procs / f"{pid}.json", json.dumps(record).encode())
+        for old in sorted(layout.logs.glob("*.log"))[:-_KEEP_LOGS]:
+            old.unlink(missing_ok=True)
+        return record
+
+    def process_alive(self, sb: Sandbox, proc: Mapping[str, Any]) -> bool:
+        try:
+            return pid_alive(int(proc["pid"]), int(proc["started_at"]))
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    def stop_process(self, sb: Sandbox, proc: Mapping[str, Any]) -> None:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            stop_tree([(int(proc["pid"]), int(proc["started_at"]))])
+            self._layout(sb).procs.joinpath(f"{int(proc['pid'])}.json").unlink(missing_ok=True)
+
+    def read_log(self, sb: Sandbox, proc: Mapping[str, Any], tail: int) -> str:
+        logs = self._layout(sb).logs.resolve()
+        path = Path(str(proc.get("log", ""))).resolve()
+        if path.parent != logs or tail <= 0:
+            return ""  # a record from Postgres must not make us read anything else
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - 256 * 1024))
+                data = fh.read()
+        except OSError:
+            return ""
+        return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-tail:])
+
+    # -- network -----------------------------------------------------------------------------
+    def dev_port(self, sb: Sandbox, requested: int) -> int:
+        """The workspace's own host port: every dev server shares the host network."""
+        port = sb.state.get("port")
+        if not port:
+            port = sb.state["port"] = self.ports.allocate(sb.sandbox_id)
+        return int(port)
+
+    def preview_url(self, sb: Sandbox, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def port_ready(self, sb: Sandbox, port: int) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/")
+            conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+        return True
+
+    # -- source ------------------------------------------------------------------------------
+    def git_sync(self, sb: Sandbox, url: str, ref: str) -> str:
+        """Host-side git: a local path or file:// URL is not visible inside bwrap."""
+        layout = self._existing(sb)
+        return git_sync(layout.tree, layout.git, layout.home, url, ref)

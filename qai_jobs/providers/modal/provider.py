@@ -1,0 +1,507 @@
+"""The ``modal`` provider: one Modal sandbox per workspace, in one app.
+
+Modal has no pause: sleep is a filesystem snapshot (an Image) plus terminate, wake creates a
+new sandbox from that image. A sandbox's lifetime is capped (24 h) and cannot be extended, so
+long-lived workspaces are recycled through a snapshot before the cap (``needs_recycle`` /
+``recycle``). ``idle_timeout`` is only a backstop behind qai-jobs' own idle sweep.
+
+The SDK is imported lazily through :func:`_sdk`, the one seam tests point at a fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from qai_jobs.config import Settings
+from qai_jobs.errors import (
+    ConfigurationError,
+    PermanentError,
+    QaiJobsError,
+    SandboxGone,
+    TransientError,
+)
+from qai_jobs.providers import shell as remote
+from qai_jobs.providers.base import (
+    CreateSpec,
+    ExecResult,
+    OutputCallback,
+    Provider,
+    Sandbox,
+    SandboxStatus,
+    SleepResult,
+)
+from qai_jobs.providers.modal.errors import map_modal_error
+from qai_jobs.sealing import seal_env, unseal_env
+
+DEFAULT_IMAGE = "node:22-bookworm"
+MAX_LIFETIME_S = 24 * 3600
+RECYCLE_MARGIN_S = 3600  # recycle an hour before the cap: a snapshot of a big tree takes time
+SNAPSHOT_TIMEOUT_S = 300
+STDIN_CHUNK = 1024 * 1024  # the SDK refuses more than 2 MiB buffered before a drain
+
+
+def _sdk() -> Any:
+    """The ``modal`` module (tests replace this function with one returning a fake)."""
+    try:
+        import modal
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the modal provider needs the Modal SDK: pip install 'qai-jobs[modal]'"
+        ) from exc
+    return modal
+
+
+class ModalProvider(Provider):
+    name: ClassVar[str] = "modal"
+
+    def __init__(self, settings: Settings, *, sdk: Any = None) -> None:
+        super().__init__(settings)
+        # The SDK module; None = import the real one on first use (tests pass a fake).
+        self._sdk_module = sdk
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._app: Any = None
+        # A connection cache only (sandbox id -> handle); everything durable is in Sandbox.state.
+        self._handles: OrderedDict[str, Any] = OrderedDict()
+
+    # -- SDK plumbing ------------------------------------------------------------------------
+    def _sdk(self) -> Any:
+        return self._sdk_module if self._sdk_module is not None else _sdk()
+
+    def _secrets(self) -> list[str]:
+        s = self.settings
+        return [v.get_secret_value() for v in (s.modal_token_id, s.modal_token_secret) if v]
+
+    @contextlib.contextmanager
+    def _guard(self, handle: Any = None, sandbox_id: str | None = None) -> Iterator[None]:
+        """Map every SDK error to ours; confirm "not found" with a poll before calling it gone."""
+        try:
+            yield
+        except QaiJobsError:
+            raise
+        except Exception as exc:
+            err = map_modal_error(exc, self._sdk().exception, secrets=self._secrets())
+            if isinstance(err, SandboxGone) and handle is not None:
+                # A transport hiccup inside a filesystem call is rewritten to NotFoundError by
+                # the SDK: only a sandbox that reports an exit code is really gone.
+                try:
+                    still_running = handle.poll() is None
+                except Exception:
+                    still_running = True
+                if still_running:
+                    err = TransientError(f"the Modal sandbox did not answer: {err.message}")
+            if sandbox_id is not None and isinstance(err, SandboxGone):
+                self._forget(sandbox_id)
+            raise err from exc
+
+    def _client_obj(self) -> Any:
+        with self._lock:
+            if (
+                self._client is None
+                and self.settings.modal_token_id
+                and self.settings.modal_token_secret
+            ):
+                with self._guard():
+                    self._client = self._sdk().Client.from_credentials(
+                        self.settings.modal_token_id.get_secret_value(),
+                        self.settings.modal_token_secret.get_secret_value(),
+                    )
+            return self._client
+
+    def _app_obj(self) -> Any:
+        client = self._client_obj()
+        with self._lock:
+            if self._app is None:
+                with self._guard():
+                    self._app = self._sdk().App.lookup(
+                        self.settings.modal_app_name, create_if_missing=True, client=client
+                    )
+            return self._app
+
+    def _handle(self, sb: Sandbox) -> Any:
+        with self._lock:
+            handle = self._handles.get(sb.sandbox_id)
+            if handle is not None:
+                self._handles.move_to_end(sb.sandbox_id)
+                return handle
+        if sb.state.get("sleeping"):
+            raise PermanentError("the workspace is asleep: wake it first", code="sandbox_sleeping")
+        with self._guard(sandbox_id=sb.sandbox_id):
+            handle = self._sdk().Sandbox.from_id(sb.sandbox_id, client=self._client_obj())
+        self._remember(sb.sandbox_id, handle)
+        return handle
+
+    def _remember(self, sandbox_id: str, handle: Any) -> None:
+        with self._lock:
+            self._handles[sandbox_id] = handle
+            while len(self._handles) > 256:
+                self._handles.popitem(last=False)
+
+    def _forget(self, sandbox_id: str) -> None:
+        with self._lock:
+            self._handles.pop(sandbox_id, None)
+
+    def _exec(
+        self,
+        sb: Sandbox,
+        script: str,
+        *,
+        timeout_s: float | None = 120,
+        stdin: bytes | None = None,
+    ) -> tuple[int, bytes, bytes]:
+        """Run a bash script of ours; bytes out, so file names and contents survive unmangled."""
+        handle = self._handle(sb)
+        with self._guard(handle, sb.sandbox_id):
+            proc = handle.exec(
+                "bash",
+                "-c",
+                script,
+                workdir=remote.WORKDIR,
+                text=False,
+                timeout=None if timeout_s is None else math.ceil(timeout_s),
+            )
+            if stdin is not None:
+                for i in range(0, len(stdin), STDIN_CHUNK):
+                    proc.stdin.write(stdin[i : i + STDIN_CHUNK])
+                    proc.stdin.drain()
+                proc.stdin.write_eof()
+                proc.stdin.drain()
+            out, err = proc.stdout.read(), proc.stderr.read()
+            code = proc.wait()
+        if code == -1:
+            raise TransientError("a qai-jobs helper command timed out in the Modal sandbox")
+        return int(code), bytes(out), bytes(err)
+
+    def _checked(self, sb: Sandbox, script: str, **kw: Any) -> bytes:
+        code, out, err = self._exec(sb, script, **kw)
+        if code != 0:
+            raise PermanentError(
+                f"sandbox helper failed ({code}): {err.decode(errors='replace')[-300:]}",
+                code="provider_error",
+            )
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _new(self, spec_state: dict[str, Any], image_id: str | None) -> Sandbox:
+        sdk = self._sdk()
+        app, client = self._app_obj(), self._client_obj()
+        ports = sorted({int(spec_state["port"]), self.settings.workspace_preview_port})
+        with self._guard():
+            if image_id:
+                image = sdk.Image.from_id(image_id, client=client)
+            else:
+                image = sdk.Image.from_registry(self.settings.workspace_image or DEFAULT_IMAGE)
+        idle_backstop = int(max(self.settings.inactivity_seconds * 3, 3600))
+        try:
+            with self._guard():
+                handle = sdk.Sandbox.create(
+                    "sleep",
+                    "infinity",
+                    app=app,
+                    image=image,
+                    client=client,
+                    timeout=MAX_LIFETIME_S,
+                    idle_timeout=idle_backstop,
+                    workdir=remote.WORKDIR,
+                    encrypted_ports=ports,
+                    env=unseal_env(self.settings, spec_state.get("env")),
+                    tags=remote.tags_for(spec_state["project_id"], spec_state["workspace_id"]),
+                )
+        except SandboxGone as exc:
+            if image_id:  # NotFoundError on create from an image id: the snapshot is unknown
+                raise PermanentError(
+                    f"snapshot {image_id} does not exist", code="snapshot_not_found"
+                ) from exc
+            raise PermanentError(str(exc), code="template_not_found") from exc
+        state = {**spec_state, "created_at": time.time(), "sleeping": False, "ports": ports}
+        sb = Sandbox(self.name, str(handle.object_id), state)
+        self._remember(sb.sandbox_id, handle)
+        return sb
+
+    def create(self, spec: CreateSpec) -> Sandbox:
+        if spec.snapshot_id and not spec.snapshot_id.startswith("im-"):
+            raise PermanentError(
+                f"snapshot {spec.snapshot_id} does not exist", code="snapshot_not_found"
+            )
+        state = {
+            "project_id": spec.project_id,
+            "workspace_id": spec.workspace_id,
+            "port": spec.port,
+            # Sealed: this state is stored on the workspace row, and env values are secrets.
+            "env": seal_env(self.settings, dict(spec.env)),
+        }
+        return self._new(state, spec.snapshot_id)
+
+    def adopt(self, sandbox_id: str, spec: CreateSpec) -> Sandbox:
+        sb = Sandbox(self.name, sandbox_id, {})
+        handle = self._handle(sb)
+        with self._guard(sandbox_id=sandbox_id):
+            if handle.poll() is not None:
+                raise SandboxGone(f"Modal sandbox {sandbox_id} has finished")
+            handle.set_tags(remote.tags_for(spec.project_id, spec.workspace_id))
+        # Its real age is unknown: count from now, the 24 h cap is Modal's backstop anyway.
+        sb.state.update(
+            project_id=spec.project_id,
+            workspace_id=spec.workspace_id,
+            port=spec.port,
+            env=dict(spec.env),
+            created_at=time.time(),
+            sleeping=False,
+            ports=[spec.port],
+        )
+        return sb
+
+    def status(self, sb: Sandbox) -> SandboxStatus:
+        if sb.state.get("sleeping"):
+            return SandboxStatus.SLEEPING
+        try:
+            handle = self._handle(sb)
+            with self._guard(sandbox_id=sb.sandbox_id):
+                code = handle.poll()
+        except SandboxGone:
+            return SandboxStatus.GONE
+        if code is not None:
+            self._forget(sb.sandbox_id)
+            return SandboxStatus.GONE
+        return SandboxStatus.RUNNING
+
+    def _snapshot_image(self, sb: Sandbox) -> str:
+        handle = self._handle(sb)
+        with self._guard(handle, sb.sandbox_id):
+            image = handle.snapshot_filesystem(timeout=SNAPSHOT_TIMEOUT_S)
+        return str(image.object_id)
+
+    def sleep(self, sb: Sandbox) -> SleepResult:
+        if sb.state.get("sleeping"):
+            return SleepResult(sb, sb.state.get("sleep_image"))
+        image_id = self._snapshot_image(sb)
+        self.terminate_sandbox(sb.sandbox_id)
+        sb.state = {**sb.state, "sleeping": True, "sleep_image": image_id}
+        return SleepResult(sb, image_id)
+
+    def wake(self, sb: Sandbox) -> Sandbox:
+        if not sb.state.get("sleeping"):
+            return sb
+        state = {k: v for k, v in sb.state.items() if k not in ("sleeping", "sleep_image")}
+        return _replace(sb, self._new(state, sb.state["sleep_image"]))
+
+    def snapshot(self, sb: Sandbox) -> str:
+        return self._snapshot_image(sb)
+
+    def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
+        if not snapshot_id.startswith("im-"):
+            raise PermanentError(
+                f"snapshot {snapshot_id} does not exist", code="snapshot_not_found"
+            )
+        state = {k: v for k, v in sb.state.items() if k not in ("sleeping", "sleep_image")}
+        new = self._new(state, snapshot_id)
+        if not sb.state.get("sleeping"):
+            self.terminate_sandbox(sb.sandbox_id)
+        return _replace(sb, new)
+
+    def destroy(self, sb: Sandbox) -> None:
+        if not sb.state.get("sleeping"):
+            self.terminate_sandbox(sb.sandbox_id)
+
+    # -- recycling and the orphan sweep --------------------------------------------------------
+    def needs_recycle(self, sb: Sandbox) -> bool:
+        """Whether the sandbox nears Modal's lifetime cap and must move to a fresh one."""
+        if sb.state.get("sleeping"):
+            return False
+        age = time.time() - float(sb.state.get("created_at", time.time()))
+        return age >= MAX_LIFETIME_S - RECYCLE_MARGIN_S
+
+    def recycle(self, sb: Sandbox) -> Sandbox:
+        """Snapshot, start a new sandbox from it, stop the old one. Processes must be restarted."""
+        image_id = self._snapshot_image(sb)
+        state = {k: v for k, v in sb.state.items() if k not in ("sleeping", "sleep_image")}
+        new = self._new(state, image_id)
+        self.terminate_sandbox(sb.sandbox_id)
+        return _replace(sb, new)
+
+    def list_sandboxes(self) -> list[remote.TaggedSandbox]:
+        app, client = self._app_obj(), self._client_obj()
+        found: list[remote.TaggedSandbox] = []
+        with self._guard():
+            for handle in self._sdk().Sandbox.list(
+                app_id=app.app_id, tags=dict(remote.TAG), client=client
+            ):
+                tags = handle.get_tags()
+                found.append(
+                    remote.TaggedSandbox(
+                        self.name,
+                        str(handle.object_id),
+                        tags.get("project_id", ""),
+                        tags.get("workspace_id", ""),
+                    )
+                )
+        return found
+
+    def terminate_sandbox(self, sandbox_id: str) -> bool:
+        """Terminate by id; False when Modal does not know it (already gone is not an error)."""
+        self._forget(sandbox_id)
+        try:
+            with self._guard():
+                handle = self._sdk().Sandbox.from_id(sandbox_id, client=self._client_obj())
+                if handle.poll() is not None:
+                    return False
+                handle.terminate()
+        except SandboxGone:
+            return False
+        return True
+
+    # -- files -------------------------------------------------------------------------------
+    def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
+        if files:
+            # One tar through stdin instead of one filesystem call (one exec each) per file.
+            self._checked(sb, remote.UNTAR_SCRIPT, stdin=remote.tar_bytes(files), timeout_s=600)
+
+    def delete_files(self, sb: Sandbox, paths: Sequence[str]) -> list[str]:
+        gone: list[str] = []
+        for part in remote.chunks(paths):
+            out = self._checked(sb, remote.delete_script(part))
+            gone += [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+        return gone
+
+    def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
+        result: dict[str, bytes | None] = dict.fromkeys(paths)
+        safe: list[str] = []
+        for part in remote.chunks(paths):
+            out = self._checked(sb, remote.safe_files_script(part))
+            safe += [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+        if not safe:
+            return result
+        handle = self._handle(sb)
+        fs_missing = self._sdk().exception.SandboxFilesystemNotFoundError
+        for path in safe:
+            try:
+                with self._guard(handle, sb.sandbox_id):
+                    result[path] = bytes(handle.filesystem.read_bytes(remote.abs_path(path)))
+            except PermanentError as exc:
+                if not isinstance(exc.__cause__, fs_missing):
+                    raise
+        return result
+
+    def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
+        if paths is None:
+            out = self._checked(sb, remote.hash_script(None), timeout_s=600)
+            return remote.parse_hashes(out, filter_ignored=True)
+        result: dict[str, str] = {}
+        for part in remote.chunks(paths):
+            out = self._checked(sb, remote.hash_script(part), timeout_s=600)
+            result.update(remote.parse_hashes(out, filter_ignored=False))
+        return result
+
+    # -- processes ---------------------------------------------------------------------------
+    def run(
+        self,
+        sb: Sandbox,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 300,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        handle = self._handle(sb)
+        on_output = remote.capped(on_output, self.settings.workspace_max_output_bytes)
+        started = time.monotonic()
+        # `timeout` signals its whole process group; the exec timeout is only a backstop.
+        wrapped = ["timeout", "-k", "5", f"{timeout_s:g}", *argv]
+        with self._guard(handle, sb.sandbox_id):
+            proc = handle.exec(
+                *wrapped,
+                workdir=remote.abs_path(cwd),
+                env=dict(env or {}),
+                timeout=math.ceil(timeout_s) + 15,
+                text=False,
+            )
+            out = b""
+            for chunk in proc.stdout:
+                out += chunk
+                if on_output is not None:
+                    on_output("stdout", bytes(chunk))
+            err = bytes(proc.stderr.read())
+            if err and on_output is not None:
+                on_output("stderr", err)
+            code = int(proc.wait())
+        elapsed = time.monotonic() - started
+        timed_out = code == -1 or (code in (124, 137) and elapsed >= timeout_s - 0.5)
+        limit = self.settings.workspace_max_output_bytes
+        stdout, t1 = remote.truncate(out.decode("utf-8", "replace"), limit)
+        stderr, t2 = remote.truncate(err.decode("utf-8", "replace"), limit)
+        return ExecResult(
+            124 if timed_out else code, stdout, stderr, int(elapsed * 1000), timed_out, t1 or t2
+        )
+
+    def start_process(
+        self, sb: Sandbox, command: str, *, env: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        proc_id = remote.new_proc_id()
+        handle = self._handle(sb)
+        # Detached with setsid/nohup, so it outlives this exec and this worker.
+        with self._guard(handle, sb.sandbox_id):
+            proc = handle.exec(
+                "bash",
+                "-c",
+                remote.launch_script(proc_id),
+                workdir=remote.WORKDIR,
+                env={**dict(env or {}), "QAI_DEV_CMD": command},
+                timeout=30,
+                text=True,
+            )
+            out, code = proc.stdout.read(), proc.wait()
+        pid = out.strip().splitlines()[-1] if out.strip() else ""
+        if code != 0 or not pid.isdigit():
+            raise TransientError("the dev server did not start in the Modal sandbox")
+        return remote.proc_record(sb, proc_id, int(pid), command)
+
+    def process_alive(self, sb: Sandbox, proc: Mapping[str, Any]) -> bool:
+        if sb.state.get("sleeping") or not remote.proc_matches(sb, proc):
+            return False
+        try:
+            code, _, _ = self._exec(sb, remote.alive_script(int(proc["pid"])), timeout_s=30)
+        except SandboxGone:
+            return False
+        return code == 0
+
+    def stop_process(self, sb: Sandbox, proc: Mapping[str, Any]) -> None:
+        if sb.state.get("sleeping") or not remote.proc_matches(sb, proc):
+            return
+        with contextlib.suppress(SandboxGone):
+            self._exec(sb, remote.stop_script(int(proc["pid"])), timeout_s=30)
+
+    def read_log(self, sb: Sandbox, proc: Mapping[str, Any], tail: int) -> str:
+        if sb.state.get("sleeping") or not proc.get("proc_id"):
+            return ""
+        _, out, _ = self._exec(sb, remote.tail_script(str(proc["proc_id"]), tail), timeout_s=30)
+        return out.decode("utf-8", "replace")
+
+    # -- network -----------------------------------------------------------------------------
+    def preview_url(self, sb: Sandbox, port: int) -> str:
+        handle = self._handle(sb)
+        # Re-minted on every call: a tunnel URL changes whenever the sandbox is replaced.
+        with self._guard(handle, sb.sandbox_id):
+            tunnels = handle.tunnels()
+        if port not in tunnels:
+            raise PermanentError(
+                f"port {port} is not exposed by this sandbox (exposed: {sorted(tunnels)})",
+                code="port_not_exposed",
+            )
+        return str(tunnels[port].url)
+
+    def port_ready(self, sb: Sandbox, port: int) -> bool:
+        code, _, _ = self._exec(sb, remote.port_script(port), timeout_s=15)
+        return code == 0
+
+
+def _replace(sb: Sandbox, new: Sandbox) -> Sandbox:
+    """Point ``sb`` at the new sandbox in place (callers may keep the old object) and return it."""
+    sb.sandbox_id, sb.state = new.sandbox_id, new.state
+    return sb

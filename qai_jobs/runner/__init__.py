@@ -1,0 +1,1 @@
+"""Executes one action against a provider; knows nothing of Celery, leases or SQL."""

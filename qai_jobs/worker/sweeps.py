@@ -1,0 +1,261 @@
+"""Periodic jobs: recovery that does not depend on the broker, and (beat) the fleet sweeps.
+
+Redis is a fast, forgetful transport: a message may be lost (Redis wiped) or stuck unacked with
+a dead worker until the visibility timeout. Recovery finds such work from Postgres and sends a
+fresh "project P has work" message; duplicates are harmless because only the lease holder runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from qai_jobs.config import Settings
+from qai_jobs.db import ordering
+from qai_jobs.db.session import engine_for
+from qai_jobs.notify import client as redis_client
+from qai_jobs.worker.drain import Dispatch
+
+log = logging.getLogger("qai_jobs.sweeps")
+
+
+def stale_after(settings: Settings) -> float:
+    """How long a queued action may wait for its message before it is sent again."""
+    return max(settings.lease_seconds, 2.0)
+
+
+def ensure_bindings(settings: Settings) -> bool:
+    """Re-declare our queues if Redis lost kombu's binding keys (a restart without persistence
+    wipes them, and publishing then drops every message silently). True if it had to."""
+    from qai_jobs.celery_app import app
+
+    r = redis_client(settings.redis_url)
+    missing = [q for q in app.amqp.queues if not r.exists(f"_kombu.binding.{q}")]
+    if not missing:
+        return False
+    with app.connection_for_write() as conn:
+        for name in missing:
+            app.amqp.queues[name](conn.default_channel).declare()
+    log.warning("re-declared broker bindings for %s (Redis lost them)", ", ".join(missing))
+    return True
+
+
+def recover(settings: Settings, dispatch: Dispatch) -> dict[str, Any]:
+    ensure_bindings(settings)
+    projects = ordering.stale_projects(engine_for(settings.database_url), stale_after(settings))
+    for project_id in sorted(projects):
+        dispatch.kick(project_id, 0)
+    if projects:
+        log.info("recovery re-sent work for %d project(s)", len(projects))
+    return {"kicked": len(projects)}
+
+
+# One run per aligned period, on Redis's clock so processes on different hosts agree on the
+# period boundaries: the first caller of period N sets the key, everyone else in N is refused.
+_CLAIM_PERIOD_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local period = tonumber(ARGV[1])
+local n = math.floor(now_ms / period)
+if redis.call('SET', KEYS[1] .. ':' .. n, now_ms, 'NX', 'PX', math.max(1000, period * 2)) then
+  return {n, now_ms}
+end
+return false
+"""
+
+
+def claim_period(settings: Settings, name: str, period: float) -> tuple[int, float] | None:
+    """(period number, Redis time in seconds) for exactly one caller per period across all
+    processes; None for everyone else, and when Redis is unreachable (skip, never double-run)."""
+    try:
+        r = redis_client(settings.redis_url)
+        got = r.eval(_CLAIM_PERIOD_LUA, 1, f"qai:sweep:{name}", max(1, int(period * 1000)))  # type: ignore[no-untyped-call]
+    except redis.RedisError:
+        return None
+    if not got:
+        return None
+    return int(got[0]), int(got[1]) / 1000
+
+
+def once_per_period(settings: Settings, name: str, period: float) -> bool:
+    """True for exactly one caller per period across all processes. The lock is left to expire
+    rather than released, so a period's work is never done twice."""
+    return claim_period(settings, name, period) is not None
+
+
+def start_watchdog(settings: Settings, dispatch: Callable[[], Dispatch]) -> threading.Thread:
+    """In every worker: run recovery every heartbeat, so a lost worker's projects move on
+    within a few heartbeats even when no beat process runs."""
+    period = settings.workspace_heartbeat_seconds
+
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(period):
+            if not once_per_period(settings, "recover-watchdog", period):
+                continue
+            try:
+                recover(settings, dispatch())
+            except (sa.exc.SQLAlchemyError, redis.RedisError, OSError) as exc:
+                log.warning("recovery watchdog: %s", type(exc).__name__)
+
+    thread = threading.Thread(target=loop, name="qai-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+# --- the beat sweeps -------------------------------------------------------------------------
+
+
+def _orphans_supported() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("qai_jobs.providers.orphans") is not None
+
+
+SWEEPS: tuple[str, ...] = ("idle", "recover", "webhooks", "prune") + (
+    ("orphans",) if _orphans_supported() else ()
+)
+RUN_LOG_LENGTH = 1000
+
+
+def run_sweep(settings: Settings, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` if this is the first call of the period for ``name``, and record the run
+    (period number and time, in Redis) so operators and tests can count runs per period."""
+    claimed = claim_period(settings, name, settings.workspace_sweep_seconds)
+    if claimed is None:
+        return {"sweep": name, "skipped": "already ran this period"}
+    period, at = claimed
+    try:
+        r = redis_client(settings.redis_url)
+        pipe = r.pipeline(transaction=False)
+        pipe.hset("qai:sweeps:last", name, f"{at:.3f}")
+        pipe.lpush(f"qai:sweeps:runs:{name}", f"{period}:{at:.3f}")
+        pipe.ltrim(f"qai:sweeps:runs:{name}", 0, RUN_LOG_LENGTH - 1)
+        pipe.execute()
+    except redis.RedisError:
+        pass  # the record is for observation only
+    result = work()
+    if any(result.get(k) for k in ("slept", "kicked", "sent", "actions", "events", "terminated")):
+        log.info("sweep %s: %s", name, result)
+    return {"sweep": name, **result}
+
+
+_IDLE = sa.text(
+    """
+    SELECT w.project_id, w.last_activity_at FROM workspaces w
+    WHERE w.status = 'ready' AND w.last_activity_at < now() - make_interval(secs => :idle)
+      AND NOT EXISTS (SELECT 1 FROM actions a
+                      WHERE a.project_id = w.project_id AND a.status IN ('queued', 'running'))
+    ORDER BY w.last_activity_at LIMIT :limit
+    """
+)
+
+
+def idle(settings: Settings, limit: int = 500) -> dict[str, Any]:
+    """Sleep ready workspaces idle for WORKSPACE_INACTIVITY_MINUTES, as ordinary `sleep` actions
+    (so they queue behind anything enqueued meanwhile, like every other action).
+
+    The idempotency key names the idle spell (its last activity), so sweeps that overlap, or a
+    sweep that repeats before the sleep ran, enqueue one sleep per spell. An action enqueued
+    between this read and the sleep simply runs first; the sleep after it is harmless.
+    """
+    from qai_jobs.client.direct import WorkspaceClient
+
+    with engine_for(settings.database_url).connect() as conn:
+        rows = conn.execute(_IDLE, {"idle": settings.inactivity_seconds, "limit": limit}).all()
+    client = WorkspaceClient(settings)
+    for row in rows:
+        key = f"idle-sleep:{row.last_activity_at.isoformat()}"
+        client.sleep(row.project_id, idempotency_key=key)
+    return {"slept": len(rows)}
+
+
+def webhooks(settings: Settings, send: Callable[[list[str]], None]) -> dict[str, Any]:
+    """Send delivery tasks for due pending webhook rows (lost messages, long retry delays)."""
+    from qai_jobs.worker.webhooks import due_events
+
+    due = due_events(engine_for(settings.database_url))
+    if due:
+        send(due)
+    return {"sent": len(due)}
+
+
+_PRUNE_ACTIONS = sa.text(
+    """
+    DELETE FROM actions WHERE id IN (
+        SELECT id FROM actions
+        WHERE status IN ('succeeded', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(secs => :keep)
+        LIMIT :batch)
+    RETURNING kind, status, extract(epoch FROM finished_at - started_at) AS duration
+    """
+)
+_PRUNE_EVENTS = sa.text(
+    """
+    DELETE FROM webhook_events WHERE id IN (
+        SELECT id FROM webhook_events
+        WHERE status IN ('delivered', 'dead') AND created_at < now() - make_interval(secs => :keep)
+        LIMIT :batch)
+    RETURNING status, attempts
+    """
+)
+
+
+def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[str, Any]:
+    """Delete finished actions and settled webhook rows older than the retention period.
+
+    What is deleted is folded into the metrics' carried totals first, so counters served from
+    Postgres never go backwards because history was pruned.
+    """
+    from qai_jobs.metrics import carry_pruned
+
+    keep = settings.workspace_action_retention_days * 86400
+    engine = engine_for(settings.database_url)
+    actions = events = 0
+    for _ in range(max_batches):
+        with engine.begin() as conn:
+            gone_actions = conn.execute(_PRUNE_ACTIONS, {"keep": keep, "batch": batch}).all()
+            gone_events = conn.execute(_PRUNE_EVENTS, {"keep": keep, "batch": batch}).all()
+        carry_pruned(settings, gone_actions, gone_events)
+        actions += len(gone_actions)
+        events += len(gone_events)
+        if len(gone_actions) < batch and len(gone_events) < batch:
+            break
+    return {"actions": actions, "events": events}
+
+
+_OWNED = sa.text(
+    "SELECT provider, sandbox_id FROM workspaces "
+    "WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL"
+)
+_BUSY = sa.text("SELECT DISTINCT project_id FROM actions WHERE status IN ('queued', 'running')")
+
+
+def orphans(settings: Settings) -> dict[str, Any]:
+    """Terminate cloud sandboxes that qai-jobs tagged but no workspace owns (they keep billing).
+
+    Owned ids are read after listing, and a project with work in flight owns every sandbox
+    tagged with it: an ensure creates its sandbox before the row that names it commits.
+    """
+    if not any(name in ("modal", "e2b") for name in settings.workspace_runtime):
+        return {"skipped": "no cloud provider configured"}
+    from qai_jobs.providers import orphans as cloud
+    from qai_jobs.providers.select import get_provider
+
+    listed, failed = cloud.list_tagged(settings)
+    with engine_for(settings.database_url).connect() as conn:
+        owned: set[tuple[str, str]] = {(r.provider, r.sandbox_id) for r in conn.execute(_OWNED)}
+        busy = set(conn.execute(_BUSY).scalars())
+    owned |= {(sb.provider, sb.sandbox_id) for sb in listed if sb.project_id in busy}
+    report = cloud.SweepReport(cloud.find_orphans(listed, owned), failed_providers=failed)
+    cloud.terminate(report, lambda name: get_provider(name, settings))
+    return {
+        "terminated": len(report.terminated),
+        "failed_providers": failed,
+        "errors": len(report.errors),
+    }

@@ -1,0 +1,162 @@
+"""Thin Celery tasks: record what arrived, then let the drainer do the work in order.
+
+``qai_jobs.<kind>`` is the public task of CONTRACT 6: kwargs ``{"project_id", **payload}``,
+the task id is the action id. Our own producer records the row before sending; a message from
+another language arrives without one and is recorded here, on receipt.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import Task, signals
+from celery.utils.saferepr import saferepr
+from celery.worker.request import Request
+
+from qai_jobs.celery_app import app, current_settings
+from qai_jobs.db import ordering
+from qai_jobs.db.session import db_retry, dispose_all, engine_for
+from qai_jobs.errors import QaiJobsError, ValidationFailed
+from qai_jobs.logs import for_action
+from qai_jobs.notify import publish
+from qai_jobs.notify import reset as reset_redis
+from qai_jobs.schemas import KINDS, check_project_id, payload_to_json, validate_payload
+from qai_jobs.sealing import seal_payload
+from qai_jobs.worker import sweeps
+from qai_jobs.worker.drain import Dispatch, drain
+from qai_jobs.worker.webhooks import error_event, record_events
+
+log = logging.getLogger("qai_jobs.tasks")
+
+
+def dispatch() -> Dispatch:
+    # Both run after a commit: a broker error must not escape into the drain (the state is
+    # already safe in Postgres, and recovery and the webhook sweep re-send what is lost).
+    def kick(project_id: str, countdown: float) -> None:
+        try:
+            drain_task.apply_async(kwargs={"project_id": project_id}, countdown=countdown)
+        except Exception as exc:
+            log.warning(
+                "[project_id=%s] could not re-send work: %s", project_id, type(exc).__name__
+            )
+
+    def deliver(event_ids: list[str]) -> None:
+        try:
+            for event_id in event_ids:
+                app.send_task("qai_jobs.webhooks.deliver", kwargs={"event_id": event_id})
+        except Exception as exc:
+            log.warning("could not send webhook deliveries: %s", type(exc).__name__)
+
+    return Dispatch(kick=kick, deliver=deliver)
+
+
+@db_retry
+def _record_foreign(
+    action_id: uuid.UUID, kind: str, project_id: str, payload: dict[str, Any]
+) -> None:
+    """Record an action that another service sent straight to the broker."""
+    settings = current_settings()
+    engine = engine_for(settings.database_url)
+    with engine.connect() as conn:
+        from sqlalchemy import text
+
+        if conn.execute(text("SELECT 1 FROM actions WHERE id = :id"), {"id": action_id}).first():
+            return
+    error: dict[str, Any] | None = None
+    stored: dict[str, Any] = {}
+    try:
+        stored = seal_payload(settings, payload_to_json(validate_payload(kind, payload)))
+    except ValidationFailed as exc:
+        error = {"code": "invalid_payload", "message": exc.message, "retryable": False}
+    event_ids: list[str] = []
+    with engine.begin() as conn:
+        got = ordering.enqueue(
+            conn,
+            action_id=action_id,
+            project_id=project_id,
+            kind=kind,
+            payload=stored,
+            failed_error=error,
+        )
+        if error and got.created:  # a final failure, like any other: announce it
+            event_ids = record_events(
+                conn, settings, project_id, action_id, [error_event(error, kind, 0)]
+            )
+    if error and got.created:
+        for_action(project_id, action_id).error("rejected %s: %s", kind, error["message"])
+        publish(settings.redis_url, action_id, {"type": "done", "status": "failed"})
+        dispatch().deliver(event_ids)
+
+
+def describe_kwargs(kwargs: Any) -> str:
+    """A message's kwargs as monitoring may show them: ``env`` values never, files counted."""
+    if not isinstance(kwargs, dict):
+        return saferepr(kwargs)
+    shown: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "env":
+            shown[key] = (
+                {name: "<redacted>" for name in value} if isinstance(value, dict) else "<redacted>"
+            )
+        elif key == "files" and isinstance(value, dict | list):
+            shown[key] = f"<{len(value)} files>"
+        else:
+            shown[key] = value
+    return saferepr(shown)
+
+
+class RedactedRequest(Request):
+    """What the worker tells Flower, `celery inspect` and its log about a message.
+
+    Our client sends only ``project_id``, but a producer in another language puts the whole
+    payload in the kwargs, ``env`` included, and Celery repeats its kwargs repr in every
+    task-received event; those secrets must not reach the monitoring.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # decodes the body (or raises for a bad one)
+        self._kwargsrepr = describe_kwargs(self.kwargs)
+
+    def info(self, safe: bool = False) -> Any:
+        # `celery inspect active|reserved|query_task` (and Flower's worker pages) ask for the
+        # unsafe form, the raw kwargs: always give the redacted one.
+        return super().info(safe=True)
+
+
+def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
+    @app.task(name=f"qai_jobs.{kind}", bind=True, Request=RedactedRequest)
+    def action_task(self: Task, /, project_id: str, **payload: Any) -> dict[str, Any]:  # type: ignore[type-arg]
+        try:
+            check_project_id(project_id)
+            action_id = uuid.UUID(str(self.request.id))
+        except (QaiJobsError, ValueError):
+            log.error("dropped a %s message with an invalid project_id or task id", kind)
+            return {"error": "invalid project_id or task id"}
+        # Ours are recorded before they are sent; another producer's are recorded here.
+        _record_foreign(action_id, kind, project_id, payload)
+        ran = drain(current_settings(), project_id, dispatch())
+        return {"project_id": project_id, "ran": ran}
+
+    return action_task
+
+
+ACTION_TASKS = {kind: _make_action_task(kind) for kind in KINDS}
+
+
+@app.task(name="qai_jobs.drain")
+def drain_task(project_id: str) -> dict[str, Any]:
+    ran = drain(current_settings(), project_id, dispatch())
+    return {"project_id": project_id, "ran": ran}
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    dispose_all()
+    reset_redis()
+
+
+@signals.worker_ready.connect
+def _start_watchdog(**_: Any) -> None:
+    sweeps.start_watchdog(current_settings(), dispatch)
