@@ -4,9 +4,8 @@ Status lives in Postgres, so there is no result backend. Every countdown we use 
 Redis's visibility timeout, beyond which Redis would re-deliver a message still running.
 """
 
-import os
-
 from qai_jobs.celery_app import current_settings
+from qai_jobs.constants import SWEEPS, sweep_task_name
 
 _settings = current_settings()
 
@@ -17,8 +16,8 @@ broker_transport_options = {"visibility_timeout": 3600}
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
-# QAI_QUEUE isolates `qai-jobs bench` from real workers; producers and workers use "celery".
-task_default_queue = os.environ.get("QAI_QUEUE", "celery")
+# "celery" unless WORKSPACE_QUEUE says otherwise (`qai-jobs bench` runs on a queue of its own).
+task_default_queue = _settings.workspace_queue
 task_ignore_result = True
 result_backend = None
 
@@ -46,11 +45,10 @@ enable_utc = True
 # Beat sends one message per sweep and period; the sweep itself makes sure only one of them
 # runs per period (qai_jobs.worker.sweeps.run_sweep), however many beat processes are up.
 # Messages expire after a period so a backlog (workers down) does not replay old sweeps.
-from qai_jobs.worker.sweeps import SWEEPS  # noqa: E402
 
 beat_schedule = {
     f"sweep-{name}": {
-        "task": f"qai_jobs.beat.{name}",
+        "task": sweep_task_name(name),
         "schedule": _settings.workspace_sweep_seconds,
         "options": {"expires": max(1.0, _settings.workspace_sweep_seconds)},
     }

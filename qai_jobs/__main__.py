@@ -1,3 +1,3 @@
-from qai_jobs.cli.main import main
+from qai_jobs.cli import main
 
 main()

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     workspace_local_port_min: Annotated[int, Field(ge=1024, le=65535)] = 41000
     workspace_local_port_max: Annotated[int, Field(ge=1024, le=65535)] = 41999
     workspace_max_attempts: PositiveInt = 5
+    # The Celery queue producers send to and workers consume; `qai-jobs bench` uses its own.
+    workspace_queue: str = Field(default="celery", min_length=1)
     workspace_heartbeat_seconds: PositiveFloat = 10
     workspace_sweep_seconds: PositiveFloat = 60
     workspace_webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(

@@ -7,13 +7,64 @@ nothing above the boundary has to know which library raised.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+
+class ErrorCode(enum.StrEnum):
+    """Every ``error.code`` an action, the API or a client can report: what callers branch on."""
+
+    # the request
+    INVALID_REQUEST = "invalid_request"
+    INVALID_PAYLOAD = "invalid_payload"  # a message recorded by the worker failed validation
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNAUTHORIZED = "unauthorized"
+    BAD_SIGNATURE = "bad_signature"
+    CONFIGURATION_ERROR = "configuration_error"
+    # the pipeline
+    INTERNAL_ERROR = "internal_error"
+    ACTION_FAILED = "action_failed"
+    CANCELLED = "cancelled"
+    WORKER_LOST = "worker_lost"
+    LEASE_LOST = "lease_lost"
+    API_UNAVAILABLE = "api_unavailable"
+    UNHEALTHY = "unhealthy"
+    # the workspace
+    MANIFEST_STALE = "manifest_stale"  # a delta sync refused before writing: send the full tree
+    INSTALL_FAILED = "install_failed"
+    DEV_SERVER_TIMEOUT = "dev_server_timeout"
+    REPO_UNAVAILABLE = "repo_unavailable"
+    SNAPSHOT_NOT_FOUND = "snapshot_not_found"
+    TEMPLATE_NOT_FOUND = "template_not_found"
+    PATH_OUTSIDE_WORKSPACE = "path_outside_workspace"
+    INVALID_PATH = "invalid_path"
+    NOT_A_FILE = "not_a_file"
+    FILESYSTEM_ERROR = "filesystem_error"
+    FILE_ERROR = "file_error"
+    INVALID_ENV = "invalid_env"
+    INVALID_CWD = "invalid_cwd"
+    EXEC_FAILED = "exec_failed"
+    PORT_NOT_EXPOSED = "port_not_exposed"
+    # the provider
+    PROVIDER_ERROR = "provider_error"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    PROVIDER_RATE_LIMITED = "provider_rate_limited"
+    PROVIDER_TIMEOUT = "provider_timeout"
+    PROVIDER_AUTH = "provider_auth"
+    PROVIDER_NO_SPACE = "provider_no_space"
+    SANDBOX_GONE = "sandbox_gone"
+    SANDBOX_SLEEPING = "sandbox_sleeping"
+    SANDBOX_UNRESPONSIVE = "sandbox_unresponsive"
+    TEMPLATE_INCOMPATIBLE = "template_incompatible"
+    IMAGE_BUILD_FAILED = "image_build_failed"
 
 
 class QaiJobsError(Exception):
     """qai-jobs failed."""
 
-    code = "internal_error"
+    code: str = ErrorCode.INTERNAL_ERROR
     retryable = False
 
     def __init__(self, message: str | None = None, *, code: str | None = None, **details: Any):
@@ -34,13 +85,13 @@ class QaiJobsError(Exception):
 class ConfigurationError(QaiJobsError):
     """The configuration is invalid."""
 
-    code = "configuration_error"
+    code = ErrorCode.CONFIGURATION_ERROR
 
 
-class ValidationFailed(QaiJobsError):
+class ValidationFailed(QaiJobsError, ValueError):
     """The request is invalid."""
 
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
     def __init__(self, message: str, *, field: str | None = None, errors: list[Any] | None = None):
         super().__init__(message)
@@ -51,25 +102,25 @@ class ValidationFailed(QaiJobsError):
 class PayloadTooLarge(ValidationFailed):
     """The request is too large."""
 
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class NotFound(QaiJobsError):
     """Not found."""
 
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class Conflict(QaiJobsError):
     """The request conflicts with the current state."""
 
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class ActionFailed(QaiJobsError):
     """The action failed."""
 
-    code = "action_failed"
+    code: str = ErrorCode.ACTION_FAILED
 
     def __init__(self, action_id: str, error: dict[str, Any]):
         super().__init__(f"action {action_id} failed: {error.get('code')}: {error.get('message')}")
@@ -82,47 +133,36 @@ class ActionFailed(QaiJobsError):
 class ProviderError(QaiJobsError):
     """The sandbox provider failed."""
 
-    code = "provider_error"
+    code = ErrorCode.PROVIDER_ERROR
 
 
 class TransientError(ProviderError):
     """The provider failed in a way that may pass: the action is retried with backoff."""
 
-    code = "provider_unavailable"
+    code = ErrorCode.PROVIDER_UNAVAILABLE
     retryable = True
 
 
 class PermanentError(ProviderError):
     """The provider refused the request: retrying cannot help."""
 
-    code = "provider_error"
+    code = ErrorCode.PROVIDER_ERROR
 
 
 class SandboxGone(PermanentError):
     """The sandbox no longer exists at the provider."""
 
-    code = "sandbox_gone"
+    code = ErrorCode.SANDBOX_GONE
 
 
 class WorkerLost(QaiJobsError):
     """The worker running this action stopped before it finished."""
 
-    code = "worker_lost"
+    code = ErrorCode.WORKER_LOST
 
 
 class LeaseLost(QaiJobsError):
     """This worker no longer holds the project's lease; a newer holder owns its state."""
 
-    code = "lease_lost"
+    code = ErrorCode.LEASE_LOST
     retryable = True
-
-
-# Error codes of the actions (CONTRACT 3, issue texts); kept here so every layer spells them alike.
-DEV_SERVER_TIMEOUT = "dev_server_timeout"
-INSTALL_FAILED = "install_failed"
-REPO_UNAVAILABLE = "repo_unavailable"
-PATH_OUTSIDE_WORKSPACE = "path_outside_workspace"
-SNAPSHOT_NOT_FOUND = "snapshot_not_found"
-MANIFEST_STALE = "manifest_stale"  # a delta sync refused before writing: send the full tree
-INVALID_PAYLOAD = "invalid_payload"
-CANCELLED = "cancelled"

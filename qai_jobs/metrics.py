@@ -27,12 +27,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from qai_jobs.config import Settings
+from qai_jobs.constants import METRICS_CARRIED_KEY, SWEEPS_LAST_KEY
 from qai_jobs.db import stats
 from qai_jobs.db.session import engine_for
 from qai_jobs.notify import client as redis_client
 
-CARRIED = "qai:metrics:carried"
-SWEEPS_LAST = "qai:sweeps:last"
+CARRIED = METRICS_CARRIED_KEY
+SWEEPS_LAST = SWEEPS_LAST_KEY
 
 
 def carry_pruned(settings: Settings, actions: Sequence[Any], events: Sequence[Any]) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from qai_jobs.constants import ACTION_CHANNEL
+
 _clients: dict[tuple[int, str], redis.Redis[bytes]] = {}
 _lock = threading.Lock()
 
@@ -35,7 +37,7 @@ def reset() -> None:
 
 
 def channel(action_id: uuid.UUID | str) -> str:
-    return f"qai:action:{action_id}"
+    return f"{ACTION_CHANNEL}{action_id}"
 
 
 def publish(url: str, action_id: uuid.UUID | str, message: dict[str, Any]) -> None:

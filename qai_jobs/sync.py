@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qai_jobs.errors import MANIFEST_STALE, ActionFailed, ValidationFailed
+from qai_jobs.errors import ActionFailed, ErrorCode, ValidationFailed
 from qai_jobs.schemas import check_path, decode_content
 
 # Directories that are outputs, caches or VCS data: never synced from a source tree, never part
@@ -224,7 +224,7 @@ def delta_sync(
                 {"files": delta.files, "delete": delta.delete or None, "manifest_base": seq}
             )
         except ActionFailed as exc:
-            if exc.code != MANIFEST_STALE:
+            if exc.code != ErrorCode.MANIFEST_STALE:
                 raise
         else:
             if "files_unchanged" in result:

@@ -63,7 +63,7 @@ def settings(base_env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="session")
 def client(settings: Settings):  # type: ignore[no-untyped-def]
-    from qai_jobs.client.direct import WorkspaceClient
+    from qai_jobs.client import WorkspaceClient
 
     return WorkspaceClient(settings)
 

@@ -37,8 +37,9 @@ from qai_jobs.api.support import (
     install_error_handlers,
     read_json_object,
 )
-from qai_jobs.client.direct import TERMINAL, WorkspaceClient
+from qai_jobs.client.direct import WorkspaceClient
 from qai_jobs.config import Settings
+from qai_jobs.constants import TERMINAL, ActionStatus
 from qai_jobs.errors import ValidationFailed
 from qai_jobs.schemas import check_project_id
 
@@ -142,7 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
         def record() -> dict[str, Any]:
             handle = client.enqueue_payload(project_id, kind, payload, idempotency_key)
             if idempotency_key is None:
-                return {"action_id": handle.id, "status": "queued"}
+                return {"action_id": handle.id, "status": ActionStatus.QUEUED}
             existing = client.get_action(handle.id)
             return {"action_id": handle.id, "status": existing["status"]}
 

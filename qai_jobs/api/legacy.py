@@ -18,8 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from qai_jobs.api import provider_events
 from qai_jobs.api.models import ErrorBody, LegacyRequest, LegacyResponse
 from qai_jobs.api.support import Waiter, error_response, reject_nul
-from qai_jobs.client.direct import TERMINAL, WorkspaceClient
+from qai_jobs.client.direct import WorkspaceClient
 from qai_jobs.config import Settings
+from qai_jobs.constants import TERMINAL, ActionStatus
 from qai_jobs.errors import NotFound, ValidationFailed
 
 router = APIRouter()
@@ -131,13 +132,19 @@ async def workspaces(
     }
     if action["status"] not in TERMINAL:
         return JSONResponse(answer, status_code=202)
-    if action["status"] == "succeeded":
+    if action["status"] == ActionStatus.SUCCEEDED:
         # The result as the v1 API has it, plus camelCase twins of compound keys for old callers.
         extra = {**result, **{_camel(k): v for k, v in result.items() if "_" in k}}
         return JSONResponse({**extra, **answer})
     error = action["error"] or {"code": action["status"], "message": action["status"]}
     code = str(error.get("code", "action_failed"))
-    status = 409 if action["status"] == "cancelled" else 422 if code in _CLIENT_ERROR_CODES else 502
+    status = (
+        409
+        if action["status"] == ActionStatus.CANCELLED
+        else 422
+        if code in _CLIENT_ERROR_CODES
+        else 502
+    )
     details = {
         "actionId": action_id,
         "workspaceId": answer["workspaceId"],

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qai_jobs.client.direct import TERMINAL, WorkspaceClient
+from qai_jobs.client.direct import WorkspaceClient
+from qai_jobs.constants import TERMINAL
 from qai_jobs.errors import Conflict, NotFound, PayloadTooLarge, QaiJobsError, ValidationFailed
 from qai_jobs.notify import channel
 

@@ -129,7 +129,7 @@ def run_http_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="qai-bench-http-"))
     token = secrets.token_urlsafe(24)
     port = _free_port()
-    queue = os.environ.get("QAI_QUEUE", "celery")
+    queue = settings.workspace_queue
     worker = Worker(settings, 2, queue, logs / "worker.log")
     processes = max(2, os.cpu_count() or 1)
     try:

@@ -8,7 +8,6 @@ warm and cold ``ensure`` of examples/hello, a ``command`` round trip, and delta 
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import tempfile
@@ -138,7 +137,7 @@ def run_local_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
     from qai_jobs.client.direct import WorkspaceClient
 
     root = Path(tempfile.mkdtemp(prefix="qai-bench-local-"))
-    queue = os.environ.get("QAI_QUEUE", "celery")
+    queue = settings.workspace_queue
     worker = Worker(
         settings,
         2,

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from qai_jobs.config import Settings
+from qai_jobs.constants import BENCH_KEY, BENCH_NOOP_TASK, ActionStatus
 
 Log = Callable[[str], None]
 
@@ -73,6 +74,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         "REDIS_URL": settings.redis_url,
         "WORKSPACE_RUNTIME": "fake",
         "WORKSPACE_CALLBACK_URL": "",
+        "WORKSPACE_QUEUE": settings.workspace_queue,
         "PYTHONUNBUFFERED": "1",
     }
     if settings.workspace_secret_key is not None:
@@ -93,7 +95,7 @@ class Worker:
         extra_env: dict[str, str] | None = None,
     ):
         # extra_env: e.g. the local scenario's runtime and workspace root
-        env = process_env(settings, QAI_QUEUE=queue, **(extra_env or {}))
+        env = process_env(settings, WORKSPACE_QUEUE=queue, **(extra_env or {}))
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -134,14 +136,14 @@ def _bare_celery(app: Any, redis_url: str, n: int, threads: int, log: Log) -> di
     import redis
 
     r = redis.Redis.from_url(redis_url)
-    key = f"qai:bench:noop:{uuid.uuid4().hex}"
+    key = f"{BENCH_KEY}noop:{uuid.uuid4().hex}"
     log(f"bare Celery: {n} no-op tasks")
     sent: list[float] = []
     start = time.time()
 
     def send(i: int) -> None:
         t = time.time()
-        app.send_task("qai_jobs.bench.noop", kwargs={"key": key, "sent": t})
+        app.send_task(BENCH_NOOP_TASK, kwargs={"key": key, "sent": t})
         sent.append(t)
 
     with ThreadPoolExecutor(threads) as pool:
@@ -194,7 +196,7 @@ def _durable(
             ),
             {"p": f"bench-{run_id}-%"},
         ).all()
-    failed = sum(1 for r in rows if r.status != "succeeded")
+    failed = sum(1 for r in rows if r.status != ActionStatus.SUCCEEDED)
     elapsed = max(float(r.finished) for r in rows) - start
     return {
         "actions": n,
@@ -245,9 +247,8 @@ def run_bench(
     from qai_jobs.client.direct import WorkspaceClient
     from qai_jobs.db.migrate import migrate
 
-    bsettings = bench_settings(settings)
     queue = f"qai-bench-{uuid.uuid4().hex[:8]}"
-    os.environ["QAI_QUEUE"] = queue  # read by celeryconfig in this process too
+    bsettings = bench_settings(settings).model_copy(update={"workspace_queue": queue})
     from qai_jobs.celery_app import app, configure
 
     configure(bsettings)

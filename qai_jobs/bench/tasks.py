@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from qai_jobs.celery_app import app
+from qai_jobs.constants import BENCH_NOOP_TASK
 from qai_jobs.notify import client
 
 
-@app.task(name="qai_jobs.bench.noop")
+@app.task(name=BENCH_NOOP_TASK)
 def noop(key: str, sent: float) -> None:
     from qai_jobs.celery_app import current_settings
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import tempfile
 import threading
@@ -98,7 +97,7 @@ def run_webhook_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]
     receiver = _Receiver(secret)
     log_path = Path(tempfile.mkdtemp(prefix="qai-bench-hooks-")) / "worker.log"
     hooks = {"WORKSPACE_CALLBACK_URL": receiver.url, "WORKSPACE_WEBHOOK_SECRET": secret}
-    worker = Worker(settings, 4, os.environ.get("QAI_QUEUE", "celery"), log_path, hooks)
+    worker = Worker(settings, 4, settings.workspace_queue, log_path, hooks)
     client = WorkspaceClient(settings.model_copy(update={"workspace_callback_url": [receiver.url]}))
     try:
         worker.wait_ready(app)

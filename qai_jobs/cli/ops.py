@@ -9,6 +9,7 @@ import click
 import sqlalchemy as sa
 
 from qai_jobs.cli.main import EXIT_FAILED, fail, guarded, settings_from
+from qai_jobs.constants import DELIVER_TASK
 
 
 def register(
@@ -83,7 +84,7 @@ def register(
         from qai_jobs.celery_app import app
 
         for i in ids:
-            app.send_task("qai_jobs.webhooks.deliver", kwargs={"event_id": i})
+            app.send_task(DELIVER_TASK, kwargs={"event_id": i})
         if as_json:
             echo_json({"replayed": ids})
         else:

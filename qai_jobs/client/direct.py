@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from qai_jobs.config import Settings, load_settings
+from qai_jobs.constants import TERMINAL, ActionStatus, action_task_name
 from qai_jobs.db import manifest, ordering
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.errors import ActionFailed, Conflict, NotFound, ValidationFailed
@@ -33,7 +34,6 @@ from qai_jobs.schemas import Limits, check_project_id, payload_to_json, validate
 from qai_jobs.sealing import seal_payload
 from qai_jobs.sync import Syncing
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # How often a waiter re-reads Postgres even without a notification (lost-message safety net).
 SAFETY_RECHECK_SECONDS = 2.0
 
@@ -86,7 +86,7 @@ class ActionHandle:
         """The result once the action succeeds; ActionFailed if it fails or is cancelled;
         TimeoutError after ``timeout`` seconds. ``on_event`` sees progress and output."""
         action = self.client.wait_for(self.id, timeout=timeout, on_event=on_event)
-        if action["status"] == "succeeded":
+        if action["status"] == ActionStatus.SUCCEEDED:
             result: dict[str, Any] = action["result"] or {}
             return result
         raise ActionFailed(
@@ -170,7 +170,7 @@ class WorkspaceClient(Syncing):
             # configured with: one process may hold clients for several deployments.
             with self._broker().acquire(block=True, timeout=5) as conn:
                 app.send_task(
-                    f"qai_jobs.{kind}",
+                    action_task_name(kind),
                     kwargs={"project_id": project_id},
                     task_id=str(action_id),
                     connection=conn,
@@ -322,7 +322,7 @@ class WorkspaceClient(Syncing):
             )
         from qai_jobs.notify import publish
 
-        publish(self.settings.redis_url, uid, {"type": "done", "status": "cancelled"})
+        publish(self.settings.redis_url, uid, {"type": "done", "status": ActionStatus.CANCELLED})
         return action
 
     # -- waiting -----------------------------------------------------------------------------
@@ -458,7 +458,3 @@ def _uuid(value: str | uuid.UUID) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise NotFound(f"no action {value}") from None
-
-
-# The HTTP twin of WorkspaceClient, named here by CONTRACT 6/7; imported last to avoid a cycle.
-from qai_jobs.client.http import HttpWorkspaceClient  # noqa: E402, F401

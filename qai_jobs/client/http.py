@@ -27,9 +27,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from qai_jobs.constants import TERMINAL, ActionStatus
 from qai_jobs.errors import (
     ActionFailed,
     Conflict,
+    ErrorCode,
     NotFound,
     PayloadTooLarge,
     QaiJobsError,
@@ -38,7 +40,6 @@ from qai_jobs.errors import (
 from qai_jobs.schemas import Limits, check_project_id, validate_payload
 from qai_jobs.sync import Syncing
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # One long-poll lasts at most this long; ``wait`` loops until its own deadline.
 POLL_SECONDS = 30.0
 # Retry-After values beyond this are capped: a client should not stall for minutes on a hint.
@@ -48,13 +49,13 @@ MAX_RETRY_AFTER = 30.0
 class Unauthorized(QaiJobsError):
     """The API refused the bearer token."""
 
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class ApiUnavailable(QaiJobsError):
     """The API kept failing after every retry."""
 
-    code = "api_unavailable"
+    code = ErrorCode.API_UNAVAILABLE
     retryable = True
 
 
@@ -116,7 +117,7 @@ class HttpActionHandle:
         TimeoutError after ``timeout`` seconds. (``on_event`` is accepted for symmetry with
         ``ActionHandle``; progress events are not streamed over HTTP.)"""
         action = self.client.wait_for(self.id, timeout=timeout)
-        if action["status"] == "succeeded":
+        if action["status"] == ActionStatus.SUCCEEDED:
             result: dict[str, Any] = action["result"] or {}
             return result
         error = action["error"] or {"code": action["status"], "message": action["status"]}

@@ -24,7 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from qai_jobs.errors import LeaseLost, WorkerLost
+from qai_jobs.constants import ActionStatus
+from qai_jobs.errors import ErrorCode, LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
 
@@ -103,7 +104,7 @@ def enqueue(
         "p": project_id,
         "kind": kind,
         "payload": json.dumps(payload),
-        "status": "failed" if failed_error else "queued",
+        "status": ActionStatus.FAILED if failed_error else "queued",
         "finished": datetime.now(UTC) if failed_error else None,
         "error": _json(failed_error),
     }
@@ -131,7 +132,11 @@ _CANCEL = sa.text(
 
 def cancel(conn: Connection, action_id: uuid.UUID) -> bool:
     """Cancel a queued action; False if it is not queued (running ones are not interrupted)."""
-    error = {"code": "cancelled", "message": "cancelled before it started", "retryable": False}
+    error = {
+        "code": ErrorCode.CANCELLED,
+        "message": "cancelled before it started",
+        "retryable": False,
+    }
     return conn.execute(_CANCEL, {"id": action_id, "error": json.dumps(error)}).first() is not None
 
 

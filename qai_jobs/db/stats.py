@@ -12,9 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from qai_jobs.constants import TERMINAL
+
 # Upper bounds (seconds) of the action duration histogram; +Inf is implied.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-FINISHED = ("succeeded", "failed", "cancelled")
 
 _DURATIONS = sa.text(
     """
@@ -84,7 +85,7 @@ def action_outcomes(engine: Engine) -> dict[tuple[str, str], int]:
                 "SELECT kind, status, count(*) FROM actions "
                 "WHERE status = ANY(:s) GROUP BY kind, status"
             ),
-            {"s": list(FINISHED)},
+            {"s": sorted(TERMINAL)},
         ).all()
     return {(str(k), str(s)): int(n) for k, s, n in rows}
 

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from qai_jobs.constants import WorkspaceStatus
 from qai_jobs.providers.base import Sandbox
 
 # Columns the runner may change (the rest belong to ordering: counters and the lease).
@@ -39,7 +40,7 @@ MUTABLE = (
 class WorkspaceState:
     project_id: str
     id: uuid.UUID
-    status: str = "new"
+    status: str = WorkspaceStatus.NEW
     provider: str | None = None
     sandbox_id: str | None = None
     sandbox: dict[str, Any] | None = None

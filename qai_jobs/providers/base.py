@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from qai_jobs.config import Settings
+from qai_jobs.errors import ErrorCode
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout"|"stderr", chunk) while a command runs, for live output."""
@@ -122,7 +123,7 @@ class Provider(abc.ABC):
     def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
         """Make the tree exactly the snapshot's.
 
-        PermanentError(code="snapshot_not_found") if the id is unknown.
+        PermanentError(code=ErrorCode.SNAPSHOT_NOT_FOUND) if the id is unknown.
         """
 
     @abc.abstractmethod
@@ -222,6 +223,6 @@ class Provider(abc.ABC):
         if result.exit_code != 0:
             raise PermanentError(
                 f"could not fetch {ref!r} from the repository: {result.stderr.strip()[-500:]}",
-                code="repo_unavailable",
+                code=ErrorCode.REPO_UNAVAILABLE,
             )
         return result.stdout.strip().splitlines()[-1]

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from qai_jobs.constants import BREAKER_KEY
+
 DEFAULT_THRESHOLD = 3
 DEFAULT_COOLDOWN_S = 60.0
-KEY_PREFIX = "qai:breaker:"
+KEY_PREFIX = BREAKER_KEY
 
 
 class BreakerStore(Protocol):

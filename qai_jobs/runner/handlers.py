@@ -21,7 +21,7 @@ from qai_jobs import schemas as s
 from qai_jobs.config import Settings
 from qai_jobs.db.manifest import Manifest, ManifestUpdate
 from qai_jobs.db.workspace_state import WorkspaceState
-from qai_jobs.errors import MANIFEST_STALE, PermanentError, QaiJobsError, SandboxGone
+from qai_jobs.errors import ErrorCode, PermanentError, QaiJobsError, SandboxGone
 from qai_jobs.providers.base import CreateSpec, Provider, Sandbox, SandboxStatus
 from qai_jobs.providers.select import create_with_fallback, get_provider
 from qai_jobs.sealing import seal_env, unseal_env
@@ -144,7 +144,7 @@ def _sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
     try:
         sb = _provision(ctx, snapshot_id)
     except PermanentError as exc:
-        if exc.code != "snapshot_not_found" or snapshot_id is None:
+        if exc.code != ErrorCode.SNAPSHOT_NOT_FOUND or snapshot_id is None:
             raise
         snapshot_id = None  # the provider lost the snapshot too: rebuild from history alone
         sb = _provision(ctx, None)
@@ -200,7 +200,7 @@ def _check_base(ctx: ActionContext, payload: s._WithFiles, adopting: bool = Fals
 
 
 def _stale(why: str) -> PermanentError:
-    return PermanentError(f"{why}; send the full tree", code=MANIFEST_STALE)
+    return PermanentError(f"{why}; send the full tree", code=ErrorCode.MANIFEST_STALE)
 
 
 def _sync_files(
@@ -288,7 +288,9 @@ def _install(ctx: ActionContext, sb: Sandbox, command: str | None) -> bool:
         ctx.ws.install_hash = None
         output = _tail(result.stdout + "\n" + result.stderr)
         reason = "timed out" if result.timed_out else f"exited with {result.exit_code}"
-        raise PermanentError(f"install ({command}) {reason}:\n{output}", code="install_failed")
+        raise PermanentError(
+            f"install ({command}) {reason}:\n{output}", code=ErrorCode.INSTALL_FAILED
+        )
     ctx.ws.install_hash = fingerprint
     return True
 
@@ -330,7 +332,7 @@ def _wait_for_port(ctx: ActionContext, sb: Sandbox, proc: Mapping[str, Any], por
             ctx.ws.dev_process = None
             raise PermanentError(
                 f"the dev server exited before port {port} answered:\n{log}",
-                code="dev_server_timeout",
+                code=ErrorCode.DEV_SERVER_TIMEOUT,
             )
         if time.monotonic() > deadline:
             log = provider.read_log(sb, proc, 40)
@@ -339,7 +341,7 @@ def _wait_for_port(ctx: ActionContext, sb: Sandbox, proc: Mapping[str, Any], por
             raise PermanentError(
                 f"the dev server did not answer on port {port} within "
                 f"{ctx.settings.workspace_dev_server_timeout_seconds:g}s:\n{log}",
-                code="dev_server_timeout",
+                code=ErrorCode.DEV_SERVER_TIMEOUT,
             )
         early, later = provider.port_poll_seconds
         time.sleep(early if time.monotonic() - started < 2 else later)
@@ -411,7 +413,9 @@ def _ensure(ctx: ActionContext) -> dict[str, Any]:
     try:
         counts = _sync_files(ctx, sb, p, manifest)
     except PermanentError as exc:
-        if exc.code == MANIFEST_STALE:  # refused: the settings wait for the full sync that follows
+        if (
+            exc.code == ErrorCode.MANIFEST_STALE
+        ):  # refused: the settings wait for the full sync that follows
             ws.revert("env", "dev_command", "install_command", "port")
         raise
     installed = _install(ctx, sb, p.install_command)
@@ -494,7 +498,7 @@ def _preview(ctx: ActionContext) -> dict[str, Any]:
             _dev_server(ctx, sb)
             healthy = True
         except PermanentError as exc:
-            if exc.code != "dev_server_timeout":
+            if exc.code != ErrorCode.DEV_SERVER_TIMEOUT:
                 raise
     else:
         provider = _provider(ctx)

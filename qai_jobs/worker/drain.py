@@ -26,7 +26,7 @@ from qai_jobs.config import Settings
 from qai_jobs.db import manifest, ordering
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.db.workspace_state import WorkspaceState, write_changes
-from qai_jobs.errors import MANIFEST_STALE, LeaseLost, QaiJobsError, SandboxGone, TransientError
+from qai_jobs.errors import ErrorCode, LeaseLost, QaiJobsError, SandboxGone, TransientError
 from qai_jobs.logs import for_action, for_project
 from qai_jobs.notify import publish, publish_many
 from qai_jobs.runner import handlers as runner
@@ -39,7 +39,6 @@ log = logging.getLogger("qai_jobs.drain")
 # A lease is given back after this much work so one busy project cannot hog a worker slot.
 BATCH_ACTIONS = 100
 BATCH_SECONDS = 30.0
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -198,7 +197,7 @@ def _acquire(
             if row.status == "failed":
                 alog.warning("worker lost while running a %s: failed with worker_lost", row.kind)
                 error = {
-                    "code": "worker_lost",
+                    "code": ErrorCode.WORKER_LOST,
                     "message": "the worker running this action stopped before it finished",
                     "retryable": False,
                 }
@@ -251,7 +250,7 @@ def _log_outcome(project_id: str, action_id: uuid.UUID, kind: str, outcome: Outc
         alog.warning(
             "%s failed transiently (%s); retrying in %.2fs", kind, error.get("code"), outcome.delay
         )
-    elif (outcome.error or {}).get("code") == MANIFEST_STALE:
+    elif (outcome.error or {}).get("code") == ErrorCode.MANIFEST_STALE:
         alog.info("%s refused a stale delta; the producer sends its full tree", kind)
     else:
         error = outcome.error or {}
@@ -270,7 +269,7 @@ def _run_one(
     try:
         payload = validate_payload(action.kind, unseal_payload(settings, action.payload))
     except QaiJobsError as exc:
-        error = {**exc.to_dict(), "code": "invalid_payload"}
+        error = {**exc.to_dict(), "code": ErrorCode.INVALID_PAYLOAD}
         return Outcome("failed", error=error, events=[error_event(error, action.kind, 1)]), None
     ctx = runner.ActionContext(
         settings=settings,
@@ -301,7 +300,7 @@ def _run_one(
     except Exception as exc:  # a bug or an unmapped library error: fail, and keep the trace
         alog.exception("%s raised unexpectedly", action.kind)
         error = {
-            "code": "internal_error",
+            "code": ErrorCode.INTERNAL_ERROR,
             "message": f"{type(exc).__name__}: {exc}"[:2000],
             "retryable": False,
         }
@@ -310,7 +309,7 @@ def _run_one(
 
 
 def _failed(ctx: runner.ActionContext, action: ordering.Started, error: dict[str, Any]) -> Outcome:
-    if error.get("code") == MANIFEST_STALE:  # a step of delta sync, not a workspace error
+    if error.get("code") == ErrorCode.MANIFEST_STALE:  # a step of delta sync, not a workspace error
         if ctx.ws.status == "provisioning":
             ctx.ws.status = "ready"  # refused after provisioning: the sandbox is there
         return Outcome("failed", error=error)

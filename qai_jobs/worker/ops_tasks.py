@@ -13,16 +13,17 @@ from typing import Any
 from celery import signals
 
 from qai_jobs.celery_app import app, current_settings
+from qai_jobs.constants import DELIVER_TASK, SWEEPS, sweep_task_name
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.worker import sweeps, webhooks
 from qai_jobs.worker.tasks import dispatch
 
 log = logging.getLogger("qai_jobs.tasks_ops")
 
-SWEEP_TASKS = {name: f"qai_jobs.beat.{name}" for name in sweeps.SWEEPS}
+SWEEP_TASKS = {name: sweep_task_name(name) for name in SWEEPS}
 
 
-@app.task(name="qai_jobs.webhooks.deliver", ignore_result=True)
+@app.task(name=DELIVER_TASK, ignore_result=True)
 def deliver_task(event_id: str) -> dict[str, Any]:
     settings = current_settings()
     outcome = db_retry(webhooks.deliver)(settings, engine_for(settings.database_url), event_id)
@@ -58,7 +59,7 @@ def _run(name: str) -> dict[str, Any]:
     return sweeps.orphans(settings)
 
 
-SWEEP_TASK_OBJECTS = {name: _make_sweep_task(name) for name in sweeps.SWEEPS}
+SWEEP_TASK_OBJECTS = {name: _make_sweep_task(name) for name in SWEEPS}
 
 
 @signals.worker_ready.connect

@@ -16,6 +16,7 @@ import redis
 import sqlalchemy as sa
 
 from qai_jobs.config import Settings
+from qai_jobs.constants import SWEEP_CLAIM_KEY, SWEEP_RUNS_KEY, SWEEPS_LAST_KEY
 from qai_jobs.db import ordering
 from qai_jobs.db.session import engine_for
 from qai_jobs.notify import client as redis_client
@@ -74,7 +75,7 @@ def claim_period(settings: Settings, name: str, period: float) -> tuple[int, flo
     processes; None for everyone else, and when Redis is unreachable (skip, never double-run)."""
     try:
         r = redis_client(settings.redis_url)
-        got = r.eval(_CLAIM_PERIOD_LUA, 1, f"qai:sweep:{name}", max(1, int(period * 1000)))  # type: ignore[no-untyped-call]
+        got = r.eval(_CLAIM_PERIOD_LUA, 1, SWEEP_CLAIM_KEY + name, max(1, int(period * 1000)))  # type: ignore[no-untyped-call]
     except redis.RedisError:
         return None
     if not got:
@@ -111,15 +112,6 @@ def start_watchdog(settings: Settings, dispatch: Callable[[], Dispatch]) -> thre
 # --- the beat sweeps -------------------------------------------------------------------------
 
 
-def _orphans_supported() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("qai_jobs.providers.orphans") is not None
-
-
-SWEEPS: tuple[str, ...] = ("idle", "recover", "webhooks", "prune") + (
-    ("orphans",) if _orphans_supported() else ()
-)
 RUN_LOG_LENGTH = 1000
 
 
@@ -133,9 +125,9 @@ def run_sweep(settings: Settings, name: str, work: Callable[[], dict[str, Any]])
     try:
         r = redis_client(settings.redis_url)
         pipe = r.pipeline(transaction=False)
-        pipe.hset("qai:sweeps:last", name, f"{at:.3f}")
-        pipe.lpush(f"qai:sweeps:runs:{name}", f"{period}:{at:.3f}")
-        pipe.ltrim(f"qai:sweeps:runs:{name}", 0, RUN_LOG_LENGTH - 1)
+        pipe.hset(SWEEPS_LAST_KEY, name, f"{at:.3f}")
+        pipe.lpush(SWEEP_RUNS_KEY + name, f"{period}:{at:.3f}")
+        pipe.ltrim(SWEEP_RUNS_KEY + name, 0, RUN_LOG_LENGTH - 1)
         pipe.execute()
     except redis.RedisError:
         pass  # the record is for observation only

@@ -16,9 +16,10 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from qai_jobs.celery_app import app, current_settings
+from qai_jobs.constants import DELIVER_TASK, DRAIN_TASK, ActionStatus, action_task_name
 from qai_jobs.db import ordering
 from qai_jobs.db.session import db_retry, dispose_all, engine_for
-from qai_jobs.errors import QaiJobsError, ValidationFailed
+from qai_jobs.errors import ErrorCode, QaiJobsError, ValidationFailed
 from qai_jobs.logs import for_action
 from qai_jobs.notify import publish
 from qai_jobs.notify import reset as reset_redis
@@ -45,7 +46,7 @@ def dispatch() -> Dispatch:
     def deliver(event_ids: list[str]) -> None:
         try:
             for event_id in event_ids:
-                app.send_task("qai_jobs.webhooks.deliver", kwargs={"event_id": event_id})
+                app.send_task(DELIVER_TASK, kwargs={"event_id": event_id})
         except Exception as exc:
             log.warning("could not send webhook deliveries: %s", type(exc).__name__)
 
@@ -69,7 +70,7 @@ def _record_foreign(
     try:
         stored = seal_payload(settings, payload_to_json(validate_payload(kind, payload)))
     except ValidationFailed as exc:
-        error = {"code": "invalid_payload", "message": exc.message, "retryable": False}
+        error = {"code": ErrorCode.INVALID_PAYLOAD, "message": exc.message, "retryable": False}
     event_ids: list[str] = []
     with engine.begin() as conn:
         got = ordering.enqueue(
@@ -86,7 +87,7 @@ def _record_foreign(
             )
     if error and got.created:
         for_action(project_id, action_id).error("rejected %s: %s", kind, error["message"])
-        publish(settings.redis_url, action_id, {"type": "done", "status": "failed"})
+        publish(settings.redis_url, action_id, {"type": "done", "status": ActionStatus.FAILED})
         dispatch().deliver(event_ids)
 
 
@@ -126,7 +127,7 @@ class RedactedRequest(Request):
 
 
 def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
-    @app.task(name=f"qai_jobs.{kind}", bind=True, Request=RedactedRequest)
+    @app.task(name=action_task_name(kind), bind=True, Request=RedactedRequest)
     def action_task(self: Task, /, project_id: str, **payload: Any) -> dict[str, Any]:  # type: ignore[type-arg]
         try:
             check_project_id(project_id)
@@ -145,7 +146,7 @@ def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
 ACTION_TASKS = {kind: _make_action_task(kind) for kind in KINDS}
 
 
-@app.task(name="qai_jobs.drain")
+@app.task(name=DRAIN_TASK)
 def drain_task(project_id: str) -> dict[str, Any]:
     ran = drain(current_settings(), project_id, dispatch())
     return {"project_id": project_id, "ran": ran}

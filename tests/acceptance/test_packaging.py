@@ -59,7 +59,7 @@ def test_help_lists_every_command() -> None:
 def test_every_command_takes_help(name: str) -> None:
     from click.testing import CliRunner
 
-    from qai_jobs.cli.main import main
+    from qai_jobs.cli import main
 
     out = CliRunner().invoke(main, [name, "--help"])
     assert out.exit_code == 0, out.output
@@ -81,7 +81,7 @@ def test_compose_services_run_real_commands() -> None:
         assert command[0] in CONTRACT_COMMANDS, name
         from click.testing import CliRunner
 
-        from qai_jobs.cli.main import main
+        from qai_jobs.cli import main
 
         args = [*command, "--help"] if name != "flower" else [command[0], "--help"]
         out = CliRunner().invoke(main, args)

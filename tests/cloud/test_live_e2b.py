@@ -24,7 +24,7 @@ pytestmark = [
 
 
 def test_e2b_round_trip() -> None:
-    from qai_jobs.providers.e2b.provider import E2BProvider
+    from qai_jobs.providers.e2b import E2BProvider
 
     provider = E2BProvider(Settings(workspace_runtime=["e2b"]))
     sb = provider.create(CreateSpec(f"live-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, 3000))

@@ -24,7 +24,7 @@ pytestmark = [
 
 
 def test_modal_round_trip() -> None:
-    from qai_jobs.providers.modal.provider import ModalProvider
+    from qai_jobs.providers.modal import ModalProvider
 
     provider = ModalProvider(Settings(workspace_runtime=["modal"]))
     sb = provider.create(CreateSpec(f"live-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, 3000))

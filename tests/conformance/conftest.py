@@ -56,7 +56,7 @@ def _fake(settings: Settings) -> Provider:
 
 
 def _local(settings: Settings) -> Provider:
-    from qai_jobs.providers.local.provider import LocalProvider
+    from qai_jobs.providers.local import LocalProvider
 
     return LocalProvider(settings)
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from qai_jobs.client.direct import WorkspaceClient
+from qai_jobs.client import WorkspaceClient
 from tests.integration.api_helpers import TOKEN, Api, api, free_port, http  # noqa: F401
 from tests.support.procs import QAI
 

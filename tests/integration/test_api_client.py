@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from qai_jobs.client.direct import HttpWorkspaceClient, WorkspaceClient
+from qai_jobs.client import HttpWorkspaceClient, WorkspaceClient
 from qai_jobs.client.http import Unauthorized
 from qai_jobs.errors import ActionFailed, Conflict, NotFound, ValidationFailed
 from tests.integration.api_helpers import TOKEN, Api, api, api_env, free_port, start_api  # noqa: F401

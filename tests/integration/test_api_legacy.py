@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
-from qai_jobs.client.direct import WorkspaceClient
+from qai_jobs.client import WorkspaceClient
 from qai_jobs.testing import RedisStore, inject_fault
 from tests.integration.api_helpers import WEBHOOK_SECRET, Api, api, http  # noqa: F401
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from qai_jobs.client.direct import WorkspaceClient
+from qai_jobs.client import WorkspaceClient
 from qai_jobs.errors import ActionFailed
 from tests.conftest import settings_for
 from tests.support.procs import REPO, Proc, start_worker

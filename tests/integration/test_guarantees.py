@@ -15,7 +15,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from qai_jobs.client.direct import WorkspaceClient
+from qai_jobs.client import WorkspaceClient
 from qai_jobs.db import ordering
 from qai_jobs.db.session import engine_for
 from qai_jobs.errors import LeaseLost

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from qai_jobs.client.direct import ActionHandle, WorkspaceClient
+from qai_jobs.client import ActionHandle, WorkspaceClient
 from qai_jobs.errors import ActionFailed
 from tests.conftest import settings_for
 from tests.support.procs import REPO, Proc, start_worker

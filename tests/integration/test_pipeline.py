@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from qai_jobs import ActionFailed
-from qai_jobs.client.direct import WorkspaceClient
+from qai_jobs.client import WorkspaceClient
 from qai_jobs.errors import Conflict, ValidationFailed
 from qai_jobs.testing import clear_faults, inject_fault
 from tests.support.procs import Proc

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from qai_jobs.config import Settings
-from qai_jobs.worker.sweeps import SWEEPS
+from qai_jobs.constants import SWEEPS
 from tests.integration.ops_support import (
     Receiver,
     env_for,
@@ -38,7 +38,7 @@ def settings(base_env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> Any:
-    from qai_jobs.client.direct import WorkspaceClient
+    from qai_jobs.client import WorkspaceClient
 
     return WorkspaceClient(settings)
 

@@ -45,7 +45,7 @@ def settings(base_env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> Any:
-    from qai_jobs.client.direct import WorkspaceClient
+    from qai_jobs.client import WorkspaceClient
 
     return WorkspaceClient(settings)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from qai_jobs.providers.base import CreateSpec, Sandbox
+from qai_jobs.providers.local import LocalProvider
 from qai_jobs.providers.local.limits import Limits, _cgroup_bases
-from qai_jobs.providers.local.provider import LocalProvider
 from tests.conformance.conftest import make_settings
 
 MAX_PROCS = 32

@@ -25,8 +25,8 @@ import pytest
 
 from qai_jobs.errors import PermanentError, TransientError
 from qai_jobs.providers.base import CreateSpec, Sandbox, SandboxStatus
+from qai_jobs.providers.local import LocalProvider
 from qai_jobs.providers.local.limits import Limits, _cgroup_bases
-from qai_jobs.providers.local.provider import LocalProvider
 from qai_jobs.sync import sha256
 from tests.conformance.conftest import make_settings
 
@@ -497,7 +497,7 @@ def test_hash_cache_sees_every_change_and_never_follows_symlinks(tmp_path: Path)
 
     from qai_jobs.config import Settings
     from qai_jobs.providers.base import CreateSpec
-    from qai_jobs.providers.local.provider import LocalProvider
+    from qai_jobs.providers.local import LocalProvider
 
     provider = LocalProvider(
         Settings(workspace_root=tmp_path / "ws", workspace_local_isolation="none")

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from qai_jobs.errors import PermanentError, ProviderError, SandboxGone, TransientError
+from qai_jobs.errors import ErrorCode, PermanentError, ProviderError, SandboxGone, TransientError
 from qai_jobs.providers.modal.errors import redact
 
 
@@ -24,46 +24,46 @@ def map_e2b_error(
     if isinstance(exc, sdk.SandboxNotFoundException | sdk.SandboxNotRunningException):
         return SandboxGone(text)
     if isinstance(exc, sdk.SandboxUnreachableException):
-        return TransientError(text, code="provider_unavailable")
+        return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
     if isinstance(exc, sdk.RateLimitException):
-        return TransientError(text, code="provider_rate_limited")
+        return TransientError(text, code=ErrorCode.PROVIDER_RATE_LIMITED)
     if isinstance(exc, sdk.ServiceBusyException):
-        return TransientError(text, code="provider_unavailable")
+        return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
     if isinstance(exc, sdk.TimeoutException):
-        return TransientError(text, code="provider_timeout")
+        return TransientError(text, code=ErrorCode.PROVIDER_TIMEOUT)
     if isinstance(exc, sdk.AuthenticationException):
-        return PermanentError(text, code="provider_auth")
+        return PermanentError(text, code=ErrorCode.PROVIDER_AUTH)
     if isinstance(exc, sdk.InvalidArgumentException):
-        return PermanentError(text, code="invalid_request")
+        return PermanentError(text, code=ErrorCode.INVALID_REQUEST)
     if isinstance(exc, sdk.NotEnoughSpaceException):
-        return PermanentError(text, code="provider_no_space")
+        return PermanentError(text, code=ErrorCode.PROVIDER_NO_SPACE)
     if isinstance(exc, sdk.TemplateException):
-        return PermanentError(text, code="template_incompatible")
+        return PermanentError(text, code=ErrorCode.TEMPLATE_INCOMPATIBLE)
     if isinstance(exc, sdk.GuestUnresponsiveException):
-        return PermanentError(text, code="sandbox_unresponsive")
+        return PermanentError(text, code=ErrorCode.SANDBOX_UNRESPONSIVE)
     if isinstance(exc, sdk.FileNotFoundException):
-        return PermanentError(text, code="file_error")
+        return PermanentError(text, code=ErrorCode.FILE_ERROR)
     if isinstance(exc, sdk.SandboxException):
         status = exc.status_code or 0
         if status == 404 and creating:
-            return PermanentError(text, code="template_not_found")
+            return PermanentError(text, code=ErrorCode.TEMPLATE_NOT_FOUND)
         if status == 404:
             return SandboxGone(text)
         if status in (401, 403):
-            return PermanentError(text, code="provider_auth")
+            return PermanentError(text, code=ErrorCode.PROVIDER_AUTH)
         if status == 429 or status >= 500:
-            return TransientError(text, code="provider_unavailable")
+            return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
         if status in (400, 422):
-            return PermanentError(text, code="invalid_request")
-        return PermanentError(text, code="provider_error")
+            return PermanentError(text, code=ErrorCode.INVALID_REQUEST)
+        return PermanentError(text, code=ErrorCode.PROVIDER_ERROR)
     if isinstance(exc, httpx.TransportError | OSError | TimeoutError):
-        return TransientError(text, code="provider_unavailable")
+        return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
     if isinstance(exc, httpx.HTTPStatusError):
         code = exc.response.status_code
         if code == 429 or code >= 500:
-            return TransientError(text, code="provider_unavailable")
-        return PermanentError(text, code="provider_error")
+            return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
+        return PermanentError(text, code=ErrorCode.PROVIDER_ERROR)
     if type(exc).__module__.startswith("connectrpc"):
         # An envd RPC failure the SDK could not classify: most likely the network.
-        return TransientError(text, code="provider_unavailable")
-    return PermanentError(text, code="provider_error")
+        return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
+    return PermanentError(text, code=ErrorCode.PROVIDER_ERROR)

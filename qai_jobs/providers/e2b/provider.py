@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from qai_jobs.config import Settings
 from qai_jobs.errors import (
     ConfigurationError,
+    ErrorCode,
     PermanentError,
     QaiJobsError,
     SandboxGone,
@@ -107,7 +108,7 @@ class E2BProvider(Provider):
                 info = self._sdk().Sandbox.get_info(sb.sandbox_id, **self._opts())
             if str(getattr(info.state, "value", info.state)) == "paused":
                 raise PermanentError(
-                    "the workspace is asleep: wake it first", code="sandbox_sleeping"
+                    "the workspace is asleep: wake it first", code=ErrorCode.SANDBOX_SLEEPING
                 )
             with self._guard(sb.sandbox_id):
                 handle = self._sdk().Sandbox.connect(
@@ -168,7 +169,7 @@ class E2BProvider(Provider):
         code, out, err = self._sh(sb, script, **kw)
         if code != 0:
             raise PermanentError(
-                f"sandbox helper failed ({code}): {err[-300:]}", code="provider_error"
+                f"sandbox helper failed ({code}): {err[-300:]}", code=ErrorCode.PROVIDER_ERROR
             )
         return out
 
@@ -186,9 +187,9 @@ class E2BProvider(Provider):
                     **self._opts(),
                 )
         except PermanentError as exc:
-            if from_snapshot and exc.code == "template_not_found":
+            if from_snapshot and exc.code == ErrorCode.TEMPLATE_NOT_FOUND:
                 raise PermanentError(
-                    f"snapshot {template} does not exist", code="snapshot_not_found"
+                    f"snapshot {template} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
                 ) from exc
             raise
         sb = Sandbox(self.name, str(handle.sandbox_id), {**state, "created_at": time.time()})
@@ -413,7 +414,7 @@ class E2BProvider(Provider):
                 on_stderr=_err,
             )
         except TransientError as exc:
-            if exc.code != "provider_timeout":
+            if exc.code != ErrorCode.PROVIDER_TIMEOUT:
                 raise
             code, stdout, stderr = -1, "".join(out), "".join(err)
         elapsed = time.monotonic() - started
@@ -450,7 +451,7 @@ class E2BProvider(Provider):
         except SandboxGone:
             return False
         except PermanentError as exc:
-            if exc.code == "sandbox_sleeping":
+            if exc.code == ErrorCode.SANDBOX_SLEEPING:
                 return False
             raise
         return code == 0

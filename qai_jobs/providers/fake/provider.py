@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from qai_jobs.config import Settings
-from qai_jobs.errors import PermanentError, SandboxGone, TransientError
+from qai_jobs.constants import FAKE_KEY
+from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone, TransientError
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
@@ -34,7 +35,7 @@ from qai_jobs.providers.base import (
 )
 from qai_jobs.sync import is_ignored, sha256
 
-PREFIX = "qai:fake:"
+PREFIX = FAKE_KEY
 
 
 class Store(Protocol):
@@ -238,7 +239,7 @@ class FakeProvider(Provider):
     def _live(self, op: str, sb: Sandbox) -> tuple[dict[str, Any], float]:
         started = self._call(op, sb)
         meta = self._meta(sb.sandbox_id)
-        if meta["status"] != "running":
+        if meta["status"] != SandboxStatus.RUNNING:
             raise PermanentError(f"fake sandbox {sb.sandbox_id} is {meta['status']}")
         return meta, started
 
@@ -252,7 +253,7 @@ class FakeProvider(Provider):
         files: dict[str, bytes] = {}
         if spec.snapshot_id:
             files = self._snapshot_files(spec.snapshot_id)
-        meta = {"status": "running", "project_id": spec.project_id, "processes": {}}
+        meta = {"status": SandboxStatus.RUNNING, "project_id": spec.project_id, "processes": {}}
         self._save(sandbox_id, meta)
         self.store.hset(f"files:{sandbox_id}", files)
         self._journal("create", spec.project_id, started, sandbox_id)
@@ -272,7 +273,7 @@ class FakeProvider(Provider):
         started = self._call("sleep", sb)
         meta = self._meta(sb.sandbox_id)
         snapshot_id = self._take_snapshot(sb)
-        meta.update(status="sleeping", processes={})
+        meta.update(status=SandboxStatus.SLEEPING, processes={})
         self._save(sb.sandbox_id, meta)
         self._done("sleep", sb, started)
         return SleepResult(sb, snapshot_id)
@@ -280,7 +281,7 @@ class FakeProvider(Provider):
     def wake(self, sb: Sandbox) -> Sandbox:
         started = self._call("wake", sb)
         meta = self._meta(sb.sandbox_id)
-        meta["status"] = "running"
+        meta["status"] = SandboxStatus.RUNNING
         self._save(sb.sandbox_id, meta)
         self._done("wake", sb, started)
         return sb
@@ -294,7 +295,7 @@ class FakeProvider(Provider):
     def _snapshot_files(self, snapshot_id: str) -> dict[str, bytes]:
         if self.store.get(f"snapmeta:{snapshot_id}") is None:
             raise PermanentError(
-                f"snapshot {snapshot_id} does not exist", code="snapshot_not_found"
+                f"snapshot {snapshot_id} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
             )
         return self.store.hgetall(f"snap:{snapshot_id}")
 
@@ -406,7 +407,7 @@ class FakeProvider(Provider):
         if raw is None:
             return False
         meta = json.loads(raw)
-        return meta["status"] == "running" and str(proc.get("pid")) in meta["processes"]
+        return meta["status"] == SandboxStatus.RUNNING and str(proc.get("pid")) in meta["processes"]
 
     def stop_process(self, sb: Sandbox, proc: Mapping[str, Any]) -> None:
         raw = self.store.get(f"sb:{sb.sandbox_id}")

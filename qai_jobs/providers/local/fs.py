@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from qai_jobs.errors import PATH_OUTSIDE_WORKSPACE, PermanentError, ProviderError, TransientError
+from qai_jobs.errors import ErrorCode, PermanentError, ProviderError, TransientError
 from qai_jobs.sync import IGNORED_DIRS, is_ignored, sha256
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -41,14 +41,14 @@ def os_error(exc: OSError, what: str, path: str) -> ProviderError:
     if exc.errno in _TRANSIENT_ERRNOS:
         return TransientError(message)
     if exc.errno == errno.ENAMETOOLONG:
-        return PermanentError(message, code="invalid_path")
-    return PermanentError(message, code="filesystem_error")
+        return PermanentError(message, code=ErrorCode.INVALID_PATH)
+    return PermanentError(message, code=ErrorCode.FILESYSTEM_ERROR)
 
 
 def _outside(path: str) -> PermanentError:
     return PermanentError(
         f"{path!r} goes through a symbolic link; refusing to follow it out of the workspace",
-        code=PATH_OUTSIDE_WORKSPACE,
+        code=ErrorCode.PATH_OUTSIDE_WORKSPACE,
     )
 
 
@@ -56,7 +56,7 @@ def _split(path: str) -> tuple[list[str], str]:
     parts = path.split("/")
     # Paths are validated upstream (schemas.check_path); this is the last line of defence.
     if not path or path.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
-        raise PermanentError(f"invalid path {path!r}", code="invalid_path")
+        raise PermanentError(f"invalid path {path!r}", code=ErrorCode.INVALID_PATH)
     return parts[:-1], parts[-1]
 
 
@@ -113,7 +113,7 @@ class SafeTree:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             raise _outside(path)
-        raise PermanentError(f"{path!r}: a parent is not a directory", code="invalid_path")
+        raise PermanentError(f"{path!r}: a parent is not a directory", code=ErrorCode.INVALID_PATH)
 
     def read(self, path: str) -> bytes | None:
         parts, name = _split(path)
@@ -131,7 +131,9 @@ class SafeTree:
                 raise os_error(exc, "read", path) from None
             with os.fdopen(fd, "rb") as fh:
                 if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                    raise PermanentError(f"{path!r} is not a regular file", code="not_a_file")
+                    raise PermanentError(
+                        f"{path!r} is not a regular file", code=ErrorCode.NOT_A_FILE
+                    )
                 return fh.read()
         except OSError as exc:
             raise os_error(exc, "read", path) from None
@@ -157,7 +159,9 @@ class SafeTree:
                 if stat.S_ISLNK(st.st_mode):
                     raise _outside(path)
                 if not stat.S_ISREG(st.st_mode):
-                    raise PermanentError(f"{path!r} is not a regular file", code="not_a_file")
+                    raise PermanentError(
+                        f"{path!r} is not a regular file", code=ErrorCode.NOT_A_FILE
+                    )
                 keep = stat.S_IMODE(st.st_mode)
             mode = keep if mode is None else mode
             fd = os.open(tmp, _CREATE_FLAGS, mode, dir_fd=dfd)

@@ -12,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from qai_jobs.errors import REPO_UNAVAILABLE, PermanentError, TransientError
+from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.providers.local.proc import SAFE_PATH
 
 _TIMEOUT_S = 600
@@ -63,12 +63,13 @@ def git_sync(tree: Path, git_dir: Path, home: Path, url: str, ref: str) -> str:
             raise TransientError(f"git {args[0]} timed out after {_TIMEOUT_S} s") from None
         except FileNotFoundError:
             raise PermanentError(
-                "git is not installed on the worker", code=REPO_UNAVAILABLE
+                "git is not installed on the worker", code=ErrorCode.REPO_UNAVAILABLE
             ) from None
         if done.returncode != 0:
             tail = scrub(done.stderr.decode(errors="replace").strip()[-500:])
             raise PermanentError(
-                f"could not sync {ref!r} from {scrub(url)!r}: {tail}", code=REPO_UNAVAILABLE
+                f"could not sync {ref!r} from {scrub(url)!r}: {tail}",
+                code=ErrorCode.REPO_UNAVAILABLE,
             )
         return done.stdout.decode(errors="replace").strip()
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from qai_jobs.errors import PermanentError
+from qai_jobs.errors import ErrorCode, PermanentError
 from qai_jobs.providers.local.fs import SafeTree
 
 log = logging.getLogger("qai_jobs.local")
@@ -101,7 +101,7 @@ class HashCache:
             try:
                 dfd = tree.open_dir(parent)
             except PermanentError as exc:
-                if exc.code != "invalid_path":
+                if exc.code != ErrorCode.INVALID_PATH:
                     raise  # a planted link: path_outside_workspace, never followed
                 continue  # a parent is a file: no file here
             if dfd is None:

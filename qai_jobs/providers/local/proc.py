@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qai_jobs.errors import PermanentError, TransientError
+from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.proctab import START, STATE, descendants, stat_fields
 from qai_jobs.providers.base import ExecResult, OutputCallback
 from qai_jobs.providers.local.fs import os_error
@@ -176,7 +176,9 @@ _SETPRIV = shutil.which("setpriv", path=SAFE_PATH)  # util-linux, on every Debia
 def check_env(env: Mapping[str, str]) -> None:
     for key, value in env.items():
         if not key or "=" in key or "\0" in key or "\0" in value:
-            raise PermanentError(f"invalid environment variable name {key!r}", code="invalid_env")
+            raise PermanentError(
+                f"invalid environment variable name {key!r}", code=ErrorCode.INVALID_ENV
+            )
 
 
 def _resolve(program: str, env: Mapping[str, str], cwd: Path | None) -> str:
@@ -187,7 +189,7 @@ def _resolve(program: str, env: Mapping[str, str], cwd: Path | None) -> str:
     else:
         found = shutil.which(program, path=env.get("PATH", os.defpath))
     if found is None:
-        raise PermanentError(f"cannot start {program!r}: not found", code="exec_failed")
+        raise PermanentError(f"cannot start {program!r}: not found", code=ErrorCode.EXEC_FAILED)
     return program if "/" in program else found
 
 
@@ -222,7 +224,9 @@ def _popen(launch: Launch, confine: Sequence[str], **kwargs: object) -> subproce
             os.close(status_r)
     except FileNotFoundError as exc:
         program = launch.argv[0]
-        raise PermanentError(f"cannot start {program!r}: not found", code="exec_failed") from exc
+        raise PermanentError(
+            f"cannot start {program!r}: not found", code=ErrorCode.EXEC_FAILED
+        ) from exc
     except OSError as exc:
         raise os_error(exc, "start", launch.argv[0]) from None
     finally:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from qai_jobs.config import Settings
-from qai_jobs.errors import PermanentError, SandboxGone
+from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
@@ -310,7 +310,9 @@ class LocalProvider(Provider):
     ) -> ExecResult:
         layout = self._awake(sb)
         if cwd and not SafeTree(layout.tree).is_dir(cwd):
-            raise PermanentError(f"working directory {cwd!r} does not exist", code="invalid_cwd")
+            raise PermanentError(
+                f"working directory {cwd!r} does not exist", code=ErrorCode.INVALID_CWD
+            )
         limits = Limits(self.settings, sb.sandbox_id)
         confine = limits.confine(limits.prepare())
         merged = self._env(layout, env)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qai_jobs.errors import SNAPSHOT_NOT_FOUND, PermanentError, TransientError
+from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.providers.local.fs import SafeTree, os_error
 from qai_jobs.sync import sha256
 
@@ -247,7 +247,7 @@ class SnapshotStore:
             body: dict[str, Any] = json.loads(meta.read_bytes())
         except (FileNotFoundError, ValueError):
             raise PermanentError(
-                f"snapshot {snapshot_id!r} does not exist", code=SNAPSHOT_NOT_FOUND
+                f"snapshot {snapshot_id!r} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
             ) from None
         return dict(body["manifest"])
 
@@ -270,7 +270,7 @@ class SnapshotStore:
                     tree.write(info.name, fh.read(), mode=info.mode & 0o755)
         except FileNotFoundError:
             raise PermanentError(
-                f"snapshot {snapshot_id!r} has no archive", code=SNAPSHOT_NOT_FOUND
+                f"snapshot {snapshot_id!r} has no archive", code=ErrorCode.SNAPSHOT_NOT_FOUND
             ) from None
         except (OSError, tarfile.TarError) as exc:
             raise TransientError(f"cannot read snapshot {snapshot_id!r}: {exc}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from qai_jobs.errors import PermanentError, ProviderError, SandboxGone, TransientError
+from qai_jobs.errors import ErrorCode, PermanentError, ProviderError, SandboxGone, TransientError
 
 
 def redact(message: str, secrets: Sequence[str]) -> str:
@@ -34,24 +34,24 @@ def map_modal_error(
     if isinstance(exc, m.NotFoundError):  # the adapter confirms with a poll when it can
         return SandboxGone(text)
     if isinstance(exc, m.ResourceExhaustedError):
-        return TransientError(text, code="provider_rate_limited")
+        return TransientError(text, code=ErrorCode.PROVIDER_RATE_LIMITED)
     if isinstance(exc, m.TimeoutError):
-        return TransientError(text, code="provider_timeout")
+        return TransientError(text, code=ErrorCode.PROVIDER_TIMEOUT)
     if isinstance(exc, m.ConnectionError | m.ServiceError | m.InternalError | m.InternalFailure):
-        return TransientError(text, code="provider_unavailable")
+        return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
     if isinstance(exc, m.AuthError | m.PermissionDeniedError):
-        return PermanentError(text, code="provider_auth")
+        return PermanentError(text, code=ErrorCode.PROVIDER_AUTH)
     if isinstance(exc, m.ImageBuildError):
-        return PermanentError(text, code="image_build_failed")
+        return PermanentError(text, code=ErrorCode.IMAGE_BUILD_FAILED)
     if isinstance(exc, m.AlreadyExistsError):
-        return PermanentError(text, code="conflict")
+        return PermanentError(text, code=ErrorCode.CONFLICT)
     if isinstance(exc, m.InvalidError):
-        return PermanentError(text, code="invalid_request")
+        return PermanentError(text, code=ErrorCode.INVALID_REQUEST)
     if isinstance(exc, m.SandboxFilesystemError):
-        return PermanentError(text, code="file_error")
+        return PermanentError(text, code=ErrorCode.FILE_ERROR)
     if isinstance(exc, m.Error):
-        return PermanentError(text, code="provider_error")
+        return PermanentError(text, code=ErrorCode.PROVIDER_ERROR)
     # Raw socket trouble below the SDK.
     if isinstance(exc, OSError | TimeoutError):
-        return TransientError(text, code="provider_unavailable")
-    return PermanentError(text, code="provider_error")
+        return TransientError(text, code=ErrorCode.PROVIDER_UNAVAILABLE)
+    return PermanentError(text, code=ErrorCode.PROVIDER_ERROR)

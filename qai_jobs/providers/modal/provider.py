@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from qai_jobs.config import Settings
 from qai_jobs.errors import (
     ConfigurationError,
+    ErrorCode,
     PermanentError,
     QaiJobsError,
     SandboxGone,
@@ -131,7 +132,9 @@ class ModalProvider(Provider):
                 self._handles.move_to_end(sb.sandbox_id)
                 return handle
         if sb.state.get("sleeping"):
-            raise PermanentError("the workspace is asleep: wake it first", code="sandbox_sleeping")
+            raise PermanentError(
+                "the workspace is asleep: wake it first", code=ErrorCode.SANDBOX_SLEEPING
+            )
         with self._guard(sandbox_id=sb.sandbox_id):
             handle = self._sdk().Sandbox.from_id(sb.sandbox_id, client=self._client_obj())
         self._remember(sb.sandbox_id, handle)
@@ -183,7 +186,7 @@ class ModalProvider(Provider):
         if code != 0:
             raise PermanentError(
                 f"sandbox helper failed ({code}): {err.decode(errors='replace')[-300:]}",
-                code="provider_error",
+                code=ErrorCode.PROVIDER_ERROR,
             )
         return out
 
@@ -216,9 +219,9 @@ class ModalProvider(Provider):
         except SandboxGone as exc:
             if image_id:  # NotFoundError on create from an image id: the snapshot is unknown
                 raise PermanentError(
-                    f"snapshot {image_id} does not exist", code="snapshot_not_found"
+                    f"snapshot {image_id} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
                 ) from exc
-            raise PermanentError(str(exc), code="template_not_found") from exc
+            raise PermanentError(str(exc), code=ErrorCode.TEMPLATE_NOT_FOUND) from exc
         state = {**spec_state, "created_at": time.time(), "sleeping": False, "ports": ports}
         sb = Sandbox(self.name, str(handle.object_id), state)
         self._remember(sb.sandbox_id, handle)
@@ -227,7 +230,7 @@ class ModalProvider(Provider):
     def create(self, spec: CreateSpec) -> Sandbox:
         if spec.snapshot_id and not spec.snapshot_id.startswith("im-"):
             raise PermanentError(
-                f"snapshot {spec.snapshot_id} does not exist", code="snapshot_not_found"
+                f"snapshot {spec.snapshot_id} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
             )
         state = {
             "project_id": spec.project_id,
@@ -297,7 +300,7 @@ class ModalProvider(Provider):
     def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
         if not snapshot_id.startswith("im-"):
             raise PermanentError(
-                f"snapshot {snapshot_id} does not exist", code="snapshot_not_found"
+                f"snapshot {snapshot_id} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
             )
         state = {k: v for k, v in sb.state.items() if k not in ("sleeping", "sleep_image")}
         new = self._new(state, snapshot_id)
@@ -492,7 +495,7 @@ class ModalProvider(Provider):
         if port not in tunnels:
             raise PermanentError(
                 f"port {port} is not exposed by this sandbox (exposed: {sorted(tunnels)})",
-                code="port_not_exposed",
+                code=ErrorCode.PORT_NOT_EXPOSED,
             )
         return str(tunnels[port].url)
 
