@@ -156,7 +156,7 @@ class SandboxGone(PermanentError):
 
 
 class WorkerLost(QaiJobsError):
-    """The worker running this action stopped before it finished."""
+    """the worker running this action stopped before it finished"""
 
     code = ErrorCode.WORKER_LOST
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from qai_jobs.errors import PayloadTooLarge, ValidationFailed
+from qai_jobs.errors import ValidationFailed
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -53,12 +52,6 @@ Kind = Literal[
 ]
 # Kinds that may run twice without harm when a worker dies mid-action (CONTRACT 4.4).
 IDEMPOTENT_KINDS = frozenset(KINDS) - {"command"}
-
-# Defaults of CONTRACT section 3; Limits lets the configured values override them.
-MAX_FILE_BYTES = 10 * 1024 * 1024
-MAX_ACTION_BYTES = 100 * 1024 * 1024
-MAX_FILES = 10_000
-MAX_TIMEOUT_S = 3600.0
 
 
 def check_project_id(project_id: object) -> str:
@@ -163,7 +156,7 @@ class RepoSpec(_Strict):
         return value
 
 
-class _WithFiles(_Strict):
+class WithFiles(_Strict):
     files: Files | None = None
     delete: list[SafePath] | None = None
     # The workspace manifest (manifest.py) these files were diffed against: the files left out
@@ -181,7 +174,7 @@ class _WithFiles(_Strict):
         return [check_path(p) for p in value] if value is not None else None
 
 
-class EnsurePayload(_WithFiles):
+class EnsurePayload(WithFiles):
     repo: RepoSpec | None = None
     install_command: Annotated[str, Field(max_length=8192)] | None = None
     dev_command: Annotated[str, Field(max_length=8192)] | None = None
@@ -193,7 +186,7 @@ class EnsurePayload(_WithFiles):
     _env = field_validator("env")(_check_env)
 
 
-class WritePayload(_WithFiles):
+class WritePayload(WithFiles):
     files: Files
 
 
@@ -256,104 +249,3 @@ PAYLOAD_MODELS: dict[str, type[BaseModel]] = {
     "restore": RestorePayload,
     "destroy": EmptyPayload,
 }
-
-
-class Limits(BaseModel):
-    """Size limits of CONTRACT section 3 (configurable through Settings)."""
-
-    max_file_bytes: int = MAX_FILE_BYTES
-    max_action_bytes: int = MAX_ACTION_BYTES
-    max_files: int = MAX_FILES
-    max_timeout_s: float = MAX_TIMEOUT_S
-
-
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for part in loc:
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        else:
-            parts.append(("." if parts else "") + part)
-    return "".join(parts) or "payload"
-
-
-def validate_payload(
-    kind: object, payload: dict[str, Any], limits: Limits | None = None
-) -> BaseModel:
-    """Validate one action's payload; raise ValidationFailed naming the first bad field."""
-    if not isinstance(kind, str) or kind not in PAYLOAD_MODELS:
-        shown = repr(kind)[:40]
-        raise ValidationFailed(
-            f"kind must be one of {', '.join(KINDS)} (got {shown})", field="kind"
-        )
-    _reject_nul(payload, ())
-    model = PAYLOAD_MODELS[str(kind)]
-    try:
-        parsed = model.model_validate(payload)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        first = errors[0]
-        field = _field_name(first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field for a {kind} action"
-        raise ValidationFailed(f"{field}: {message}", field=field, errors=errors) from None
-    _check_limits(parsed, limits or Limits())
-    return parsed
-
-
-def _reject_nul(value: object, loc: tuple[int | str, ...]) -> None:
-    """Postgres cannot store NUL in JSON text: refuse it here, naming where it is."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValidationFailed(
-                f"{_field_name(loc)}: contains a NUL character (send binary content as base64)",
-                field=_field_name(loc),
-            )
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _reject_nul(key, loc)
-            _reject_nul(item, (*loc, str(key)))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _reject_nul(item, (*loc, i))
-
-
-def _check_limits(parsed: BaseModel, limits: Limits) -> None:
-    files: list[FileEntry] | None = getattr(parsed, "files", None)
-    if files:
-        if len(files) > limits.max_files:
-            raise PayloadTooLarge(
-                f"files: {len(files)} files exceed the limit of {limits.max_files}", field="files"
-            )
-        total = 0
-        for i, entry in enumerate(files):
-            size = entry.size()
-            if size > limits.max_file_bytes:
-                raise PayloadTooLarge(
-                    f"files[{i}]: {entry.path!r} is {size} bytes, over the limit of "
-                    f"{limits.max_file_bytes}",
-                    field=f"files[{i}]",
-                )
-            total += size
-        if total > limits.max_action_bytes:
-            raise PayloadTooLarge(
-                f"files: {total} bytes exceed the limit of {limits.max_action_bytes} an action",
-                field="files",
-            )
-        seen: set[str] = set()
-        for i, entry in enumerate(files):
-            if entry.path in seen:
-                raise ValidationFailed(
-                    f"files[{i}]: {entry.path!r} is given twice", field=f"files[{i}]"
-                )
-            seen.add(entry.path)
-    if isinstance(parsed, CommandPayload) and parsed.timeout_s > limits.max_timeout_s:
-        raise ValidationFailed(
-            f"timeout_s: at most {limits.max_timeout_s:g} seconds", field="timeout_s"
-        )
-
-
-def payload_to_json(parsed: BaseModel) -> dict[str, Any]:
-    """The canonical JSON form stored in Postgres (defaults left out, files as a list)."""
-    return parsed.model_dump(mode="json", exclude_none=True, exclude_defaults=True)

@@ -30,9 +30,10 @@ from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.errors import ActionFailed, Conflict, NotFound, ValidationFailed
 from qai_jobs.notify import channel
 from qai_jobs.notify import client as redis_client
-from qai_jobs.schemas import Limits, check_project_id, payload_to_json, validate_payload
+from qai_jobs.schemas import check_project_id
 from qai_jobs.sealing import seal_payload
 from qai_jobs.sync import Syncing
+from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
 
 # How often a waiter re-reads Postgres even without a notification (lost-message safety net).
 SAFETY_RECHECK_SECONDS = 2.0
@@ -100,12 +101,7 @@ class WorkspaceClient(Syncing):
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
         self.engine = engine or engine_for(settings.database_url)
-        self.limits = Limits(
-            max_file_bytes=settings.workspace_max_file_bytes,
-            max_action_bytes=settings.workspace_max_action_bytes,
-            max_files=settings.workspace_max_files,
-            max_timeout_s=settings.workspace_max_timeout_s,
-        )
+        self.limits = PayloadLimits.from_settings(settings)
         self._pool: tuple[int, Any] | None = None
         self._subscriber = _Subscriber(settings.redis_url)
 

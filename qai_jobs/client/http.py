@@ -37,8 +37,9 @@ from qai_jobs.errors import (
     QaiJobsError,
     ValidationFailed,
 )
-from qai_jobs.schemas import Limits, check_project_id, validate_payload
+from qai_jobs.schemas import check_project_id
 from qai_jobs.sync import Syncing
+from qai_jobs.validation import PayloadLimits, validate_payload
 
 # One long-poll lasts at most this long; ``wait`` loops until its own deadline.
 POLL_SECONDS = 30.0
@@ -136,14 +137,14 @@ class HttpWorkspaceClient(Syncing):
         max_retries: int = 8,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
-        limits: Limits | None = None,
+        limits: PayloadLimits | None = None,
         transport: httpx.BaseTransport | None = None,
     ):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_retries = max_retries
-        self.limits = limits or Limits()
+        self.limits = limits or PayloadLimits()
         self._backoff = _Backoff(backoff_initial, backoff_max)
         self.http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport

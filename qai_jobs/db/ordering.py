@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from qai_jobs.constants import ActionStatus
+from qai_jobs.db.session import async_commit
 from qai_jobs.errors import ErrorCode, LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
@@ -189,7 +190,7 @@ def acquire(
     gen = conn.execute(_ACQUIRE, {"p": project_id, "o": owner, "ttl": ttl}).scalar()
     if gen is None:
         return None
-    error = WorkerLost("the worker running this action stopped before it finished").to_dict()
+    error = WorkerLost().to_dict()
     rows = conn.execute(
         _SETTLE,
         {
@@ -319,6 +320,20 @@ _RETRY = sa.text(
     WHERE id = :id AND status = 'running' AND lease_gen = :g
     """
 )
+
+
+_STAGE = sa.text(
+    "UPDATE actions SET stage = CAST(:stage AS jsonb) "
+    "WHERE id = :id AND status = 'running' AND lease_gen = :g"
+)
+
+
+def record_stage(
+    conn: Connection, lease: Lease, action_id: uuid.UUID, stage: dict[str, Any]
+) -> None:
+    """Record a running action's stage (advisory: a stage lost in a crash is harmless)."""
+    async_commit(conn)
+    conn.execute(_STAGE, {"id": action_id, "g": lease.gen, "stage": json.dumps(stage)})
 
 
 def finish(

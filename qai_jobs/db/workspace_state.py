@@ -7,6 +7,7 @@ fenced finishing transaction writes back exactly the columns that changed.
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,11 +104,17 @@ class WorkspaceState:
 _JSON_COLUMNS = {"sandbox", "env", "dev_process", "repo"}
 
 
+_TOUCH = sa.text("UPDATE workspaces SET last_activity_at = now() WHERE project_id = :p")
+
+
+def touch_activity(conn: Connection, project_id: str) -> None:
+    """An action ran: the idle sweep counts from now."""
+    conn.execute(_TOUCH, {"p": project_id})
+
+
 def write_changes(conn: Connection, state: WorkspaceState) -> None:
     """Write what the runner changed (the caller has fenced ``conn`` on the lease, and marks
     the state clean once the transaction commits)."""
-    import json
-
     changes = state.changes()
     if not changes:
         return

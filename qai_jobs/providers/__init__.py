@@ -6,7 +6,7 @@ from qai_jobs.providers.base import (
     Provider,
     Sandbox,
     SandboxStatus,
-    SleepResult,
+    SleepOutcome,
 )
 from qai_jobs.providers.select import get_provider
 
@@ -16,6 +16,6 @@ __all__ = [
     "Provider",
     "Sandbox",
     "SandboxStatus",
-    "SleepResult",
+    "SleepOutcome",
     "get_provider",
 ]

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from qai_jobs.config import Settings
 from qai_jobs.errors import ErrorCode
+from qai_jobs.results import CommandResult
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout"|"stderr", chunk) while a command runs, for live output."""
@@ -66,7 +67,7 @@ class ExecResult:
     timed_out: bool = False
     truncated: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CommandResult:
         return {
             "exit_code": self.exit_code,
             "stdout": self.stdout,
@@ -78,7 +79,7 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
-class SleepResult:
+class SleepOutcome:
     sandbox: Sandbox
     snapshot_id: str | None
 
@@ -108,7 +109,7 @@ class Provider(abc.ABC):
         """What the provider says of the sandbox now (reconciliation before every action)."""
 
     @abc.abstractmethod
-    def sleep(self, sb: Sandbox) -> SleepResult:
+    def sleep(self, sb: Sandbox) -> SleepOutcome:
         """Stop every process and release compute; files must survive until wake."""
 
     @abc.abstractmethod

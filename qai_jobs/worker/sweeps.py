@@ -169,7 +169,7 @@ def idle(settings: Settings, limit: int = 500) -> dict[str, Any]:
 
 def webhooks(settings: Settings, send: Callable[[list[str]], None]) -> dict[str, Any]:
     """Send delivery tasks for due pending webhook rows (lost messages, long retry delays)."""
-    from qai_jobs.worker.webhooks import due_events
+    from qai_jobs.db.outbox import due_events
 
     due = due_events(engine_for(settings.database_url))
     if due:

@@ -18,16 +18,18 @@ from celery.worker.request import Request
 from qai_jobs.celery_app import app, current_settings
 from qai_jobs.constants import DELIVER_TASK, DRAIN_TASK, ActionStatus, action_task_name
 from qai_jobs.db import ordering
+from qai_jobs.db.outbox import record_events
 from qai_jobs.db.session import db_retry, dispose_all, engine_for
 from qai_jobs.errors import ErrorCode, QaiJobsError, ValidationFailed
+from qai_jobs.events import error_event
 from qai_jobs.logs import for_action
 from qai_jobs.notify import publish
 from qai_jobs.notify import reset as reset_redis
-from qai_jobs.schemas import KINDS, check_project_id, payload_to_json, validate_payload
+from qai_jobs.schemas import KINDS, check_project_id
 from qai_jobs.sealing import seal_payload
+from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
 from qai_jobs.worker import sweeps
 from qai_jobs.worker.drain import Dispatch, drain
-from qai_jobs.worker.webhooks import error_event, record_events
 
 log = logging.getLogger("qai_jobs.tasks")
 
@@ -68,7 +70,10 @@ def _record_foreign(
     error: dict[str, Any] | None = None
     stored: dict[str, Any] = {}
     try:
-        stored = seal_payload(settings, payload_to_json(validate_payload(kind, payload)))
+        stored = seal_payload(
+            settings,
+            payload_to_json(validate_payload(kind, payload, PayloadLimits.from_settings(settings))),
+        )
     except ValidationFailed as exc:
         error = {"code": ErrorCode.INVALID_PAYLOAD, "message": exc.message, "retryable": False}
     event_ids: list[str] = []

@@ -3,7 +3,7 @@
 Webhook and sweep tests need workers configured with a callback URL and a secret. The session's
 ``shared_worker`` (started by other tests) listens on the default queue without them and would
 happily take our delivery and sweep messages; and our sweeps must not touch other tests'
-workspaces. So these modules run on a Celery queue (``QAI_QUEUE``) and a Postgres database of
+workspaces. So these modules run on a Celery queue (``WORKSPACE_QUEUE``) and a Postgres database of
 their own (``isolated_env``), on the session's Redis, and start their workers with ``workers``.
 The Celery app of this test process is global, so its default queue is switched for the
 module and switched back afterwards.
@@ -38,7 +38,7 @@ def isolated_env(base: dict[str, str]) -> Iterator[dict[str, str]]:
     previous = app.conf.task_default_queue
     app.conf.task_default_queue = queue
     try:
-        yield {**base, "DATABASE_URL": database_url, "QAI_QUEUE": queue}
+        yield {**base, "DATABASE_URL": database_url, "WORKSPACE_QUEUE": queue}
     finally:
         app.conf.task_default_queue = previous
         services.drop_database(database_url)

@@ -203,8 +203,7 @@ def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(
     """Taking the lease starts the head action in the same transaction; announcing what it
     settled (Redis, Celery) comes after. While that I/O hangs past the lease's lifetime, the
     lease must still be ours, or a second worker would run the project at the same time."""
-    from qai_jobs.runner import handlers as runner
-    from qai_jobs.worker import drain
+    from qai_jobs.worker import attempt, drain
 
     env = {**isolated_env, "WORKSPACE_HEARTBEAT_SECONDS": "0.2"}
     settings = settings_for(env)
@@ -230,7 +229,7 @@ def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(
 
     ran: list[uuid.UUID] = []
     monkeypatch.setattr(drain, "publish_many", slow_redis)
-    monkeypatch.setattr(runner, "execute", lambda ctx: ran.append(ctx.action_id) or {})
+    monkeypatch.setattr(attempt, "execute", lambda ctx: ran.append(ctx.action_id) or {})
     dispatch = drain.Dispatch(kick=lambda *_: None, deliver=lambda _: None)
     assert drain.drain(settings, project, dispatch) == 1
     assert stolen == [False]  # the heartbeat kept the lease through the hang

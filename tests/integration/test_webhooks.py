@@ -237,7 +237,7 @@ def test_foreign_invalid_action_announces_workspace_error(
             "qai_jobs.write",
             kwargs={"project_id": project, "files": {"../escape": "x"}},
             task_id=task_id,
-            queue=base_env["QAI_QUEUE"],
+            queue=base_env["WORKSPACE_QUEUE"],
         )
         action = client.wait_for(task_id, timeout=30)
         assert action["status"] == "failed" and action["error"]["code"] == "invalid_payload"

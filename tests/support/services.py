@@ -60,12 +60,19 @@ def claim_redis_db() -> tuple[str, redis.Redis]:
         holder = admin.get(key)
         if holder is not None and not os.path.exists(f"/proc/{int(holder)}"):
             admin.delete(key)  # left by a run that was killed before it could release it
+        if _in_use(admin, n):
+            continue  # a process another run left behind still talks to it: it would steal
         if admin.set(key, os.getpid(), nx=True, ex=3600):
             url = f"{REDIS_BASE}/{n}"
             r = redis.Redis.from_url(url)
             r.flushdb()
             return url, admin
     raise RuntimeError("no free Redis database for this test run (15 in use)")
+
+
+def _in_use(admin: redis.Redis, n: int) -> bool:
+    """Whether any client is connected to Redis DB ``n`` (a leftover worker, say)."""
+    return any(int(c.get("db", -1)) == n for c in admin.client_list())
 
 
 def release_redis_db(url: str, admin: redis.Redis) -> None:

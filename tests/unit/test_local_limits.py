@@ -20,7 +20,7 @@ import pytest
 
 from qai_jobs.providers.base import CreateSpec, Sandbox
 from qai_jobs.providers.local import LocalProvider
-from qai_jobs.providers.local.limits import Limits, _cgroup_bases
+from qai_jobs.providers.local.limits import SandboxLimits, _cgroup_bases
 from tests.conformance.conftest import make_settings
 
 MAX_PROCS = 32
@@ -94,7 +94,7 @@ def test_process_cap_contains_a_fork_bomb(
     other.join(timeout=20)
     assert bomb.timed_out and bomb.exit_code == 124
     assert answers and answers[0] < 5, "the neighbour and the host must keep answering"
-    limits = Limits(provider.settings, sb.sandbox_id)
+    limits = SandboxLimits(provider.settings, sb.sandbox_id)
     limits.kill_all()
     assert not limits.pids()
     assert provider.run(sb, ["true"]).exit_code == 0

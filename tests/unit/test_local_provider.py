@@ -26,7 +26,7 @@ import pytest
 from qai_jobs.errors import PermanentError, TransientError
 from qai_jobs.providers.base import CreateSpec, Sandbox, SandboxStatus
 from qai_jobs.providers.local import LocalProvider
-from qai_jobs.providers.local.limits import Limits, _cgroup_bases
+from qai_jobs.providers.local.limits import SandboxLimits, _cgroup_bases
 from qai_jobs.sync import sha256
 from tests.conformance.conftest import make_settings
 
@@ -142,7 +142,7 @@ def test_a_process_that_cannot_join_its_cgroup_never_runs(
         pytest.skip("bubblewrap missing")
     provider, sb = local.pair(workspace_local_isolation=isolation)
     missing = local.tmp / "no-such-cgroup"
-    monkeypatch.setattr(Limits, "prepare", lambda self: [("pids", missing)])
+    monkeypatch.setattr(SandboxLimits, "prepare", lambda self: [("pids", missing)])
     with pytest.raises(TransientError, match="cannot confine"):
         provider.run(sb, sh("touch ran"))
     with pytest.raises(TransientError, match="cannot confine"):

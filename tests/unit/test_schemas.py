@@ -7,7 +7,8 @@ import base64
 import pytest
 
 from qai_jobs.errors import PayloadTooLarge, ValidationFailed
-from qai_jobs.schemas import Limits, check_project_id, validate_payload
+from qai_jobs.schemas import check_project_id
+from qai_jobs.validation import PayloadLimits, validate_payload
 
 BAD_PAYLOADS = [
     ("write", {"files": {"/etc/passwd": "x"}}, "files[0].path", "absolute"),
@@ -78,7 +79,7 @@ def test_good_project_ids(project_id: str) -> None:
 
 
 def test_limits_are_enforced_per_file_count_and_total() -> None:
-    limits = Limits(max_file_bytes=10, max_action_bytes=25, max_files=3)
+    limits = PayloadLimits(max_file_bytes=10, max_action_bytes=25, max_files=3)
     with pytest.raises(PayloadTooLarge) as info:
         validate_payload("write", {"files": {"big": "x" * 11}}, limits)
     assert info.value.field == "files[0]"

@@ -35,7 +35,7 @@ from qai_jobs.providers.base import (
     Provider,
     Sandbox,
     SandboxStatus,
-    SleepResult,
+    SleepOutcome,
 )
 from qai_jobs.providers.e2b.errors import map_e2b_error
 from qai_jobs.sealing import seal_env, unseal_env
@@ -243,12 +243,12 @@ class E2BProvider(Provider):
         state = str(getattr(info.state, "value", info.state))
         return SandboxStatus.SLEEPING if state == "paused" else SandboxStatus.RUNNING
 
-    def sleep(self, sb: Sandbox) -> SleepResult:
+    def sleep(self, sb: Sandbox) -> SleepOutcome:
         # False means "already paused": fine. Processes survive a full pause.
         with self._guard(sb.sandbox_id):
             self._sdk().Sandbox.pause(sb.sandbox_id, **self._opts())
         self._forget(sb.sandbox_id)
-        return SleepResult(sb, None)
+        return SleepOutcome(sb, None)
 
     def wake(self, sb: Sandbox) -> Sandbox:
         sdk = self._sdk()

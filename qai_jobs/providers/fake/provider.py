@@ -31,7 +31,7 @@ from qai_jobs.providers.base import (
     Provider,
     Sandbox,
     SandboxStatus,
-    SleepResult,
+    SleepOutcome,
 )
 from qai_jobs.sync import is_ignored, sha256
 
@@ -269,14 +269,14 @@ class FakeProvider(Provider):
             return SandboxStatus.GONE
         return SandboxStatus(json.loads(raw)["status"])
 
-    def sleep(self, sb: Sandbox) -> SleepResult:
+    def sleep(self, sb: Sandbox) -> SleepOutcome:
         started = self._call("sleep", sb)
         meta = self._meta(sb.sandbox_id)
         snapshot_id = self._take_snapshot(sb)
         meta.update(status=SandboxStatus.SLEEPING, processes={})
         self._save(sb.sandbox_id, meta)
         self._done("sleep", sb, started)
-        return SleepResult(sb, snapshot_id)
+        return SleepOutcome(sb, snapshot_id)
 
     def wake(self, sb: Sandbox) -> Sandbox:
         started = self._call("wake", sb)

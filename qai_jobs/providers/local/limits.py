@@ -11,9 +11,9 @@ root. The cgroup also gives a complete list of a workspace's processes, so ``sle
 Without a writable cgroup the limits degrade to rlimits (plus RLIMIT_NPROC for a non-root
 worker, shared by all its sandboxes) and a warning is logged once.
 
-A process is confined by a small /bin/sh prefix (``Limits.confine``) that joins the cgroups and
-lowers the rlimits of its own pid, then execs the command; see its docstring for why not a
-``preexec_fn``.
+A process is confined by a small /bin/sh prefix (``SandboxLimits.confine``) that joins the
+cgroups and lowers the rlimits of its own pid, then execs the command; see its docstring for why
+not a ``preexec_fn``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _nproc_flag() -> str:
     return "-u" if probe.returncode == 0 else "-p"
 
 
-class Limits:
+class SandboxLimits:
     """The limits of one workspace, named by its sandbox id."""
 
     def __init__(self, settings: Settings, name: str) -> None:

@@ -40,12 +40,12 @@ from qai_jobs.providers.base import (
     Provider,
     Sandbox,
     SandboxStatus,
-    SleepResult,
+    SleepOutcome,
 )
 from qai_jobs.providers.local.fs import SafeTree
 from qai_jobs.providers.local.git import git_sync
 from qai_jobs.providers.local.hashcache import HashCache
-from qai_jobs.providers.local.limits import Limits
+from qai_jobs.providers.local.limits import SandboxLimits
 from qai_jobs.providers.local.proc import (
     Jail,
     check_env,
@@ -201,13 +201,13 @@ class LocalProvider(Provider):
             return SandboxStatus.SLEEPING
         return SandboxStatus.RUNNING if layout.tree.is_dir() else SandboxStatus.GONE
 
-    def sleep(self, sb: Sandbox) -> SleepResult:
+    def sleep(self, sb: Sandbox) -> SleepOutcome:
         layout = self._existing(sb)
         self._stop_all(layout)
         snapshot_id = self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id, kept=False)
         atomic_write(layout.sleeping, json.dumps({"snapshot_id": snapshot_id}).encode())
         sb.state["sleep_snapshot"] = snapshot_id
-        return SleepResult(sb, snapshot_id)
+        return SleepOutcome(sb, snapshot_id)
 
     def wake(self, sb: Sandbox) -> Sandbox:
         layout = self._layout(sb)
@@ -250,7 +250,7 @@ class LocalProvider(Provider):
             shutil.rmtree(layout.base, ignore_errors=True)
         self.snapshots.forget(sb.sandbox_id)
         HashCache.forget(layout.base / "hashcache.json")
-        Limits(self.settings, layout.base.name).remove()
+        SandboxLimits(self.settings, layout.base.name).remove()
         self.ports.release(layout.base.name)
 
     def _stop_all(self, layout: Layout) -> None:
@@ -261,7 +261,7 @@ class LocalProvider(Provider):
                 records.append((int(rec["pid"]), int(rec["started_at"])))
         stop_tree(records)
         # The cgroup knows processes that left their group or were started by a run.
-        Limits(self.settings, layout.base.name).kill_all()
+        SandboxLimits(self.settings, layout.base.name).kill_all()
         for path in layout.procs.glob("*.json"):
             path.unlink(missing_ok=True)
 
@@ -313,7 +313,7 @@ class LocalProvider(Provider):
             raise PermanentError(
                 f"working directory {cwd!r} does not exist", code=ErrorCode.INVALID_CWD
             )
-        limits = Limits(self.settings, sb.sandbox_id)
+        limits = SandboxLimits(self.settings, sb.sandbox_id)
         confine = limits.confine(limits.prepare())
         merged = self._env(layout, env)
         return run_captured(
@@ -328,7 +328,7 @@ class LocalProvider(Provider):
         self, sb: Sandbox, command: str, *, env: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         layout = self._awake(sb)
-        limits = Limits(self.settings, sb.sandbox_id)
+        limits = SandboxLimits(self.settings, sb.sandbox_id)
         # $PORT too, for servers started without the {port} placeholder (node server.js).
         port_env = {"PORT": str(sb.state["port"])} if sb.state.get("port") else {}
         merged = {**port_env, **self._env(layout, env)}

@@ -35,7 +35,7 @@ from qai_jobs.providers.base import (
     Provider,
     Sandbox,
     SandboxStatus,
-    SleepResult,
+    SleepOutcome,
 )
 from qai_jobs.providers.modal.errors import map_modal_error
 from qai_jobs.sealing import seal_env, unseal_env
@@ -280,13 +280,13 @@ class ModalProvider(Provider):
             image = handle.snapshot_filesystem(timeout=SNAPSHOT_TIMEOUT_S)
         return str(image.object_id)
 
-    def sleep(self, sb: Sandbox) -> SleepResult:
+    def sleep(self, sb: Sandbox) -> SleepOutcome:
         if sb.state.get("sleeping"):
-            return SleepResult(sb, sb.state.get("sleep_image"))
+            return SleepOutcome(sb, sb.state.get("sleep_image"))
         image_id = self._snapshot_image(sb)
         self.terminate_sandbox(sb.sandbox_id)
         sb.state = {**sb.state, "sleeping": True, "sleep_image": image_id}
-        return SleepResult(sb, image_id)
+        return SleepOutcome(sb, image_id)
 
     def wake(self, sb: Sandbox) -> Sandbox:
         if not sb.state.get("sleeping"):

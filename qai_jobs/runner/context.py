@@ -1,0 +1,95 @@
+"""What one action runs with: its settings, payload and workspace, and the pipeline's callbacks.
+
+The worker builds an :class:`ActionContext` per action; the runner reads and changes
+``ctx.ws`` and fills ``events``, ``snapshots`` and ``manifest_update``, which the worker writes
+in the action's fenced finishing transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from qai_jobs.config import Settings
+from qai_jobs.db.manifest import Manifest, ManifestUpdate
+from qai_jobs.db.workspace_state import WorkspaceState
+from qai_jobs.events import Event
+from qai_jobs.providers.base import CreateSpec, Provider
+from qai_jobs.providers.select import get_provider
+from qai_jobs.sealing import unseal_env
+
+ProgressFn = Callable[[str, int | None, int | None], None]
+"""(stage, done, total): reported as the action moves on."""
+OutputFn = Callable[[str, bytes], None]
+"""("stdout" | "stderr", chunk): a running command's live output."""
+FileChanges = tuple[list[tuple[str, bytes]], list[str]]
+"""(files written, paths deleted) by one earlier ensure or write."""
+HistoryFn = Callable[[str | None], list[FileChanges]]
+"""The file changes of the project's successful ensure/write actions since a snapshot."""
+
+
+@dataclass(frozen=True)
+class TakenSnapshot:
+    """A snapshot this action took, recorded with it: ``kind`` is ``sleep`` or ``snapshot``."""
+
+    snapshot_id: str
+    kind: str
+    manifest: dict[str, str] | None
+
+
+def _no_progress(stage: str, done: int | None, total: int | None) -> None:
+    return None
+
+
+def _no_history(snapshot_id: str | None) -> list[FileChanges]:
+    return []
+
+
+def _no_manifest() -> Manifest:
+    return Manifest(None, {})
+
+
+@dataclass
+class ActionContext:
+    settings: Settings
+    action_id: uuid.UUID
+    kind: str
+    payload: BaseModel
+    ws: WorkspaceState
+    progress: ProgressFn = _no_progress
+    output: OutputFn | None = None
+    # Webhook events this action decided; written with its final status.
+    events: list[Event] = field(default_factory=list)
+    snapshots: list[TakenSnapshot] = field(default_factory=list)
+    # Read only when a sandbox must be rebuilt (it can be large).
+    history: HistoryFn = _no_history
+    # The project's synced-files manifest as this action finds it, and what a successful sync
+    # changes in it.
+    manifest: Callable[[], Manifest] = _no_manifest
+    manifest_update: ManifestUpdate | None = None
+    _env: tuple[object, dict[str, str]] | None = field(default=None, repr=False)
+
+    @property
+    def provider(self) -> Provider:
+        """The provider holding this workspace (set once it has a sandbox)."""
+        assert self.ws.provider is not None, "the workspace has no provider yet"
+        return get_provider(self.ws.provider, self.settings)
+
+    def env(self) -> dict[str, str]:
+        """The workspace's env values, unsealed once per action (again only if they change)."""
+        sealed = self.ws.env
+        if self._env is None or self._env[0] is not sealed:
+            self._env = (sealed, unseal_env(self.settings, sealed))
+        return dict(self._env[1])
+
+    def spec(self, snapshot_id: str | None = None) -> CreateSpec:
+        return CreateSpec(
+            project_id=self.ws.project_id,
+            workspace_id=str(self.ws.id),
+            port=self.ws.port or self.settings.workspace_preview_port,
+            env=self.env(),
+            snapshot_id=snapshot_id,
+        )

@@ -1,0 +1,145 @@
+"""One attempt at one action: run it through the runner and decide what it came to.
+
+A transient provider error is retried with exponential backoff and full jitter (kept in
+Postgres by the caller, so the action keeps its place at the head), up to
+``WORKSPACE_MAX_ATTEMPTS``; anything else is final. Only a final failure announces
+``workspace.error``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from qai_jobs.config import Settings
+from qai_jobs.constants import WorkspaceStatus
+from qai_jobs.db import history, manifest, ordering
+from qai_jobs.db.workspace_state import WorkspaceState
+from qai_jobs.errors import ErrorCode, LeaseLost, QaiJobsError, SandboxGone, TransientError
+from qai_jobs.events import Event, error_event
+from qai_jobs.logs import for_action
+from qai_jobs.runner import ActionContext, FileChanges, execute
+from qai_jobs.sealing import unseal_payload
+from qai_jobs.validation import PayloadLimits, validate_payload
+from qai_jobs.worker.heartbeat import Heartbeat
+from qai_jobs.worker.progress import output_publisher, progress_writer
+
+
+class Verdict(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY = "retry"
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    delay: float = 0.0
+    events: list[Event] = field(default_factory=list)
+
+
+def backoff(settings: Settings, attempts: int) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+    ceiling = min(
+        settings.workspace_retry_max_seconds,
+        settings.workspace_retry_base_seconds * 2 ** max(0, attempts - 1),
+    )
+    return random.uniform(0, ceiling)
+
+
+def run_one(
+    settings: Settings,
+    engine: Engine,
+    lease: ordering.Lease,
+    ws: WorkspaceState,
+    action: ordering.Started,
+    beat: Heartbeat,
+) -> tuple[Outcome, ActionContext | None]:
+    alog = for_action(lease.project_id, action.id)
+    try:
+        payload = validate_payload(
+            action.kind,
+            unseal_payload(settings, action.payload),
+            PayloadLimits.from_settings(settings),
+        )
+    except QaiJobsError as exc:
+        error = {**exc.to_dict(), "code": ErrorCode.INVALID_PAYLOAD}
+        events = [error_event(error, action.kind, 1)]
+        return Outcome(Verdict.FAILED, error=error, events=events), None
+
+    def changes_since(snapshot_id: str | None) -> list[FileChanges]:
+        return history.file_changes(engine, lease.project_id, action.seq, snapshot_id)
+
+    def recorded_manifest() -> manifest.Manifest:
+        with engine.connect() as conn:
+            return manifest.read(conn, lease.project_id)
+
+    ctx = ActionContext(
+        settings=settings,
+        action_id=action.id,
+        kind=action.kind,
+        payload=payload,
+        ws=ws,
+        progress=progress_writer(settings, engine, lease, action.id, beat.check),
+        output=output_publisher(settings, action.id) if action.kind == "command" else None,
+        history=changes_since,
+        manifest=recorded_manifest,
+    )
+    alog.info("%s started (attempt %d)", action.kind, action.attempts)
+    try:
+        result = execute(ctx)
+    except LeaseLost:
+        raise  # another worker owns the project now: record nothing
+    except (TransientError, SandboxGone) as exc:
+        if isinstance(exc, SandboxGone):
+            ws.status = WorkspaceStatus.ERROR  # the next attempt reconciles and recreates
+        if action.attempts < settings.workspace_max_attempts:
+            delay = backoff(settings, action.attempts)
+            return Outcome(Verdict.RETRY, error=exc.to_dict(), delay=delay), ctx
+        return _failed(ctx, action, exc.to_dict()), ctx
+    except QaiJobsError as exc:
+        return _failed(ctx, action, exc.to_dict()), ctx
+    except Exception as exc:  # a bug or an unmapped library error: fail, and keep the trace
+        alog.exception("%s raised unexpectedly", action.kind)
+        error = {
+            "code": ErrorCode.INTERNAL_ERROR,
+            "message": f"{type(exc).__name__}: {exc}"[:2000],
+            "retryable": False,
+        }
+        return _failed(ctx, action, error), ctx
+    return Outcome(Verdict.SUCCEEDED, result=dict(result), events=list(ctx.events)), ctx
+
+
+def _failed(ctx: ActionContext, action: ordering.Started, error: dict[str, Any]) -> Outcome:
+    if error.get("code") == ErrorCode.MANIFEST_STALE:  # a step of delta sync, not an error
+        if ctx.ws.status == WorkspaceStatus.PROVISIONING:
+            ctx.ws.status = WorkspaceStatus.READY  # refused after provisioning: the sandbox is up
+        return Outcome(Verdict.FAILED, error=error)
+    if ctx.ws.status in (WorkspaceStatus.PROVISIONING, WorkspaceStatus.NEW):
+        ctx.ws.status = WorkspaceStatus.ERROR
+    events = [error_event(error, action.kind, action.attempts)]
+    return Outcome(Verdict.FAILED, error=error, events=events)
+
+
+def log_outcome(project_id: str, action: ordering.Started, outcome: Outcome) -> None:
+    alog = for_action(project_id, action.id)
+    error = outcome.error or {}
+    if outcome.verdict is Verdict.SUCCEEDED:
+        alog.info("%s succeeded", action.kind)
+    elif outcome.verdict is Verdict.RETRY:
+        alog.warning(
+            "%s failed transiently (%s); retrying in %.2fs",
+            action.kind,
+            error.get("code"),
+            outcome.delay,
+        )
+    elif error.get("code") == ErrorCode.MANIFEST_STALE:
+        alog.info("%s refused a stale delta; the producer sends its full tree", action.kind)
+    else:
+        alog.error("%s failed: %s: %s", action.kind, error.get("code"), error.get("message"))
