@@ -5,7 +5,7 @@ client = WorkspaceClient.from_env()
 result = client.ensure("proj-1", files={"server.js": "..."}).wait(timeout=120)
 """
 
-from qai_jobs.client.direct import ActionHandle, WorkspaceClient
+from qai_jobs.client import ActionHandle, WorkspaceClient
 from qai_jobs.errors import ActionFailed, QaiJobsError
 from qai_jobs.schemas import KINDS
 

@@ -105,6 +105,17 @@ class FileEntry(_Strict):
     content: str
     encoding: Literal["utf-8", "base64"] = "utf-8"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bytes(cls, value: object) -> object:
+        """Python producers may give content as bytes: it travels as base64."""
+        if isinstance(value, dict) and isinstance(value.get("content"), bytes | bytearray):
+            if value.get("encoding", "base64") != "base64":
+                raise ValueError("bytes content is sent as base64; drop the encoding")
+            encoded = base64.b64encode(value["content"]).decode("ascii")
+            return {**value, "content": encoded, "encoding": "base64"}
+        return value
+
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:

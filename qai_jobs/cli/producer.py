@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from qai_jobs.cli.main import EXIT_FAILED, fail, guarded, settings_from
-from qai_jobs.client.direct import ActionHandle, WorkspaceClient
+from qai_jobs.client import ActionHandle, WorkspaceClient
 from qai_jobs.sync import walk_tree
 
 
@@ -57,10 +57,11 @@ class Progress:
             click.echo("", err=True)
 
 
-def _wait(handle: ActionHandle, timeout: float | None, quiet: bool = False) -> dict[str, Any]:
+def _wait(handle: ActionHandle[Any], timeout: float | None, quiet: bool = False) -> dict[str, Any]:
     progress = Progress(not quiet)
     try:
-        return handle.wait(timeout=timeout, on_event=progress)
+        result: dict[str, Any] = handle.wait(timeout=timeout, on_event=progress)
+        return result
     finally:
         progress.close()
 

@@ -5,8 +5,6 @@ request fails at once, without a round trip); transient failures (network errors
 retried with exponential backoff and jitter, honouring ``Retry-After``. Every enqueue carries an
 ``Idempotency-Key`` (a fresh uuid4 unless the caller gives one), reused across those retries,
 so a request whose answer was lost can be sent again without enqueueing twice.
-
-This module must not import ``qai_jobs.client`` at import time: ``client`` re-exports it.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import email.utils
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -27,9 +24,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from qai_jobs.constants import TERMINAL, ActionStatus
+from qai_jobs.client.handle import ActionHandle, EventFn
+from qai_jobs.client.kinds import KindMethods
+from qai_jobs.constants import TERMINAL
 from qai_jobs.errors import (
-    ActionFailed,
     Conflict,
     ErrorCode,
     NotFound,
@@ -39,7 +37,7 @@ from qai_jobs.errors import (
 )
 from qai_jobs.schemas import check_project_id
 from qai_jobs.sync import Syncing
-from qai_jobs.validation import PayloadLimits, validate_payload
+from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
 
 # One long-poll lasts at most this long; ``wait`` loops until its own deadline.
 POLL_SECONDS = 30.0
@@ -94,38 +92,11 @@ class _Backoff:
         return float(self.backoff(state))
 
 
-class HttpActionHandle:
-    """An enqueued action: ``.id`` and ``.wait(timeout)``, like ``ActionHandle``."""
-
-    def __init__(self, client: HttpWorkspaceClient, action_id: str, project_id: str, kind: str):
-        self.client = client
-        self.id = action_id
-        self.project_id = project_id
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return f"<HttpActionHandle {self.kind} {self.id} project={self.project_id}>"
-
-    def get(self) -> dict[str, Any]:
-        return self.client.get_action(self.id)
-
-    def wait(
-        self,
-        timeout: float | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """The result once the action succeeds; ActionFailed if it fails or is cancelled;
-        TimeoutError after ``timeout`` seconds. (``on_event`` is accepted for symmetry with
-        ``ActionHandle``; progress events are not streamed over HTTP.)"""
-        action = self.client.wait_for(self.id, timeout=timeout)
-        if action["status"] == ActionStatus.SUCCEEDED:
-            result: dict[str, Any] = action["result"] or {}
-            return result
-        error = action["error"] or {"code": action["status"], "message": action["status"]}
-        raise ActionFailed(self.id, error)
+# The handle every client returns; kept under its old name too.
+HttpActionHandle = ActionHandle
 
 
-class HttpWorkspaceClient(Syncing):
+class HttpWorkspaceClient(KindMethods, Syncing):
     """Enqueue workspace actions and inspect them through ``qai-jobs api``."""
 
     def __init__(
@@ -205,68 +176,27 @@ class HttpWorkspaceClient(Syncing):
         raise ApiUnavailable(message, code=str(error.get("code") or "api_unavailable"))
 
     # -- enqueue -----------------------------------------------------------------------------
-    def enqueue(
-        self, project_id: str, kind: str, idempotency_key: str | None = None, **payload: Any
-    ) -> HttpActionHandle:
-        """Validate locally, then enqueue; retried safely under one idempotency key."""
-        return self.enqueue_payload(project_id, kind, payload, idempotency_key)
-
     def enqueue_payload(
         self,
         project_id: str,
         kind: str,
         payload: dict[str, Any],
         idempotency_key: str | None = None,
-    ) -> HttpActionHandle:
-        """``enqueue`` with the payload as a mapping (``WorkspaceClient.enqueue_payload``)."""
+    ) -> ActionHandle[Any]:
+        """Validate locally, then enqueue; retried safely under one idempotency key."""
         check_project_id(project_id)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
             raise ValidationFailed("idempotency_key: 1 to 255 characters", field="idempotency_key")
         payload = {k: v for k, v in payload.items() if v is not None}
-        validate_payload(kind, payload, self.limits)
+        parsed = validate_payload(kind, payload, self.limits)
         key = idempotency_key or str(uuid.uuid4())
         response = self._request(
             "POST",
             f"/v1/projects/{project_id}/actions",
-            json={**payload, "kind": kind},
+            json={**payload_to_json(parsed), "kind": kind},
             headers={"Idempotency-Key": key},
         )
-        return HttpActionHandle(self, str(response.json()["action_id"]), project_id, kind)
-
-    def ensure(self, project_id: str, **payload: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "ensure", **payload)
-
-    def write(
-        self, project_id: str, files: Any, delete: list[str] | None = None, **kw: Any
-    ) -> HttpActionHandle:
-        return self.enqueue(project_id, "write", files=files, delete=delete, **kw)
-
-    def read(self, project_id: str, paths: list[str], **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "read", paths=paths, **kw)
-
-    def command(self, project_id: str, cmd: str | None = None, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "command", cmd=cmd, **kw)
-
-    def preview(self, project_id: str, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "preview", **kw)
-
-    def logs(self, project_id: str, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "logs", **kw)
-
-    def sleep(self, project_id: str, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "sleep", **kw)
-
-    def wake(self, project_id: str, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "wake", **kw)
-
-    def snapshot(self, project_id: str, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "snapshot", **kw)
-
-    def restore(self, project_id: str, snapshot_id: str, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "restore", snapshot_id=snapshot_id, **kw)
-
-    def destroy(self, project_id: str, **kw: Any) -> HttpActionHandle:
-        return self.enqueue(project_id, "destroy", **kw)
+        return ActionHandle(self, str(response.json()["action_id"]), project_id, kind)
 
     # -- inspection --------------------------------------------------------------------------
     def get_action(self, action_id: str | uuid.UUID) -> dict[str, Any]:
@@ -300,7 +230,12 @@ class HttpWorkspaceClient(Syncing):
         data: dict[str, Any] = self._request("POST", f"/v1/actions/{action_id}/cancel").json()
         return data
 
-    def wait_for(self, action_id: str | uuid.UUID, timeout: float | None = None) -> dict[str, Any]:
+    def wait_for(
+        self,
+        action_id: str | uuid.UUID,
+        timeout: float | None = None,
+        on_event: EventFn | None = None,
+    ) -> dict[str, Any]:
         """Block until the action is terminal (long-polling ``?wait=``); return it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -6,7 +6,8 @@ import uuid
 
 import redis
 
-from qai_jobs.client.direct import WorkspaceClient, _Subscription
+from qai_jobs.client import WorkspaceClient
+from qai_jobs.client.waiting import _Subscription
 from qai_jobs.config import Settings
 
 
