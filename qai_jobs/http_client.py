@@ -113,9 +113,14 @@ class HttpActionHandle:
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """The result once the action succeeds; ActionFailed if it fails or is cancelled;
-        TimeoutError after ``timeout`` seconds. (``on_event`` is accepted for symmetry with
-        ``ActionHandle``; progress events are not streamed over HTTP.)"""
-        action = self.client.wait_for(self.id, timeout=timeout)
+        TimeoutError after ``timeout`` seconds. ``on_event`` sees progress and output, as the
+        action's events stream delivers them."""
+        if on_event is not None:
+            from .http_events import follow
+
+            action = follow(self.client, self.id, timeout, on_event)
+        else:
+            action = self.client.wait_for(self.id, timeout=timeout)
         if action["status"] == "succeeded":
             result: dict[str, Any] = action["result"] or {}
             return result
@@ -142,6 +147,8 @@ class HttpWorkspaceClient(Syncing):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_retries = max_retries
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
         self.limits = limits or Limits()
         self._backoff = _Backoff(backoff_initial, backoff_max)
         self.http = httpx.Client(
