@@ -51,6 +51,23 @@ EVENT_KINDS = frozenset({"progress", "output"})
 
 router = APIRouter()
 
+# One event of the stream (OpenAPI 3.1 describes an event stream by its events).
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "output", "done"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "progress: {stage, done, total}; output: {stream, offset, data}; "
+            "done: the Action",
+        },
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["event", "data", "id"],
+}
+
 
 class _Buffer:
     """What the reader took from Redis and the client has not been sent yet."""
@@ -100,7 +117,7 @@ def _parse(raw: Any) -> tuple[str, str] | None:
         return "done", ""
     if kind not in EVENT_KINDS:
         return None
-    return str(kind), json.dumps(message, separators=(",", ":"))
+    return str(kind), json.dumps(message, separators=(",", ":"), sort_keys=True)
 
 
 def _first_id(last_event_id: str | None) -> int:
@@ -130,6 +147,7 @@ class ActionEvents:
         self.pubsub: Any = None
         self.reader: asyncio.Task[None] | None = None
         self.action: dict[str, Any] = {}
+        self.last_progress: str | None = None
 
     async def open(self) -> None:
         """Subscribe, then read the action: NotFound (a 404) before any byte is streamed."""
@@ -171,6 +189,10 @@ class ActionEvents:
             self.buffer.wake.set()
 
     def _event(self, event: str, data: str) -> ServerSentEvent:
+        if event == "progress":
+            self.last_progress = data
+        elif event == "output":
+            self.last_progress = None
         sse = ServerSentEvent(
             data, event=event, id=str(self.next_id), retry=RETRY_MS if self.next_id == 1 else None
         )
@@ -192,13 +214,17 @@ class ActionEvents:
                 yield self._done()
                 return
             if self.action["status"] == "running" and self.action.get("stage"):
-                yield self._event("progress", json.dumps(self.action["stage"]))
+                # A late joiner learns the stage at once (the worker's own notice of the same
+                # stage, if it comes next, is not repeated).
+                stage = json.dumps(self.action["stage"], separators=(",", ":"), sort_keys=True)
+                yield self._event("progress", stage)
             loop = asyncio.get_running_loop()
             recheck_at = loop.time() + RECHECK_SECONDS
             end_at = None if self.timeout is None else loop.time() + self.timeout
             while True:
                 while (item := self.buffer.take()) is not None:
-                    yield self._event(*item)
+                    if item != ("progress", self.last_progress):
+                        yield self._event(*item)
                 if end_at is not None and loop.time() >= end_at:
                     return  # the caller's own deadline: it ends without a done
                 if self.buffer.done or loop.time() >= recheck_at:
@@ -254,7 +280,7 @@ class ActionEvents:
     ),
     response_class=EventSourceResponse,
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"content": {"text/event-stream": {"schema": EVENT_SCHEMA}}},
         401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
         404: {"model": ErrorBody, "description": "Unknown action"},
         503: {"model": ErrorBody, "description": "Postgres or Redis unreachable"},
@@ -283,5 +309,4 @@ async def action_events(
         ping=request.app.state.settings.workspace_events_heartbeat_seconds,
         send_timeout=SEND_TIMEOUT_SECONDS,
         background=BackgroundTask(events.close),
-        sep="\n",
     )
