@@ -5,7 +5,9 @@ HttpWorkspaceClient.wait(on_event=...) fed by the stream."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +22,8 @@ from qai_jobs.client import HttpWorkspaceClient, WorkspaceClient
 from qai_jobs.errors import ActionFailed, NotFound
 from qai_jobs.http_client import HttpActionHandle, Unauthorized
 from tests.integration.api_helpers import TOKEN, Api, api, api_env, http, start_api  # noqa: F401
-from tests.support.procs import Proc
+from tests.integration.ops_support import isolated_env
+from tests.support.procs import Proc, start_worker
 
 
 def _events(
@@ -167,3 +170,79 @@ def test_http_client_wait_on_event(api: Api, client: WorkspaceClient, project: s
         known = slow.id
     with HttpWorkspaceClient(api.url, "wrong") as bad, pytest.raises(Unauthorized):
         HttpActionHandle(bad, known, project, "command").wait(5, on_event=print)
+
+
+@pytest.fixture(scope="module")
+def local_api(
+    base_env: dict[str, str], log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """An API and a worker on the local provider (real output, as much as a command prints),
+    on a database and queue of their own so the session's fake worker takes none of it."""
+    root = tmp_path_factory.mktemp("events-local-workspaces")
+    for env in isolated_env(base_env):
+        local = {
+            **env,
+            "WORKSPACE_RUNTIME": "local",
+            "WORKSPACE_ROOT": str(root),
+            "WORKSPACE_MAX_OUTPUT_BYTES": str(16 * 1024 * 1024),
+        }
+        worker = start_worker(local, log_dir, concurrency=1, name="events-local")
+        started = start_api(api_env(local), log_dir)
+        try:
+            yield started
+        finally:
+            started.proc.stop()
+            worker.stop()
+
+
+def _raw_events(api: Api, action_id: str, pause: float) -> bytes:
+    """Ask for the stream on a socket with a tiny receive window, read nothing for ``pause``
+    seconds (a client that cannot keep up), then read it all."""
+    host, port = api.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(60)
+    sock.connect((host, int(port)))
+    request = (
+        f"GET /v1/actions/{action_id}/events HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    time.sleep(pause)
+    received = bytearray()
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    return bytes(received)
+
+
+def test_a_slow_client_costs_it_output_not_api_memory(local_api: Api, project: str) -> None:
+    # More than the kernel's socket buffers hold on loopback (a few MiB), so what the client
+    # misses can only have been dropped by the API.
+    size = 9_000_000
+    with local_api.http() as http:
+        ensured = http.post(
+            f"/v1/projects/{project}/actions",
+            params={"wait": 60},
+            json={"kind": "ensure", "start_dev_server": False},
+        )
+        assert ensured.status_code == 200, ensured.text
+        # Printed in several chunks, while the client reads nothing.
+        cmd = f"for i in 1 2 3; do head -c {size // 3} /dev/zero | tr '\\0' a; sleep 0.2; done"
+        action_id = _enqueue(http, project, kind="command", cmd=cmd)
+    raw = _raw_events(local_api, action_id, pause=5.0)
+    _, _, body = raw.partition(b"\r\n\r\n")
+    # The body is chunked; the events' own framing survives it, so scan for data lines.
+    text = body.decode(errors="replace")
+    outputs = [
+        json.loads(line[6:]) for line in text.splitlines() if line.startswith('data: {"data"')
+    ]
+    done = [line for line in text.splitlines() if line.startswith('data: {"id"')]
+    assert done, text[-2000:]
+    final = json.loads(done[-1][6:])
+    assert final["status"] == "succeeded" and len(final["result"]["stdout"]) == size
+    streamed = sum(len(o["data"]) for o in outputs)
+    assert streamed < size, "a client that read nothing was sent everything: nothing bounded"
+    assert any(
+        b["offset"] > a["offset"] + len(a["data"]) for a, b in itertools.pairwise(outputs)
+    ) or (outputs and outputs[0]["offset"] > 0), "the offsets show where output was left out"
