@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import redis
@@ -78,7 +78,6 @@ class _Buffer:
         self.size = 0
         self.dropped = 0
         self.done = False  # a completion notice came: re-read Postgres
-        self.broken = False  # the subscription died: rely on re-reading Postgres
         self.wake = asyncio.Event()
 
     def put(self, event: str, data: str) -> None:
@@ -157,8 +156,7 @@ class ActionEvents:
             await self._confirmed()
             self.reader = asyncio.create_task(self._read())
         except (redis.RedisError, OSError):
-            await self._drop_subscription()
-            self.buffer.broken = True
+            await self._drop_subscription()  # degrade to re-reading Postgres
         try:
             self.action = await run_in_threadpool(self.client.get_action, self.action_id)
         except BaseException:
@@ -185,8 +183,7 @@ class ActionEvents:
                 else:
                     self.buffer.put(*parsed)
         except (redis.RedisError, OSError):
-            self.buffer.broken = True
-            self.buffer.wake.set()
+            pass  # the stream goes on re-reading Postgres
 
     def _event(self, event: str, data: str) -> ServerSentEvent:
         if event == "progress":
@@ -222,17 +219,16 @@ class ActionEvents:
             recheck_at = loop.time() + RECHECK_SECONDS
             end_at = None if self.timeout is None else loop.time() + self.timeout
             while True:
-                while (item := self.buffer.take()) is not None:
-                    if item != ("progress", self.last_progress):
-                        yield self._event(*item)
+                for event in self._drain():
+                    yield event
                 if end_at is not None and loop.time() >= end_at:
                     return  # the caller's own deadline: it ends without a done
                 if self.buffer.done or loop.time() >= recheck_at:
                     self.buffer.done = False
                     recheck_at = loop.time() + RECHECK_SECONDS
                     if await self._finished():
-                        while (item := self.buffer.take()) is not None:
-                            yield self._event(*item)
+                        for event in self._drain():  # what was published before the end
+                            yield event
                         yield self._done()
                         return
                 self.buffer.wake.clear()
@@ -243,6 +239,11 @@ class ActionEvents:
                     await asyncio.wait_for(self.buffer.wake.wait(), max(0.0, until - loop.time()))
         finally:
             await self.close()
+
+    def _drain(self) -> Iterator[ServerSentEvent]:
+        while (item := self.buffer.take()) is not None:
+            if item != ("progress", self.last_progress):
+                yield self._event(*item)
 
     async def _finished(self) -> bool:
         try:

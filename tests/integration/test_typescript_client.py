@@ -87,4 +87,26 @@ def test_npm_build_and_node_tests_against_a_real_api(ts_api: Api) -> None:
         )
     assert "# fail 0" in done.stdout, done.stdout[-4000:]
     assert "# pass 0" not in done.stdout  # the tests ran
+    # The example script a user would start from, on the built package.
+    node = shutil.which("node")
+    assert node
+    demo = subprocess.run(
+        [node, "examples/demo.mjs", "ts-demo-script"],
+        cwd=PACKAGE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    lines = demo.stdout.splitlines()
+    assert [line for line in lines if line.startswith("live> ")] == [
+        "live> step 1",
+        "live> step 2",
+        "live> step 3",
+    ]
+    assert "command succeeded, exit 0" in lines
+    assert "read data.bin: 4 bytes (base64)" in lines
+    assert "restore failed as expected: snapshot_not_found" in lines
     assert TOKEN not in ts_api.proc.log()
