@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     workspace_queue: str = Field(default="celery", min_length=1)
     workspace_heartbeat_seconds: PositiveFloat = 10
     workspace_sweep_seconds: PositiveFloat = 60
+    workspace_events_heartbeat_seconds: PositiveFloat = 15  # SSE comment lines on idle streams
     workspace_webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
     )

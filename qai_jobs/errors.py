@@ -117,6 +117,19 @@ class Conflict(QaiJobsError):
     code = ErrorCode.CONFLICT
 
 
+class Unauthorized(QaiJobsError):
+    """The API refused the bearer token."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class ApiUnavailable(QaiJobsError):
+    """The API kept failing after every retry."""
+
+    code: str = ErrorCode.API_UNAVAILABLE
+    retryable = True
+
+
 class ActionFailed(QaiJobsError):
     """The action failed."""
 

@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from qai_jobs.api import events as api_events
 from qai_jobs.api import legacy as api_legacy
 from qai_jobs.api.models import (
     Accepted,
@@ -239,6 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(data, media_type=content_type)
 
     app.include_router(api_legacy.router)
+    app.include_router(api_events.router)
     _install_openapi(app, request_defs)
     return app
 

@@ -34,6 +34,7 @@ EXTRA_SCENARIOS = {
     "http": "qai_jobs.bench.http:run_http_scenario",
     "webhooks": "qai_jobs.bench.webhooks:run_webhook_scenario",
     "local": "qai_jobs.bench.local:run_local_scenario",
+    "events": "qai_jobs.bench.events:run_events_scenario",
 }
 
 

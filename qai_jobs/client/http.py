@@ -24,15 +24,16 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from qai_jobs.client.events import follow
 from qai_jobs.client.handle import ActionHandle, EventFn
 from qai_jobs.client.kinds import KindMethods
 from qai_jobs.constants import TERMINAL
 from qai_jobs.errors import (
+    ApiUnavailable,
     Conflict,
-    ErrorCode,
     NotFound,
     PayloadTooLarge,
-    QaiJobsError,
+    Unauthorized,
     ValidationFailed,
 )
 from qai_jobs.schemas import check_project_id
@@ -43,19 +44,6 @@ from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
 POLL_SECONDS = 30.0
 # Retry-After values beyond this are capped: a client should not stall for minutes on a hint.
 MAX_RETRY_AFTER = 30.0
-
-
-class Unauthorized(QaiJobsError):
-    """The API refused the bearer token."""
-
-    code = ErrorCode.UNAUTHORIZED
-
-
-class ApiUnavailable(QaiJobsError):
-    """The API kept failing after every retry."""
-
-    code = ErrorCode.API_UNAVAILABLE
-    retryable = True
 
 
 def _retryable(response: httpx.Response) -> bool:
@@ -115,6 +103,8 @@ class HttpWorkspaceClient(KindMethods, Syncing):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_retries = max_retries
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
         self.limits = limits or PayloadLimits()
         self._backoff = _Backoff(backoff_initial, backoff_max)
         self.http = httpx.Client(
@@ -236,7 +226,10 @@ class HttpWorkspaceClient(KindMethods, Syncing):
         timeout: float | None = None,
         on_event: EventFn | None = None,
     ) -> dict[str, Any]:
-        """Block until the action is terminal (long-polling ``?wait=``); return it."""
+        """Block until the action is terminal; return it. With ``on_event`` the action's events
+        stream is followed (live progress and output); without, ``?wait=`` is long-polled."""
+        if on_event is not None:
+            return follow(self, str(action_id), timeout, on_event)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             chunk = POLL_SECONDS

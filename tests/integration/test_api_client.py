@@ -18,8 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from qai_jobs.client import HttpWorkspaceClient, WorkspaceClient
-from qai_jobs.client.http import Unauthorized
-from qai_jobs.errors import ActionFailed, Conflict, NotFound, ValidationFailed
+from qai_jobs.errors import ActionFailed, Conflict, NotFound, Unauthorized, ValidationFailed
 from tests.integration.api_helpers import TOKEN, Api, api, api_env, free_port, start_api  # noqa: F401
 from tests.support.procs import Proc
 
