@@ -31,6 +31,10 @@ class ErrorCode(enum.StrEnum):
     LEASE_LOST = "lease_lost"
     API_UNAVAILABLE = "api_unavailable"
     UNHEALTHY = "unhealthy"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    HTTP_ERROR = "http_error"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    REDIS_UNAVAILABLE = "redis_unavailable"
     # the workspace
     MANIFEST_STALE = "manifest_stale"  # a delta sync refused before writing: send the full tree
     INSTALL_FAILED = "install_failed"

@@ -21,6 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from qai_jobs.api import events as api_events
 from qai_jobs.api import legacy as api_legacy
+from qai_jobs.api.errors import error_body, install_error_handlers
+from qai_jobs.api.gate import GateMiddleware, read_json_object
 from qai_jobs.api.models import (
     Accepted,
     Action,
@@ -31,17 +33,11 @@ from qai_jobs.api.models import (
     Workspace,
     action_request_schema,
 )
-from qai_jobs.api.support import (
-    GateMiddleware,
-    Waiter,
-    error_body,
-    install_error_handlers,
-    read_json_object,
-)
+from qai_jobs.api.waiter import Waiter
 from qai_jobs.client.direct import WorkspaceClient
 from qai_jobs.config import Settings
 from qai_jobs.constants import TERMINAL, ActionStatus
-from qai_jobs.errors import ValidationFailed
+from qai_jobs.errors import ErrorCode, ValidationFailed
 from qai_jobs.schemas import check_project_id
 
 # Longest ``?wait=`` we hold a request open for (seconds); clients loop for longer waits.
@@ -226,7 +222,7 @@ def create_app(settings: Settings) -> FastAPI:
             "redis": redis_state,
         }
         if down:
-            body.update(error_body("unhealthy", f"unreachable: {', '.join(down)}"))
+            body.update(error_body(ErrorCode.UNHEALTHY, f"unreachable: {', '.join(down)}"))
         return JSONResponse(body, status_code=503 if down else 200)
 
     @app.get(

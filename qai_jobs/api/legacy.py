@@ -16,12 +16,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from qai_jobs.api import provider_events
+from qai_jobs.api.errors import error_response
+from qai_jobs.api.gate import reject_nul
 from qai_jobs.api.models import ErrorBody, LegacyRequest, LegacyResponse
-from qai_jobs.api.support import Waiter, error_response, reject_nul
+from qai_jobs.api.waiter import Waiter
 from qai_jobs.client.direct import WorkspaceClient
 from qai_jobs.config import Settings
 from qai_jobs.constants import TERMINAL, ActionStatus
-from qai_jobs.errors import NotFound, ValidationFailed
+from qai_jobs.errors import ErrorCode, NotFound, ValidationFailed
 
 router = APIRouter()
 
@@ -38,10 +40,10 @@ _WIRE_NAMES = {
 }
 # Action error codes that say the request itself was wrong, not the sandbox.
 _CLIENT_ERROR_CODES = {
-    "invalid_payload",
-    "invalid_request",
-    "path_outside_workspace",
-    "snapshot_not_found",
+    ErrorCode.INVALID_PAYLOAD,
+    ErrorCode.INVALID_REQUEST,
+    ErrorCode.PATH_OUTSIDE_WORKSPACE,
+    ErrorCode.SNAPSHOT_NOT_FOUND,
 }
 
 
@@ -175,14 +177,16 @@ async def provider_event(request: Request) -> Response:
     raw = await request.body()
     if settings.workspace_webhook_secret is None:
         return error_response(
-            401, "unauthorized", "WORKSPACE_WEBHOOK_SECRET is not set; provider hooks are refused"
+            401,
+            ErrorCode.UNAUTHORIZED,
+            "WORKSPACE_WEBHOOK_SECRET is not set; provider hooks are refused",
         )
     try:
         Webhook(settings.workspace_webhook_secret.get_secret_value()).verify(
             raw, {k: v for k, v in request.headers.items()}, json_parse=False
         )
     except (WebhookVerificationError, ValueError):
-        return error_response(401, "bad_signature", "missing or invalid webhook signature")
+        return error_response(401, ErrorCode.BAD_SIGNATURE, "missing or invalid webhook signature")
     try:
         body = json.loads(raw)
         if not isinstance(body, dict):
@@ -194,7 +198,9 @@ async def provider_event(request: Request) -> Response:
             if str(exc).split(":")[0] in ("body", "data", "data.sandbox_id")
             else "body: not valid JSON"
         )
-        return error_response(422, "invalid_request", message, {"field": message.split(":")[0]})
+        return error_response(
+            422, ErrorCode.INVALID_REQUEST, message, {"field": message.split(":")[0]}
+        )
     if parsed is None:
         return JSONResponse({"applied": False, "projects": []})
     change, sandbox_id, project_id = parsed

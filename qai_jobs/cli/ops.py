@@ -1,156 +1,163 @@
-"""Operator commands of the CLI: webhooks, doctor and bench."""
+"""Operator commands: ``webhooks list|replay``, ``doctor`` and ``bench``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import click
 import sqlalchemy as sa
 
-from qai_jobs.cli.main import EXIT_FAILED, fail, guarded, settings_from
+from qai_jobs.cli.common import (
+    EXIT_FAILED,
+    client_of,
+    echo_json,
+    fail,
+    guarded,
+    json_opt,
+    settings_from,
+)
 from qai_jobs.constants import DELIVER_TASK
 
 
-def register(
-    main: click.Group, client_of: Callable[[click.Context], Any], echo_json: Callable[[Any], None]
+@click.group()
+def webhooks() -> None:
+    """Inspect and replay webhook deliveries."""
+
+
+@webhooks.command(name="list")
+@click.option("--dead", is_flag=True, help="Only events that exhausted their retries.")
+@click.option("--project", default=None, help="Only this project's events.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@json_opt
+@click.pass_context
+@guarded
+def list_(ctx: click.Context, dead: bool, project: str | None, limit: int, as_json: bool) -> None:
+    """List recent webhook events and their delivery state."""
+    query = (
+        "SELECT id, project_id, action_id, type, sequence, target, status, attempts, "
+        "next_attempt_at, last_error, created_at, delivered_at FROM webhook_events WHERE true"
+    )
+    params: dict[str, Any] = {"limit": limit}
+    if dead:
+        query += " AND status = 'dead'"
+    if project:
+        query += " AND project_id = :p"
+        params["p"] = project
+    query += " ORDER BY created_at DESC LIMIT :limit"
+    with client_of(ctx).engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
+    for row in rows:
+        for key, value in row.items():
+            if value is not None and not isinstance(value, str | int):
+                row[key] = str(value)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(
+            f"{r['id']}  {r['type']:20} {r['status']:9} attempts={r['attempts']} "
+            f"{r['project_id']} seq={r['sequence']} {r['last_error'] or ''}"
+        )
+
+
+@webhooks.command()
+@click.argument("event_id", required=False)
+@click.option("--dead", is_flag=True, help="Replay every dead event.")
+@json_opt
+@click.pass_context
+@guarded
+def replay(ctx: click.Context, event_id: str | None, dead: bool, as_json: bool) -> None:
+    """Deliver EVENT_ID (or every dead event with --dead) again, with the same webhook-id."""
+    if bool(event_id) == dead:
+        fail("give an EVENT_ID or --dead")
+    where = "status = 'dead'" if dead else "id = :id"
+    with client_of(ctx).engine.begin() as conn:
+        ids = list(
+            conn.execute(
+                sa.text(
+                    f"UPDATE webhook_events SET status = 'pending', attempts = 0, "
+                    f"next_attempt_at = now(), last_error = NULL WHERE {where} RETURNING id"
+                ),
+                {"id": event_id},
+            ).scalars()
+        )
+    if event_id and not ids:
+        fail(f"no webhook event {event_id}", EXIT_FAILED)
+    from qai_jobs.celery_app import app
+
+    for i in ids:
+        app.send_task(DELIVER_TASK, kwargs={"event_id": i})
+    if as_json:
+        echo_json({"replayed": ids})
+    else:
+        click.echo(f"replaying {len(ids)} event(s)")
+
+
+@click.command()
+@json_opt
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check the configuration, Postgres, Redis and provider credentials."""
+    from qai_jobs.cli.doctor import run_checks
+
+    settings = settings_from(ctx)
+    checks = run_checks(settings)
+    if as_json:
+        echo_json(checks)
+    else:
+        for check in checks:
+            mark = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}[check["status"]]
+            click.echo(f"[{mark}] {check['name']}: {check['detail']}")
+    if any(c["status"] == "fail" for c in checks):
+        raise SystemExit(EXIT_FAILED)
+
+
+@click.command()
+@click.option(
+    "--actions", "n_actions", type=click.IntRange(1, 1_000_000), default=2000, show_default=True
+)
+@click.option("--projects", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Worker concurrency for both runs.",
+)
+@click.option(
+    "--scenarios",
+    default="pipeline",
+    show_default=True,
+    help="Comma list: pipeline (and any added by providers).",
+)
+@json_opt
+@click.pass_context
+@guarded
+def bench(
+    ctx: click.Context,
+    n_actions: int,
+    projects: int,
+    concurrency: int,
+    scenarios: str,
+    as_json: bool,
 ) -> None:
-    json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    """Measure action throughput and latency on the fake provider beside bare Celery."""
+    from qai_jobs.bench.run import run_bench
 
-    @main.group()
-    def webhooks() -> None:
-        """Inspect and replay webhook deliveries."""
-
-    @webhooks.command(name="list")
-    @click.option("--dead", is_flag=True, help="Only events that exhausted their retries.")
-    @click.option("--project", default=None, help="Only this project's events.")
-    @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
-    @json_opt
-    @click.pass_context
-    @guarded
-    def list_(
-        ctx: click.Context, dead: bool, project: str | None, limit: int, as_json: bool
-    ) -> None:
-        """List recent webhook events and their delivery state."""
-        query = (
-            "SELECT id, project_id, action_id, type, sequence, target, status, attempts, "
-            "next_attempt_at, last_error, created_at, delivered_at FROM webhook_events WHERE true"
-        )
-        params: dict[str, Any] = {"limit": limit}
-        if dead:
-            query += " AND status = 'dead'"
-        if project:
-            query += " AND project_id = :p"
-            params["p"] = project
-        query += " ORDER BY created_at DESC LIMIT :limit"
-        with client_of(ctx).engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
-        for row in rows:
-            for key, value in row.items():
-                if value is not None and not isinstance(value, str | int):
-                    row[key] = str(value)
-        if as_json:
-            echo_json(rows)
-            return
-        for r in rows:
-            click.echo(
-                f"{r['id']}  {r['type']:20} {r['status']:9} attempts={r['attempts']} "
-                f"{r['project_id']} seq={r['sequence']} {r['last_error'] or ''}"
-            )
-
-    @webhooks.command()
-    @click.argument("event_id", required=False)
-    @click.option("--dead", is_flag=True, help="Replay every dead event.")
-    @json_opt
-    @click.pass_context
-    @guarded
-    def replay(ctx: click.Context, event_id: str | None, dead: bool, as_json: bool) -> None:
-        """Deliver EVENT_ID (or every dead event with --dead) again, with the same webhook-id."""
-        if bool(event_id) == dead:
-            fail("give an EVENT_ID or --dead")
-        where = "status = 'dead'" if dead else "id = :id"
-        with client_of(ctx).engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    sa.text(
-                        f"UPDATE webhook_events SET status = 'pending', attempts = 0, "
-                        f"next_attempt_at = now(), last_error = NULL WHERE {where} RETURNING id"
-                    ),
-                    {"id": event_id},
-                ).scalars()
-            )
-        if event_id and not ids:
-            fail(f"no webhook event {event_id}", EXIT_FAILED)
-        from qai_jobs.celery_app import app
-
-        for i in ids:
-            app.send_task(DELIVER_TASK, kwargs={"event_id": i})
-        if as_json:
-            echo_json({"replayed": ids})
-        else:
-            click.echo(f"replaying {len(ids)} event(s)")
-
-    @main.command()
-    @json_opt
-    @click.pass_context
-    def doctor(ctx: click.Context, as_json: bool) -> None:
-        """Check the configuration, Postgres, Redis and provider credentials."""
-        from qai_jobs.cli.doctor import run_checks
-
-        settings = settings_from(ctx)
-        checks = run_checks(settings)
-        if as_json:
-            echo_json(checks)
-        else:
-            for check in checks:
-                mark = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}[check["status"]]
-                click.echo(f"[{mark}] {check['name']}: {check['detail']}")
-        if any(c["status"] == "fail" for c in checks):
-            raise SystemExit(EXIT_FAILED)
-
-    @main.command()
-    @click.option(
-        "--actions", "n_actions", type=click.IntRange(1, 1_000_000), default=2000, show_default=True
+    report = run_bench(
+        settings_from(ctx),
+        n_actions=n_actions,
+        projects=projects,
+        concurrency=concurrency,
+        scenarios=scenarios.split(","),
+        log=lambda m: click.echo(m, err=True),
     )
-    @click.option("--projects", type=click.IntRange(1, 100_000), default=50, show_default=True)
-    @click.option(
-        "--concurrency",
-        type=click.IntRange(1, 64),
-        default=2,
-        show_default=True,
-        help="Worker concurrency for both runs.",
-    )
-    @click.option(
-        "--scenarios",
-        default="pipeline",
-        show_default=True,
-        help="Comma list: pipeline (and any added by providers).",
-    )
-    @json_opt
-    @click.pass_context
-    @guarded
-    def bench(
-        ctx: click.Context,
-        n_actions: int,
-        projects: int,
-        concurrency: int,
-        scenarios: str,
-        as_json: bool,
-    ) -> None:
-        """Measure action throughput and latency on the fake provider beside bare Celery."""
-        from qai_jobs.bench.run import run_bench
+    if as_json:
+        echo_json(report)
+    else:
+        from qai_jobs.bench.run import format_report
 
-        report = run_bench(
-            settings_from(ctx),
-            n_actions=n_actions,
-            projects=projects,
-            concurrency=concurrency,
-            scenarios=scenarios.split(","),
-            log=lambda m: click.echo(m, err=True),
-        )
-        if as_json:
-            echo_json(report)
-        else:
-            from qai_jobs.bench.run import format_report
+        click.echo(format_report(report))
 
-            click.echo(format_report(report))
+
+COMMANDS = [webhooks, doctor, bench]
