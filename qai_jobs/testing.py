@@ -4,8 +4,8 @@ Select it with ``WORKSPACE_RUNTIME=fake``; inject faults into every worker with
 :func:`inject_fault` and read what really ran with :func:`journal`.
 """
 
-from qai_jobs.providers.fake.provider import (
-    FakeProvider,
+from qai_jobs.providers.fake.provider import FakeProvider
+from qai_jobs.providers.fake.store import (
     MemoryStore,
     RedisStore,
     clear_faults,

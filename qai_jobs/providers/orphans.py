@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from qai_jobs.config import Settings
 from qai_jobs.errors import ConfigurationError, ProviderError
 from qai_jobs.providers.base import Provider
+from qai_jobs.providers.scripts import CloudProvider, TaggedSandbox
 from qai_jobs.providers.select import get_provider
-from qai_jobs.providers.shell import CloudProvider, TaggedSandbox
 
 logger = logging.getLogger(__name__)
 

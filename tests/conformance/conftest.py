@@ -50,7 +50,7 @@ def register(factory: ProviderFactory) -> ProviderFactory:
 
 
 def _fake(settings: Settings) -> Provider:
-    from qai_jobs.providers.fake.provider import FakeProvider, MemoryStore
+    from qai_jobs.testing import FakeProvider, MemoryStore
 
     return FakeProvider(settings, store=MemoryStore())
 

@@ -105,7 +105,7 @@ def test_orphan_sweep_terminates_exactly_the_untracked(tmp_path: Path) -> None:
 
 
 def test_find_orphans_accepts_bare_ids() -> None:
-    from qai_jobs.providers.shell import TaggedSandbox
+    from qai_jobs.providers.scripts import TaggedSandbox
 
     listed = [TaggedSandbox("modal", "sb-1", "p", "w"), TaggedSandbox("e2b", "i2", "p", "w")]
     assert find_orphans(listed, {"sb-1"}) == [listed[1]]

@@ -5,173 +5,42 @@ snapshot; snapshots are ``create_snapshot`` and a restore is a NEW sandbox creat
 snapshot id as its template. The sandbox ``timeout`` is its lifetime, not a request timeout:
 it is kept short and extended on activity, with ``on_timeout: pause`` so a missed sweep
 pauses (keeping files) instead of killing.
-
-The SDK is imported lazily through :func:`_sdk`, the one seam tests point at a fake.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from qai_jobs.config import Settings
 from qai_jobs.errors import (
-    ConfigurationError,
     ErrorCode,
     PermanentError,
     QaiJobsError,
     SandboxGone,
     TransientError,
 )
-from qai_jobs.providers import shell as remote
+from qai_jobs.providers import scripts as remote
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
     OutputCallback,
-    Provider,
     Sandbox,
     SandboxStatus,
     SleepOutcome,
 )
-from qai_jobs.providers.e2b.errors import map_e2b_error
+from qai_jobs.providers.e2b.sdk import E2BSdk
+from qai_jobs.providers.shell import replace
 from qai_jobs.sealing import seal_env, unseal_env
 
-DEFAULT_TEMPLATE = "base"
 MAX_RUNNING_S = 24 * 3600  # Pro plan cap on one continuous run
 RECYCLE_MARGIN_S = 3600
-TOUCH_EVERY_S = 60.0
 WRITE_BATCH_FILES = 200
 WRITE_BATCH_BYTES = 16 * 1024 * 1024
 
 
-def _sdk() -> Any:
-    """The ``e2b`` module (tests replace this function with one returning a fake)."""
-    try:
-        import e2b
-    except ImportError as exc:
-        raise ConfigurationError(
-            "the e2b provider needs the E2B SDK: pip install 'qai-jobs[e2b]'"
-        ) from exc
-    return e2b
-
-
-class E2BProvider(Provider):
+class E2BProvider(E2BSdk):
     name: ClassVar[str] = "e2b"
-
-    def __init__(self, settings: Settings, *, sdk: Any = None) -> None:
-        super().__init__(settings)
-        # The SDK module; None = import the real one on first use (tests pass a fake).
-        self._sdk_module = sdk
-        self._lock = threading.Lock()
-        # Connection cache only (sandbox id -> (handle, last set_timeout)); truth is at E2B.
-        self._handles: OrderedDict[str, tuple[Any, float]] = OrderedDict()
-
-    # -- SDK plumbing ------------------------------------------------------------------------
-    def _sdk(self) -> Any:
-        return self._sdk_module if self._sdk_module is not None else _sdk()
-
-    def _opts(self) -> dict[str, Any]:
-        key = self.settings.e2b_api_key
-        return {"api_key": key.get_secret_value()} if key else {}
-
-    def _template(self) -> str:
-        return self.settings.e2b_template or self.settings.workspace_image or DEFAULT_TEMPLATE
-
-    def _lifetime(self) -> int:
-        # A backstop behind our idle sweep; 1 h is the longest every plan accepts.
-        return int(min(max(self.settings.inactivity_seconds * 2, 600), 3600))
-
-    @contextlib.contextmanager
-    def _guard(self, sandbox_id: str | None = None, *, creating: bool = False) -> Iterator[None]:
-        try:
-            yield
-        except QaiJobsError:
-            raise
-        except Exception as exc:
-            secrets = list(self._opts().values())
-            err = map_e2b_error(exc, self._sdk(), secrets=secrets, creating=creating)
-            if sandbox_id is not None and isinstance(err, SandboxGone):
-                self._forget(sandbox_id)
-            raise err from exc
-
-    def _handle(self, sb: Sandbox) -> Any:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._handles.get(sb.sandbox_id)
-        if cached is None:
-            # connect() would resume a paused sandbox: only wake may do that.
-            with self._guard(sb.sandbox_id):
-                info = self._sdk().Sandbox.get_info(sb.sandbox_id, **self._opts())
-            if str(getattr(info.state, "value", info.state)) == "paused":
-                raise PermanentError(
-                    "the workspace is asleep: wake it first", code=ErrorCode.SANDBOX_SLEEPING
-                )
-            with self._guard(sb.sandbox_id):
-                handle = self._sdk().Sandbox.connect(
-                    sb.sandbox_id, timeout=self._lifetime(), **self._opts()
-                )
-            self._remember(sb.sandbox_id, handle)
-            return handle
-        handle, touched = cached
-        if now - touched > TOUCH_EVERY_S:
-            # Activity extends the lifetime (throttled: one API call a minute at most).
-            with self._guard(sb.sandbox_id):
-                handle.set_timeout(self._lifetime())
-            self._remember(sb.sandbox_id, handle)
-        return handle
-
-    def _remember(self, sandbox_id: str, handle: Any) -> None:
-        with self._lock:
-            self._handles[sandbox_id] = (handle, time.monotonic())
-            self._handles.move_to_end(sandbox_id)
-            while len(self._handles) > 256:
-                self._handles.popitem(last=False)
-
-    def _forget(self, sandbox_id: str) -> None:
-        with self._lock:
-            self._handles.pop(sandbox_id, None)
-
-    def _sh(
-        self,
-        sb: Sandbox,
-        script: str,
-        *,
-        timeout_s: float = 120,
-        envs: Mapping[str, str] | None = None,
-        cwd: str = remote.WORKDIR,
-        user: str | None = None,
-        on_stdout: Any = None,
-        on_stderr: Any = None,
-    ) -> tuple[int, str, str]:
-        """Run a script; a non-zero exit is a result here (the SDK raises it as an exception)."""
-        handle = self._handle(sb)
-        sdk = self._sdk()
-        kwargs: dict[str, Any] = {"cwd": cwd, "envs": dict(envs or {}), "timeout": timeout_s}
-        if user:
-            kwargs["user"] = user
-        if on_stdout is not None:
-            kwargs.update(on_stdout=on_stdout, on_stderr=on_stderr)
-        try:
-            with self._guard(sb.sandbox_id):
-                try:
-                    res = handle.commands.run(script, **kwargs)
-                except sdk.CommandExitException as exc:
-                    return int(exc.exit_code), exc.stdout or "", exc.stderr or ""
-        except SandboxGone:
-            raise
-        return int(res.exit_code), res.stdout or "", res.stderr or ""
-
-    def _checked(self, sb: Sandbox, script: str, **kw: Any) -> str:
-        code, out, err = self._sh(sb, script, **kw)
-        if code != 0:
-            raise PermanentError(
-                f"sandbox helper failed ({code}): {err[-300:]}", code=ErrorCode.PROVIDER_ERROR
-            )
-        return out
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _new(self, state: dict[str, Any], template: str, *, from_snapshot: bool) -> Sandbox:
@@ -193,17 +62,18 @@ class E2BProvider(Provider):
                 ) from exc
             raise
         sb = Sandbox(self.name, str(handle.sandbox_id), {**state, "created_at": time.time()})
-        self._remember(sb.sandbox_id, handle)
+        self._keep(sb.sandbox_id, handle)
         dirs = f"{remote.WORKDIR} {remote.STATE_DIR}"
         try:
             # Templates run as a non-root user without a /workspace: make it, as root, once.
-            self._checked(
-                sb,
-                f"mkdir -p {dirs} && chmod 0777 {dirs}",
-                user="root",
-                cwd="/",
-                timeout_s=60,
+            code, _, err = self._sh(
+                sb, f"mkdir -p {dirs} && chmod 0777 {dirs}", user="root", cwd="/", timeout_s=60
             )
+            if code != 0:
+                raise PermanentError(
+                    f"cannot make {dirs} in the E2B sandbox: {err[-300:]}",
+                    code=ErrorCode.PROVIDER_ERROR,
+                )
         except QaiJobsError:
             self.terminate_sandbox(sb.sandbox_id)  # never leave a half-made sandbox billing
             raise
@@ -262,7 +132,7 @@ class E2BProvider(Provider):
                 handle = sdk.Sandbox.connect(
                     sb.sandbox_id, timeout=self._lifetime(), on_resume="reboot", **self._opts()
                 )
-        self._remember(sb.sandbox_id, handle)
+        self._keep(sb.sandbox_id, handle)
         sb.state = {**sb.state, "created_at": time.time()}
         return sb
 
@@ -275,7 +145,7 @@ class E2BProvider(Provider):
     def restore(self, sb: Sandbox, snapshot_id: str) -> Sandbox:
         new = self._new(dict(sb.state), snapshot_id, from_snapshot=True)
         self.terminate_sandbox(sb.sandbox_id)
-        return _replace(sb, new)
+        return replace(sb, new)
 
     def destroy(self, sb: Sandbox) -> None:
         self.terminate_sandbox(sb.sandbox_id)
@@ -321,7 +191,7 @@ class E2BProvider(Provider):
         if not files:
             return
         # write_files follows symlinks: remove any link standing at a target or a parent first.
-        links = {p for p in self._checked(sb, remote.symlinks_script()).split("\0") if p}
+        links = set(self._paths(sb, remote.symlinks_script()))
         doomed = {link.removeprefix("./") for link in links} & remote.parents_and_self(
             [p for p, _ in files]
         )
@@ -341,36 +211,14 @@ class E2BProvider(Provider):
             with self._guard(sb.sandbox_id):
                 handle.files.write_files(batch)
 
-    def delete_files(self, sb: Sandbox, paths: Sequence[str]) -> list[str]:
-        gone: list[str] = []
-        for part in remote.chunks(paths):
-            gone += [p for p in self._checked(sb, remote.delete_script(part)).split("\0") if p]
-        return gone
-
-    def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
-        result: dict[str, bytes | None] = dict.fromkeys(paths)
-        safe: list[str] = []
-        for part in remote.chunks(paths):
-            safe += [p for p in self._checked(sb, remote.safe_files_script(part)).split("\0") if p]
+    def _read_file(self, sb: Sandbox, path: str) -> bytes | None:
         handle = self._handle(sb)
         sdk = self._sdk()
-        for path in safe:
-            with self._guard(sb.sandbox_id):
-                try:
-                    result[path] = bytes(handle.files.read(remote.abs_path(path), format="bytes"))
-                except sdk.FileNotFoundException:
-                    result[path] = None
-        return result
-
-    def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
-        if paths is None:
-            out = self._checked(sb, remote.hash_script(None), timeout_s=600)
-            return remote.parse_hashes(out, filter_ignored=True)
-        result: dict[str, str] = {}
-        for part in remote.chunks(paths):
-            out = self._checked(sb, remote.hash_script(part), timeout_s=600)
-            result.update(remote.parse_hashes(out, filter_ignored=False))
-        return result
+        with self._guard(sb.sandbox_id):
+            try:
+                return bytes(handle.files.read(remote.abs_path(path), format="bytes"))
+            except sdk.FileNotFoundException:
+                return None
 
     # -- processes ---------------------------------------------------------------------------
     def run(
@@ -443,38 +291,6 @@ class E2BProvider(Provider):
             raise TransientError("the dev server did not start in the E2B sandbox")
         return remote.proc_record(sb, proc_id, int(pid), command)
 
-    def process_alive(self, sb: Sandbox, proc: Mapping[str, Any]) -> bool:
-        if not remote.proc_matches(sb, proc):
-            return False
-        try:
-            code, _, _ = self._sh(sb, remote.alive_script(int(proc["pid"])), timeout_s=30)
-        except SandboxGone:
-            return False
-        except PermanentError as exc:
-            if exc.code == ErrorCode.SANDBOX_SLEEPING:
-                return False
-            raise
-        return code == 0
-
-    def stop_process(self, sb: Sandbox, proc: Mapping[str, Any]) -> None:
-        if remote.proc_matches(sb, proc) and self.status(sb) is SandboxStatus.RUNNING:
-            with contextlib.suppress(SandboxGone):
-                self._sh(sb, remote.stop_script(int(proc["pid"])), timeout_s=30)
-
-    def read_log(self, sb: Sandbox, proc: Mapping[str, Any], tail: int) -> str:
-        if not proc.get("proc_id"):
-            return ""
-        return self._sh(sb, remote.tail_script(str(proc["proc_id"]), tail), timeout_s=30)[1]
-
     # -- network -----------------------------------------------------------------------------
     def preview_url(self, sb: Sandbox, port: int) -> str:
         return "https://" + str(self._handle(sb).get_host(port))
-
-    def port_ready(self, sb: Sandbox, port: int) -> bool:
-        return self._sh(sb, remote.port_script(port), timeout_s=15)[0] == 0
-
-
-def _replace(sb: Sandbox, new: Sandbox) -> Sandbox:
-    """Point ``sb`` at the new sandbox in place (callers may keep the old object) and return it."""
-    sb.sandbox_id, sb.state = new.sandbox_id, new.state
-    return sb

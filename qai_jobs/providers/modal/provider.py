@@ -4,191 +4,42 @@ Modal has no pause: sleep is a filesystem snapshot (an Image) plus terminate, wa
 new sandbox from that image. A sandbox's lifetime is capped (24 h) and cannot be extended, so
 long-lived workspaces are recycled through a snapshot before the cap (``needs_recycle`` /
 ``recycle``). ``idle_timeout`` is only a backstop behind qai-jobs' own idle sweep.
-
-The SDK is imported lazily through :func:`_sdk`, the one seam tests point at a fake.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from qai_jobs.config import Settings
 from qai_jobs.errors import (
-    ConfigurationError,
     ErrorCode,
     PermanentError,
-    QaiJobsError,
     SandboxGone,
     TransientError,
 )
-from qai_jobs.providers import shell as remote
+from qai_jobs.providers import scripts as remote
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
     OutputCallback,
-    Provider,
     Sandbox,
     SandboxStatus,
     SleepOutcome,
 )
-from qai_jobs.providers.modal.errors import map_modal_error
+from qai_jobs.providers.modal.sdk import ModalSdk
+from qai_jobs.providers.shell import replace
 from qai_jobs.sealing import seal_env, unseal_env
 
 DEFAULT_IMAGE = "node:22-bookworm"
 MAX_LIFETIME_S = 24 * 3600
 RECYCLE_MARGIN_S = 3600  # recycle an hour before the cap: a snapshot of a big tree takes time
 SNAPSHOT_TIMEOUT_S = 300
-STDIN_CHUNK = 1024 * 1024  # the SDK refuses more than 2 MiB buffered before a drain
 
 
-def _sdk() -> Any:
-    """The ``modal`` module (tests replace this function with one returning a fake)."""
-    try:
-        import modal
-    except ImportError as exc:
-        raise ConfigurationError(
-            "the modal provider needs the Modal SDK: pip install 'qai-jobs[modal]'"
-        ) from exc
-    return modal
-
-
-class ModalProvider(Provider):
+class ModalProvider(ModalSdk):
     name: ClassVar[str] = "modal"
-
-    def __init__(self, settings: Settings, *, sdk: Any = None) -> None:
-        super().__init__(settings)
-        # The SDK module; None = import the real one on first use (tests pass a fake).
-        self._sdk_module = sdk
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._app: Any = None
-        # A connection cache only (sandbox id -> handle); everything durable is in Sandbox.state.
-        self._handles: OrderedDict[str, Any] = OrderedDict()
-
-    # -- SDK plumbing ------------------------------------------------------------------------
-    def _sdk(self) -> Any:
-        return self._sdk_module if self._sdk_module is not None else _sdk()
-
-    def _secrets(self) -> list[str]:
-        s = self.settings
-        return [v.get_secret_value() for v in (s.modal_token_id, s.modal_token_secret) if v]
-
-    @contextlib.contextmanager
-    def _guard(self, handle: Any = None, sandbox_id: str | None = None) -> Iterator[None]:
-        """Map every SDK error to ours; confirm "not found" with a poll before calling it gone."""
-        try:
-            yield
-        except QaiJobsError:
-            raise
-        except Exception as exc:
-            err = map_modal_error(exc, self._sdk().exception, secrets=self._secrets())
-            if isinstance(err, SandboxGone) and handle is not None:
-                # A transport hiccup inside a filesystem call is rewritten to NotFoundError by
-                # the SDK: only a sandbox that reports an exit code is really gone.
-                try:
-                    still_running = handle.poll() is None
-                except Exception:
-                    still_running = True
-                if still_running:
-                    err = TransientError(f"the Modal sandbox did not answer: {err.message}")
-            if sandbox_id is not None and isinstance(err, SandboxGone):
-                self._forget(sandbox_id)
-            raise err from exc
-
-    def _client_obj(self) -> Any:
-        with self._lock:
-            if (
-                self._client is None
-                and self.settings.modal_token_id
-                and self.settings.modal_token_secret
-            ):
-                with self._guard():
-                    self._client = self._sdk().Client.from_credentials(
-                        self.settings.modal_token_id.get_secret_value(),
-                        self.settings.modal_token_secret.get_secret_value(),
-                    )
-            return self._client
-
-    def _app_obj(self) -> Any:
-        client = self._client_obj()
-        with self._lock:
-            if self._app is None:
-                with self._guard():
-                    self._app = self._sdk().App.lookup(
-                        self.settings.modal_app_name, create_if_missing=True, client=client
-                    )
-            return self._app
-
-    def _handle(self, sb: Sandbox) -> Any:
-        with self._lock:
-            handle = self._handles.get(sb.sandbox_id)
-            if handle is not None:
-                self._handles.move_to_end(sb.sandbox_id)
-                return handle
-        if sb.state.get("sleeping"):
-            raise PermanentError(
-                "the workspace is asleep: wake it first", code=ErrorCode.SANDBOX_SLEEPING
-            )
-        with self._guard(sandbox_id=sb.sandbox_id):
-            handle = self._sdk().Sandbox.from_id(sb.sandbox_id, client=self._client_obj())
-        self._remember(sb.sandbox_id, handle)
-        return handle
-
-    def _remember(self, sandbox_id: str, handle: Any) -> None:
-        with self._lock:
-            self._handles[sandbox_id] = handle
-            while len(self._handles) > 256:
-                self._handles.popitem(last=False)
-
-    def _forget(self, sandbox_id: str) -> None:
-        with self._lock:
-            self._handles.pop(sandbox_id, None)
-
-    def _exec(
-        self,
-        sb: Sandbox,
-        script: str,
-        *,
-        timeout_s: float | None = 120,
-        stdin: bytes | None = None,
-    ) -> tuple[int, bytes, bytes]:
-        """Run a bash script of ours; bytes out, so file names and contents survive unmangled."""
-        handle = self._handle(sb)
-        with self._guard(handle, sb.sandbox_id):
-            proc = handle.exec(
-                "bash",
-                "-c",
-                script,
-                workdir=remote.WORKDIR,
-                text=False,
-                timeout=None if timeout_s is None else math.ceil(timeout_s),
-            )
-            if stdin is not None:
-                for i in range(0, len(stdin), STDIN_CHUNK):
-                    proc.stdin.write(stdin[i : i + STDIN_CHUNK])
-                    proc.stdin.drain()
-                proc.stdin.write_eof()
-                proc.stdin.drain()
-            out, err = proc.stdout.read(), proc.stderr.read()
-            code = proc.wait()
-        if code == -1:
-            raise TransientError("a qai-jobs helper command timed out in the Modal sandbox")
-        return int(code), bytes(out), bytes(err)
-
-    def _checked(self, sb: Sandbox, script: str, **kw: Any) -> bytes:
-        code, out, err = self._exec(sb, script, **kw)
-        if code != 0:
-            raise PermanentError(
-                f"sandbox helper failed ({code}): {err.decode(errors='replace')[-300:]}",
-                code=ErrorCode.PROVIDER_ERROR,
-            )
-        return out
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _new(self, spec_state: dict[str, Any], image_id: str | None) -> Sandbox:
@@ -292,7 +143,7 @@ class ModalProvider(Provider):
         if not sb.state.get("sleeping"):
             return sb
         state = {k: v for k, v in sb.state.items() if k not in ("sleeping", "sleep_image")}
-        return _replace(sb, self._new(state, sb.state["sleep_image"]))
+        return replace(sb, self._new(state, sb.state["sleep_image"]))
 
     def snapshot(self, sb: Sandbox) -> str:
         return self._snapshot_image(sb)
@@ -306,7 +157,7 @@ class ModalProvider(Provider):
         new = self._new(state, snapshot_id)
         if not sb.state.get("sleeping"):
             self.terminate_sandbox(sb.sandbox_id)
-        return _replace(sb, new)
+        return replace(sb, new)
 
     def destroy(self, sb: Sandbox) -> None:
         if not sb.state.get("sleeping"):
@@ -326,7 +177,7 @@ class ModalProvider(Provider):
         state = {k: v for k, v in sb.state.items() if k not in ("sleeping", "sleep_image")}
         new = self._new(state, image_id)
         self.terminate_sandbox(sb.sandbox_id)
-        return _replace(sb, new)
+        return replace(sb, new)
 
     def list_sandboxes(self) -> list[remote.TaggedSandbox]:
         app, client = self._app_obj(), self._client_obj()
@@ -361,45 +212,28 @@ class ModalProvider(Provider):
 
     # -- files -------------------------------------------------------------------------------
     def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
-        if files:
-            # One tar through stdin instead of one filesystem call (one exec each) per file.
-            self._checked(sb, remote.UNTAR_SCRIPT, stdin=remote.tar_bytes(files), timeout_s=600)
+        if not files:
+            return
+        # One tar through stdin instead of one filesystem call (one exec each) per file.
+        code, _, err = self._exec(
+            sb, remote.UNTAR_SCRIPT, stdin=remote.tar_bytes(files), timeout_s=600
+        )
+        if code != 0:
+            raise PermanentError(
+                f"writing files failed ({code}): {err.decode(errors='replace')[-300:]}",
+                code=ErrorCode.PROVIDER_ERROR,
+            )
 
-    def delete_files(self, sb: Sandbox, paths: Sequence[str]) -> list[str]:
-        gone: list[str] = []
-        for part in remote.chunks(paths):
-            out = self._checked(sb, remote.delete_script(part))
-            gone += [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
-        return gone
-
-    def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
-        result: dict[str, bytes | None] = dict.fromkeys(paths)
-        safe: list[str] = []
-        for part in remote.chunks(paths):
-            out = self._checked(sb, remote.safe_files_script(part))
-            safe += [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
-        if not safe:
-            return result
+    def _read_file(self, sb: Sandbox, path: str) -> bytes | None:
         handle = self._handle(sb)
         fs_missing = self._sdk().exception.SandboxFilesystemNotFoundError
-        for path in safe:
-            try:
-                with self._guard(handle, sb.sandbox_id):
-                    result[path] = bytes(handle.filesystem.read_bytes(remote.abs_path(path)))
-            except PermanentError as exc:
-                if not isinstance(exc.__cause__, fs_missing):
-                    raise
-        return result
-
-    def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
-        if paths is None:
-            out = self._checked(sb, remote.hash_script(None), timeout_s=600)
-            return remote.parse_hashes(out, filter_ignored=True)
-        result: dict[str, str] = {}
-        for part in remote.chunks(paths):
-            out = self._checked(sb, remote.hash_script(part), timeout_s=600)
-            result.update(remote.parse_hashes(out, filter_ignored=False))
-        return result
+        try:
+            with self._guard(handle, sb.sandbox_id):
+                return bytes(handle.filesystem.read_bytes(remote.abs_path(path)))
+        except PermanentError as exc:
+            if not isinstance(exc.__cause__, fs_missing):
+                raise
+        return None
 
     # -- processes ---------------------------------------------------------------------------
     def run(
@@ -465,27 +299,6 @@ class ModalProvider(Provider):
             raise TransientError("the dev server did not start in the Modal sandbox")
         return remote.proc_record(sb, proc_id, int(pid), command)
 
-    def process_alive(self, sb: Sandbox, proc: Mapping[str, Any]) -> bool:
-        if sb.state.get("sleeping") or not remote.proc_matches(sb, proc):
-            return False
-        try:
-            code, _, _ = self._exec(sb, remote.alive_script(int(proc["pid"])), timeout_s=30)
-        except SandboxGone:
-            return False
-        return code == 0
-
-    def stop_process(self, sb: Sandbox, proc: Mapping[str, Any]) -> None:
-        if sb.state.get("sleeping") or not remote.proc_matches(sb, proc):
-            return
-        with contextlib.suppress(SandboxGone):
-            self._exec(sb, remote.stop_script(int(proc["pid"])), timeout_s=30)
-
-    def read_log(self, sb: Sandbox, proc: Mapping[str, Any], tail: int) -> str:
-        if sb.state.get("sleeping") or not proc.get("proc_id"):
-            return ""
-        _, out, _ = self._exec(sb, remote.tail_script(str(proc["proc_id"]), tail), timeout_s=30)
-        return out.decode("utf-8", "replace")
-
     # -- network -----------------------------------------------------------------------------
     def preview_url(self, sb: Sandbox, port: int) -> str:
         handle = self._handle(sb)
@@ -498,13 +311,3 @@ class ModalProvider(Provider):
                 code=ErrorCode.PORT_NOT_EXPOSED,
             )
         return str(tunnels[port].url)
-
-    def port_ready(self, sb: Sandbox, port: int) -> bool:
-        code, _, _ = self._exec(sb, remote.port_script(port), timeout_s=15)
-        return code == 0
-
-
-def _replace(sb: Sandbox, new: Sandbox) -> Sandbox:
-    """Point ``sb`` at the new sandbox in place (callers may keep the old object) and return it."""
-    sb.sandbox_id, sb.state = new.sandbox_id, new.state
-    return sb
