@@ -37,6 +37,7 @@ from qai_jobs.api.waiter import Waiter
 from qai_jobs.client.direct import WorkspaceClient
 from qai_jobs.config import Settings
 from qai_jobs.constants import TERMINAL, ActionStatus
+from qai_jobs.db.session import ping
 from qai_jobs.errors import ErrorCode, ValidationFailed
 from qai_jobs.schemas import check_project_id
 
@@ -242,12 +243,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 async def _check_postgres(client: WorkspaceClient) -> str:
-    def ping() -> None:
-        with client.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-
     try:
-        await asyncio.wait_for(run_in_threadpool(ping), timeout=5)
+        await asyncio.wait_for(run_in_threadpool(ping, client.engine), timeout=5)
     except (sa.exc.SQLAlchemyError, TimeoutError, OSError) as exc:
         orig = getattr(exc, "orig", None) or exc
         return f"unreachable: {type(orig).__name__}"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from qai_jobs.db.session import db_retry
+from qai_jobs.db.workspace_state import mark_by_sandbox
 
 Change = Literal["killed", "paused"]
 
@@ -33,16 +33,6 @@ _NEW_STATUS: dict[Change, tuple[str, tuple[str, ...]]] = {
     "killed": ("error", ("ready", "sleeping", "provisioning")),
     "paused": ("sleeping", ("ready",)),
 }
-
-_MARK = sa.text(
-    """
-    UPDATE workspaces SET status = :new, updated_at = now()
-    WHERE sandbox_id = :sid
-      AND (CAST(:p AS text) IS NULL OR project_id = CAST(:p AS text))
-      AND status = ANY(:from_statuses)
-    RETURNING project_id
-    """
-)
 
 
 def parse(body: dict[str, Any]) -> tuple[Change, str, str | None] | None:
@@ -75,17 +65,4 @@ def apply(
     """
     new, from_statuses = _NEW_STATUS[change]
     with engine.begin() as conn:
-        rows = (
-            conn.execute(
-                _MARK,
-                {
-                    "new": new,
-                    "sid": sandbox_id,
-                    "p": project_id,
-                    "from_statuses": list(from_statuses),
-                },
-            )
-            .scalars()
-            .all()
-        )
-    return [str(p) for p in rows]
+        return mark_by_sandbox(conn, sandbox_id, project_id, new, from_statuses)

@@ -55,12 +55,10 @@ def _cloud(report: dict[str, Any]) -> dict[str, Any]:
 def _postgres(settings: Settings) -> dict[str, Any]:
     import sqlalchemy as sa
 
-    from qai_jobs.db.session import engine_for
+    from qai_jobs.db.session import engine_for, server_and_schema
 
     try:
-        with engine_for(settings.database_url).connect() as conn:
-            version = conn.execute(sa.text("SHOW server_version")).scalar()
-            head = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        version, head = server_and_schema(engine_for(settings.database_url))
     except sa.exc.ProgrammingError:
         return _check("postgres", "fail", "reachable, but not migrated: run `qai-jobs migrate`")
     except sa.exc.SQLAlchemyError as exc:

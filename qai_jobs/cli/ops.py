@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
-import sqlalchemy as sa
 
 from qai_jobs.cli.common import (
     EXIT_FAILED,
@@ -17,6 +14,7 @@ from qai_jobs.cli.common import (
     settings_from,
 )
 from qai_jobs.constants import DELIVER_TASK
+from qai_jobs.db import outbox
 
 
 @click.group()
@@ -33,19 +31,7 @@ def webhooks() -> None:
 @guarded
 def list_(ctx: click.Context, dead: bool, project: str | None, limit: int, as_json: bool) -> None:
     """List recent webhook events and their delivery state."""
-    query = (
-        "SELECT id, project_id, action_id, type, sequence, target, status, attempts, "
-        "next_attempt_at, last_error, created_at, delivered_at FROM webhook_events WHERE true"
-    )
-    params: dict[str, Any] = {"limit": limit}
-    if dead:
-        query += " AND status = 'dead'"
-    if project:
-        query += " AND project_id = :p"
-        params["p"] = project
-    query += " ORDER BY created_at DESC LIMIT :limit"
-    with client_of(ctx).engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
+    rows = outbox.list_events(client_of(ctx).engine, dead=dead, project_id=project, limit=limit)
     for row in rows:
         for key, value in row.items():
             if value is not None and not isinstance(value, str | int):
@@ -70,17 +56,7 @@ def replay(ctx: click.Context, event_id: str | None, dead: bool, as_json: bool) 
     """Deliver EVENT_ID (or every dead event with --dead) again, with the same webhook-id."""
     if bool(event_id) == dead:
         fail("give an EVENT_ID or --dead")
-    where = "status = 'dead'" if dead else "id = :id"
-    with client_of(ctx).engine.begin() as conn:
-        ids = list(
-            conn.execute(
-                sa.text(
-                    f"UPDATE webhook_events SET status = 'pending', attempts = 0, "
-                    f"next_attempt_at = now(), last_error = NULL WHERE {where} RETURNING id"
-                ),
-                {"id": event_id},
-            ).scalars()
-        )
+    ids = outbox.replay(client_of(ctx).engine, event_id)
     if event_id and not ids:
         fail(f"no webhook event {event_id}", EXIT_FAILED)
     from qai_jobs.celery_app import app

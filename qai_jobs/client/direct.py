@@ -19,7 +19,7 @@ from qai_jobs.client.kinds import KindMethods
 from qai_jobs.client.waiting import Subscriber, wait_for
 from qai_jobs.config import Settings, load_settings
 from qai_jobs.constants import ActionStatus, action_task_name
-from qai_jobs.db import manifest, ordering, queries
+from qai_jobs.db import enqueue, manifest, queries
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.errors import Conflict, NotFound, ValidationFailed
 from qai_jobs.notify import publish
@@ -76,9 +76,9 @@ class WorkspaceClient(KindMethods, Syncing):
         kind: str,
         stored: dict[str, Any],
         idempotency_key: str | None,
-    ) -> ordering.Enqueued:
+    ) -> enqueue.Enqueued:
         with self.engine.begin() as conn:
-            return ordering.enqueue(
+            return enqueue.enqueue(
                 conn,
                 action_id=action_id,
                 project_id=project_id,
@@ -162,7 +162,7 @@ class WorkspaceClient(KindMethods, Syncing):
         """Cancel a queued action; Conflict if it is running or already finished."""
         uid = _uuid(action_id)
         with self.engine.begin() as conn:
-            cancelled = ordering.cancel(conn, uid)
+            cancelled = enqueue.cancel(conn, uid)
         action = self.get_action(uid)
         if not cancelled:
             raise Conflict(

@@ -151,3 +151,39 @@ def due_events(engine: Engine, limit: int = 1000) -> list[str]:
     """Pending rows whose next attempt is due (their message was lost, or beat owns the retry)."""
     with engine.connect() as conn:
         return [str(i) for i in conn.execute(_DUE, {"limit": limit}).scalars()]
+
+
+_LIST = (
+    "SELECT id, project_id, action_id, type, sequence, target, status, attempts, "
+    "next_attempt_at, last_error, created_at, delivered_at FROM webhook_events WHERE true"
+)
+
+
+def list_events(
+    engine: Engine, *, dead: bool = False, project_id: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` events (dead ones, one project's), newest first."""
+    query = _LIST
+    params: dict[str, Any] = {"limit": limit}
+    if dead:
+        query += " AND status = 'dead'"
+    if project_id:
+        query += " AND project_id = :p"
+        params["p"] = project_id
+    query += " ORDER BY created_at DESC LIMIT :limit"
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
+
+
+_REPLAY = (
+    "UPDATE webhook_events SET status = 'pending', attempts = 0, next_attempt_at = now(), "
+    "last_error = NULL WHERE {where} RETURNING id"
+)
+
+
+def replay(engine: Engine, event_id: str | None = None) -> list[str]:
+    """Make an event (or, without an id, every dead one) pending again, as new; its ids."""
+    where = "id = :id" if event_id else "status = 'dead'"
+    with engine.begin() as conn:
+        rows = conn.execute(sa.text(_REPLAY.format(where=where)), {"id": event_id})
+        return [str(i) for i in rows.scalars()]

@@ -76,3 +76,17 @@ def async_commit(conn: sa.Connection) -> None:
     these disks). Only for writes whose loss in a Postgres crash costs time, not correctness:
     the next synchronous commit flushes them anyway."""
     conn.execute(_ASYNC_COMMIT)
+
+
+def ping(engine: Engine) -> None:
+    """One round trip: raises SQLAlchemyError when Postgres is unreachable."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+def server_and_schema(engine: Engine) -> tuple[str, str | None]:
+    """(server version, migration head); ProgrammingError when the schema was never migrated."""
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SHOW server_version")).scalar()
+        head = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return str(version), head

@@ -133,3 +133,27 @@ def write_changes(conn: Connection, state: WorkspaceState) -> None:
         ),
         params,
     )
+
+
+_MARK = sa.text(
+    """
+    UPDATE workspaces SET status = :new, updated_at = now()
+    WHERE sandbox_id = :sid
+      AND (CAST(:p AS text) IS NULL OR project_id = CAST(:p AS text))
+      AND status = ANY(:from_statuses)
+    RETURNING project_id
+    """
+)
+
+
+def mark_by_sandbox(
+    conn: Connection,
+    sandbox_id: str,
+    project_id: str | None,
+    new: str,
+    from_statuses: tuple[str, ...],
+) -> list[str]:
+    """Set the status of the workspace(s) whose current sandbox is ``sandbox_id`` (and whose
+    status is one of ``from_statuses``); the projects changed. An older sandbox matches none."""
+    params = {"new": new, "sid": sandbox_id, "p": project_id, "from_statuses": list(from_statuses)}
+    return [str(p) for p in conn.execute(_MARK, params).scalars()]

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from qai_jobs.config import Settings
 from qai_jobs.constants import SWEEP_CLAIM_KEY, SWEEP_RUNS_KEY, SWEEPS_LAST_KEY
-from qai_jobs.db import ordering
+from qai_jobs.db import maintenance, ordering
 from qai_jobs.db.session import engine_for
 from qai_jobs.notify import client as redis_client
 from qai_jobs.worker.drain import Dispatch
@@ -137,17 +137,6 @@ def run_sweep(settings: Settings, name: str, work: Callable[[], dict[str, Any]])
     return {"sweep": name, **result}
 
 
-_IDLE = sa.text(
-    """
-    SELECT w.project_id, w.last_activity_at FROM workspaces w
-    WHERE w.status = 'ready' AND w.last_activity_at < now() - make_interval(secs => :idle)
-      AND NOT EXISTS (SELECT 1 FROM actions a
-                      WHERE a.project_id = w.project_id AND a.status IN ('queued', 'running'))
-    ORDER BY w.last_activity_at LIMIT :limit
-    """
-)
-
-
 def idle(settings: Settings, limit: int = 500) -> dict[str, Any]:
     """Sleep ready workspaces idle for WORKSPACE_INACTIVITY_MINUTES, as ordinary `sleep` actions
     (so they queue behind anything enqueued meanwhile, like every other action).
@@ -158,12 +147,12 @@ def idle(settings: Settings, limit: int = 500) -> dict[str, Any]:
     """
     from qai_jobs.client.direct import WorkspaceClient
 
-    with engine_for(settings.database_url).connect() as conn:
-        rows = conn.execute(_IDLE, {"idle": settings.inactivity_seconds, "limit": limit}).all()
+    engine = engine_for(settings.database_url)
+    rows = maintenance.idle_workspaces(engine, settings.inactivity_seconds, limit)
     client = WorkspaceClient(settings)
-    for row in rows:
-        key = f"idle-sleep:{row.last_activity_at.isoformat()}"
-        client.sleep(row.project_id, idempotency_key=key)
+    for project_id, last_activity_at in rows:
+        key = f"idle-sleep:{last_activity_at.isoformat()}"
+        client.sleep(project_id, idempotency_key=key)
     return {"slept": len(rows)}
 
 
@@ -175,27 +164,6 @@ def webhooks(settings: Settings, send: Callable[[list[str]], None]) -> dict[str,
     if due:
         send(due)
     return {"sent": len(due)}
-
-
-_PRUNE_ACTIONS = sa.text(
-    """
-    DELETE FROM actions WHERE id IN (
-        SELECT id FROM actions
-        WHERE status IN ('succeeded', 'failed', 'cancelled')
-          AND finished_at < now() - make_interval(secs => :keep)
-        LIMIT :batch)
-    RETURNING kind, status, extract(epoch FROM finished_at - started_at) AS duration
-    """
-)
-_PRUNE_EVENTS = sa.text(
-    """
-    DELETE FROM webhook_events WHERE id IN (
-        SELECT id FROM webhook_events
-        WHERE status IN ('delivered', 'dead') AND created_at < now() - make_interval(secs => :keep)
-        LIMIT :batch)
-    RETURNING status, attempts
-    """
-)
 
 
 def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[str, Any]:
@@ -210,22 +178,13 @@ def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[
     engine = engine_for(settings.database_url)
     actions = events = 0
     for _ in range(max_batches):
-        with engine.begin() as conn:
-            gone_actions = conn.execute(_PRUNE_ACTIONS, {"keep": keep, "batch": batch}).all()
-            gone_events = conn.execute(_PRUNE_EVENTS, {"keep": keep, "batch": batch}).all()
+        gone_actions, gone_events = maintenance.prune_batch(engine, keep, batch)
         carry_pruned(settings, gone_actions, gone_events)
         actions += len(gone_actions)
         events += len(gone_events)
         if len(gone_actions) < batch and len(gone_events) < batch:
             break
     return {"actions": actions, "events": events}
-
-
-_OWNED = sa.text(
-    "SELECT provider, sandbox_id FROM workspaces "
-    "WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL"
-)
-_BUSY = sa.text("SELECT DISTINCT project_id FROM actions WHERE status IN ('queued', 'running')")
 
 
 def orphans(settings: Settings) -> dict[str, Any]:
@@ -240,9 +199,7 @@ def orphans(settings: Settings) -> dict[str, Any]:
     from qai_jobs.providers.select import get_provider
 
     listed, failed = cloud.list_tagged(settings)
-    with engine_for(settings.database_url).connect() as conn:
-        owned: set[tuple[str, str]] = {(r.provider, r.sandbox_id) for r in conn.execute(_OWNED)}
-        busy = set(conn.execute(_BUSY).scalars())
+    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
     owned |= {(sb.provider, sb.sandbox_id) for sb in listed if sb.project_id in busy}
     report = cloud.SweepReport(cloud.find_orphans(listed, owned), failed_providers=failed)
     cloud.terminate(report, lambda name: get_provider(name, settings))

@@ -17,7 +17,7 @@ from celery.worker.request import Request
 
 from qai_jobs.celery_app import app, current_settings
 from qai_jobs.constants import DELIVER_TASK, DRAIN_TASK, ActionStatus, action_task_name
-from qai_jobs.db import ordering
+from qai_jobs.db import enqueue, queries
 from qai_jobs.db.outbox import record_events
 from qai_jobs.db.session import db_retry, dispose_all, engine_for
 from qai_jobs.errors import ErrorCode, QaiJobsError, ValidationFailed
@@ -63,9 +63,7 @@ def _record_foreign(
     settings = current_settings()
     engine = engine_for(settings.database_url)
     with engine.connect() as conn:
-        from sqlalchemy import text
-
-        if conn.execute(text("SELECT 1 FROM actions WHERE id = :id"), {"id": action_id}).first():
+        if queries.action(conn, action_id) is not None:
             return
     error: dict[str, Any] | None = None
     stored: dict[str, Any] = {}
@@ -78,7 +76,7 @@ def _record_foreign(
         error = {"code": ErrorCode.INVALID_PAYLOAD, "message": exc.message, "retryable": False}
     event_ids: list[str] = []
     with engine.begin() as conn:
-        got = ordering.enqueue(
+        got = enqueue.enqueue(
             conn,
             action_id=action_id,
             project_id=project_id,

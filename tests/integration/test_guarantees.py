@@ -16,7 +16,7 @@ import redis
 import sqlalchemy as sa
 
 from qai_jobs.client import WorkspaceClient
-from qai_jobs.db import ordering
+from qai_jobs.db import enqueue, ordering
 from qai_jobs.db.session import engine_for
 from qai_jobs.errors import LeaseLost
 from qai_jobs.testing import clear_faults, inject_fault, journal
@@ -170,7 +170,7 @@ def test_fencing_a_stale_holder_cannot_overwrite(
     project = f"fence-{uuid.uuid4().hex[:6]}"
     action_id = uuid.uuid4()
     with engine.begin() as conn:
-        ordering.enqueue(
+        enqueue.enqueue(
             conn, action_id=action_id, project_id=project, kind="read", payload={"paths": ["a"]}
         )
     with engine.begin() as conn:
@@ -212,7 +212,7 @@ def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(
     dead, second = uuid.uuid4(), uuid.uuid4()
     with engine.begin() as conn:
         for action_id in (dead, second):
-            ordering.enqueue(
+            enqueue.enqueue(
                 conn, action_id=action_id, project_id=project, kind="command", payload={"cmd": "x"}
             )
     with engine.begin() as conn:  # a holder dies running the first command

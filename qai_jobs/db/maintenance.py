@@ -1,0 +1,72 @@
+"""The sweeps' queries: idle workspaces, pruning old history, which sandboxes are owned."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+_IDLE = sa.text(
+    """
+    SELECT w.project_id, w.last_activity_at FROM workspaces w
+    WHERE w.status = 'ready' AND w.last_activity_at < now() - make_interval(secs => :idle)
+      AND NOT EXISTS (SELECT 1 FROM actions a
+                      WHERE a.project_id = w.project_id AND a.status IN ('queued', 'running'))
+    ORDER BY w.last_activity_at LIMIT :limit
+    """
+)
+
+
+_PRUNE_ACTIONS = sa.text(
+    """
+    DELETE FROM actions WHERE id IN (
+        SELECT id FROM actions
+        WHERE status IN ('succeeded', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(secs => :keep)
+        LIMIT :batch)
+    RETURNING kind, status, extract(epoch FROM finished_at - started_at) AS duration
+    """
+)
+_PRUNE_EVENTS = sa.text(
+    """
+    DELETE FROM webhook_events WHERE id IN (
+        SELECT id FROM webhook_events
+        WHERE status IN ('delivered', 'dead') AND created_at < now() - make_interval(secs => :keep)
+        LIMIT :batch)
+    RETURNING status, attempts
+    """
+)
+
+
+_OWNED = sa.text(
+    "SELECT provider, sandbox_id FROM workspaces "
+    "WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL"
+)
+_BUSY = sa.text("SELECT DISTINCT project_id FROM actions WHERE status IN ('queued', 'running')")
+
+
+def idle_workspaces(engine: Engine, idle_seconds: float, limit: int) -> list[tuple[str, datetime]]:
+    """(project_id, last activity) of ready workspaces idle that long with nothing in flight."""
+    with engine.connect() as conn:
+        rows = conn.execute(_IDLE, {"idle": idle_seconds, "limit": limit}).all()
+    return [(str(r.project_id), r.last_activity_at) for r in rows]
+
+
+def prune_batch(engine: Engine, keep_seconds: float, batch: int) -> tuple[list[Any], list[Any]]:
+    """Delete one batch of finished actions and of settled webhook rows older than
+    ``keep_seconds``; return what was deleted (for the carried metrics)."""
+    params = {"keep": keep_seconds, "batch": batch}
+    with engine.begin() as conn:
+        actions = conn.execute(_PRUNE_ACTIONS, params).all()
+        events = conn.execute(_PRUNE_EVENTS, params).all()
+    return list(actions), list(events)
+
+
+def owned_sandboxes(engine: Engine) -> tuple[set[tuple[str, str]], set[str]]:
+    """((provider, sandbox_id) of every workspace's sandbox, projects with work in flight)."""
+    with engine.connect() as conn:
+        owned = {(str(r.provider), str(r.sandbox_id)) for r in conn.execute(_OWNED)}
+        busy = {str(p) for p in conn.execute(_BUSY).scalars()}
+    return owned, busy
