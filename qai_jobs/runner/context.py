@@ -18,6 +18,7 @@ from qai_jobs.db.manifest import Manifest, ManifestUpdate
 from qai_jobs.db.workspace_state import WorkspaceState
 from qai_jobs.events import Event
 from qai_jobs.providers.base import CreateSpec, Provider
+from qai_jobs.providers.breaker import CircuitBreaker
 from qai_jobs.providers.select import get_provider
 from qai_jobs.sealing import unseal_env
 
@@ -70,13 +71,22 @@ class ActionContext:
     # changes in it.
     manifest: Callable[[], Manifest] = _no_manifest
     manifest_update: ManifestUpdate | None = None
+    # Where providers and the fallback breaker come from (the process's own unless a test
+    # hands in others).
+    providers: Callable[[str], Provider] | None = None
+    breaker: CircuitBreaker | None = None
     _env: tuple[object, dict[str, str]] | None = field(default=None, repr=False)
+
+    def provider_named(self, name: str) -> Provider:
+        if self.providers is not None:
+            return self.providers(name)
+        return get_provider(name, self.settings)
 
     @property
     def provider(self) -> Provider:
         """The provider holding this workspace (set once it has a sandbox)."""
         assert self.ws.provider is not None, "the workspace has no provider yet"
-        return get_provider(self.ws.provider, self.settings)
+        return self.provider_named(self.ws.provider)
 
     def env(self) -> dict[str, str]:
         """The workspace's env values, unsealed once per action (again only if they change)."""

@@ -18,7 +18,6 @@ from qai_jobs.db.manifest import ManifestUpdate
 from qai_jobs.errors import ErrorCode, PermanentError, QaiJobsError, SandboxGone
 from qai_jobs.events import Event, EventType
 from qai_jobs.providers.base import SandboxStatus
-from qai_jobs.providers.select import get_provider
 from qai_jobs.results import (
     ActionResult,
     CommandResult,
@@ -64,7 +63,7 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     if adopting:
         assert p.sandbox_id is not None
         provider_name = ws.provider or ctx.settings.workspace_runtime[0]
-        sb = get_provider(provider_name, ctx.settings).adopt(p.sandbox_id, ctx.spec())
+        sb = ctx.provider_named(provider_name).adopt(p.sandbox_id, ctx.spec())
         ws.set_sandbox(sb)
         ws.status = WorkspaceStatus.READY
         ws.dev_process = None

@@ -29,7 +29,9 @@ def provision(ctx: ActionContext, snapshot_id: str | None = None) -> Sandbox:
     if ctx.ws.provider and snapshot_id:
         sb = ctx.provider.create(ctx.spec(snapshot_id))
     else:
-        sb = create_with_fallback(ctx.settings, ctx.spec(snapshot_id))
+        sb = create_with_fallback(
+            ctx.settings, ctx.spec(snapshot_id), breaker=ctx.breaker, providers=ctx.provider_named
+        )
     ctx.ws.set_sandbox(sb)
     ctx.ws.status = WorkspaceStatus.READY
     ctx.ws.dev_process = None

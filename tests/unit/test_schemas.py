@@ -8,7 +8,7 @@ import pytest
 
 from qai_jobs.errors import PayloadTooLarge, ValidationFailed
 from qai_jobs.schemas import check_project_id
-from qai_jobs.validation import PayloadLimits, validate_payload
+from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
 
 BAD_PAYLOADS = [
     ("write", {"files": {"/etc/passwd": "x"}}, "files[0].path", "absolute"),
@@ -107,3 +107,23 @@ def test_good_payloads_normalise() -> None:
     assert entry.data() == b"\x00\xff"
     mapping = validate_payload("ensure", {"files": {"a.js": "x"}, "env": {"API_KEY": "s"}})
     assert mapping.files[0].path == "a.js"  # type: ignore[attr-defined]
+
+
+def test_bytes_content_travels_as_base64() -> None:
+    png = b"\x89PNG\r\n\x1a\n\x00\x00binary"
+    parsed = validate_payload("write", {"files": {"logo.png": png, "a.txt": "text"}})
+    stored = payload_to_json(parsed)
+    assert stored["files"][0] == {
+        "path": "logo.png",
+        "content": base64.b64encode(png).decode(),
+        "encoding": "base64",
+    }
+    assert parsed.files[0].data() == png  # type: ignore[attr-defined]
+    entry = {"path": "x.bin", "content": bytearray(b"\x00\x01")}
+    assert validate_payload("write", {"files": [entry]}).files[0].data() == b"\x00\x01"  # type: ignore[attr-defined]
+
+
+def test_bad_input_is_a_value_error_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"files\[0\]\.path") as info:
+        validate_payload("write", {"files": {"/etc/passwd": "x"}})
+    assert isinstance(info.value, ValidationFailed) and info.value.field == "files[0].path"
