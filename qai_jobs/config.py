@@ -30,7 +30,7 @@ def _split_list(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Every knob of CONTRACT section 2. Field names are the lower-cased variable names."""
+    """Every knob (README "Configuration"). Field names are the lower-cased variable names."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -167,7 +167,7 @@ class Settings(BaseSettings):
 
     @property
     def lease_seconds(self) -> float:
-        """Three missed heartbeats mark a worker lost (CONTRACT section 2)."""
+        """Three missed heartbeats mark a worker lost."""
         return self.workspace_heartbeat_seconds * 3
 
 

@@ -82,7 +82,7 @@ class QaiJobsError(Exception):
         return str(self.args[0]) if self.args else ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``error`` object stored on a failed action (CONTRACT section 3)."""
+        """The ``error`` object stored on a failed action: ``{code, message, retryable}``."""
         return {"code": self.code, "message": self.message, "retryable": self.retryable}
 
 

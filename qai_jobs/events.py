@@ -1,4 +1,4 @@
-"""Webhook events an action decides (CONTRACT section 5): their types and their data.
+"""Webhook events an action decides (docs/operations.md): their types and their data.
 
 The runner and the worker build them; the outbox (``db.outbox``) writes them with the action's
 final status, and delivery sends them afterwards.

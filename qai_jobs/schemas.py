@@ -1,6 +1,6 @@
 """Pydantic models of every action's payload, validated at the edge before anything is written.
 
-One payload model per kind (CONTRACT section 3). Files arrive as a mapping or a list and are
+One payload model per kind (README "Actions"). Files arrive as a mapping or a list and are
 normalised to a list of :class:`FileEntry` whose paths are safe relative POSIX paths.
 """
 
@@ -50,7 +50,7 @@ Kind = Literal[
     "restore",
     "destroy",
 ]
-# Kinds that may run twice without harm when a worker dies mid-action (CONTRACT 4.4).
+# Kinds that may run twice without harm when a worker dies mid-action; a command may not.
 IDEMPOTENT_KINDS = frozenset(KINDS) - {"command"}
 
 

@@ -48,7 +48,7 @@ IGNORED_DIRS = frozenset(
 IGNORED_SUFFIXES = (".log", ".pyc", ".tmp", ".swp")
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db"})
 
-# What decides whether the install must run again (CONTRACT 3: "package manifest or lock file").
+# What decides whether the install must run again: the package manifest or a lock file.
 INSTALL_INPUTS = (
     "package.json",
     "package-lock.json",
@@ -139,8 +139,9 @@ Entry = dict[str, str]  # a file on the wire: {"path", "content", "encoding"?}
 
 
 def wire_entries(files: Mapping[str, str] | Sequence[Mapping[str, str]]) -> list[Entry]:
-    """Files in either payload form (CONTRACT 3) as wire entries, paths as the worker will
-    store them (``./a`` is ``a``): the diff must compare what the manifest records."""
+    """Files in either payload form (a mapping or a list of entries) as wire entries, paths as
+    the worker will store them (``./a`` is ``a``): the diff must compare what the manifest
+    records."""
     raw = (
         [{"path": path, "content": content} for path, content in files.items()]
         if isinstance(files, Mapping)

@@ -1,7 +1,7 @@
-"""The HTTP producer API (CONTRACT 7): ``create_app(settings)`` for ``qai-jobs api``.
+"""The HTTP producer API (docs/http-api.md): ``create_app(settings)`` for ``qai-jobs api``.
 
 Enqueueing goes through the same ``WorkspaceClient`` as Python producers, so the HTTP path gets
-every guarantee of CONTRACT 4 from the moment it answers 202. Blocking work (Postgres, the
+every guarantee (README "Guarantees") from the moment it answers 202. Blocking work (Postgres, the
 Celery publish) runs in the threadpool; waiting for an action is async (a Redis subscription),
 so a thousand long-polls hold no threads. The original QAI routes live in ``api_legacy``.
 """

@@ -15,7 +15,7 @@ class _TcpConfig(uvicorn.Config):
 
     With ``--workers`` uvicorn binds the socket itself with ``proto`` 0; accepted sockets
     inherit it, and asyncio turns on TCP_NODELAY only for ``IPPROTO_TCP`` ones, so every
-    keep-alive request waited ~40 ms for a delayed ACK (uvicorn issue #3149, open in 0.54).
+    keep-alive request waited ~40 ms for a delayed ACK (a uvicorn bug, still open in 0.54).
     """
 
     def bind_socket(self) -> socket.socket:

@@ -1,4 +1,4 @@
-"""`qai-jobs bench --scenarios local`: issue 3's targets on the real local provider.
+"""`qai-jobs bench --scenarios local`: the local provider's figures, end to end.
 
 A real worker with ``WORKSPACE_RUNTIME=local`` and a throwaway ``WORKSPACE_ROOT`` runs on the
 bench's own database and queue; every figure is end to end (client enqueue -> ``wait`` returns):

@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 
 from alembic import command
 
-# alembic/ sits at the top of the repository (CONTRACT 1), beside the package.
+# alembic/ sits at the top of the repository, beside the package.
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -1,8 +1,9 @@
 """Thin Celery tasks: record what arrived, then let the drainer do the work in order.
 
-``qai_jobs.<kind>`` is the public task of CONTRACT 6: kwargs ``{"project_id", **payload}``,
-the task id is the action id. Our own producer records the row before sending; a message from
-another language arrives without one and is recorded here, on receipt.
+``qai_jobs.<kind>`` is the public task any Celery producer may send: kwargs
+``{"project_id", **payload}``, the task id is the action id. Our own producer records the row
+before sending; a message from another language arrives without one and is recorded here, on
+receipt.
 """
 
 from __future__ import annotations

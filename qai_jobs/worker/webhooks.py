@@ -30,7 +30,8 @@ TOTAL_TIMEOUT = 10.0
 # How long a claimed row is invisible to other deliveries (well over the HTTP timeout).
 CLAIM_LEASE_SECONDS = TOTAL_TIMEOUT + 20.0
 # Retries up to this delay are sent as Celery countdowns; longer ones are left to the beat
-# sweep, since countdowns near Redis's visibility timeout (1 h) get re-delivered (kombu#337).
+# sweep, since countdowns near Redis's visibility timeout (1 h) get re-delivered while still
+# running.
 MAX_COUNTDOWN_SECONDS = 300.0
 
 NO_SECRET = "not sent: WORKSPACE_WEBHOOK_SECRET is not set (webhooks are only sent signed)"  # noqa: S105

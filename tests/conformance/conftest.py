@@ -76,7 +76,7 @@ register(ProviderFactory("local-none", _local, REAL, {"workspace_local_isolation
 
 
 # -- cloud adapters (modal, e2b) over their SDK fakes ------------------------------------------
-# Owned by the cloud-providers work (issue 4). The fakes run real subprocesses in a temp dir, so
+# The cloud providers, over their SDK fakes. The fakes run real subprocesses in a temp dir, so
 # shell, processes and git are real; the preview URL is a provider host that does not resolve.
 def _modal_fake(settings: Settings) -> Provider:
     from tests.fakes.cloud import modal_over_fake

@@ -1,4 +1,4 @@
-"""The HTTP API (CONTRACT 7) against a real `qai-jobs api` process and a real worker."""
+"""The HTTP API (docs/http-api.md) against a real `qai-jobs api` process and a real worker."""
 # ruff: noqa: F811 - the api/http fixtures are imported from api_helpers
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def test_several_server_processes_share_the_port(
 
 
 def test_the_shared_listening_socket_gets_tcp_nodelay_on_accept() -> None:
-    """uvicorn#3149: with --workers, uvicorn's socket said proto 0 and asyncio then left
+    """A uvicorn bug: with --workers, uvicorn's socket said proto 0 and asyncio then left
     Nagle on, so every keep-alive request waited ~40 ms for a delayed ACK."""
     import asyncio
     import socket

@@ -1,4 +1,4 @@
-"""CONTRACT 4.1-4.4 and 4.6, from outside: several real workers, SIGKILL, Redis wiped,
+"""Guarantees 1-4 and 6 (README "Guarantees"), from outside: several real workers, SIGKILL, Redis wiped,
 Postgres connections terminated. The fake provider's journal records what really ran and
 when, independently of the pipeline's own bookkeeping."""
 
