@@ -4,20 +4,37 @@ Status lives in Postgres, so there is no result backend. Every countdown we use 
 Redis's visibility timeout, beyond which Redis would re-deliver a message still running.
 """
 
+from kombu import Queue
+
 from qai_jobs.celery_app import current_settings
-from qai_jobs.constants import SWEEPS, sweep_task_name
+from qai_jobs.constants import SWEEP_TASK_PREFIX, SWEEPS, sweep_queue, sweep_task_name
 
 _settings = current_settings()
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": 3600}
+# Timeouts on every broker socket: a Redis that hangs must fail a call, not block it for ever.
+broker_transport_options = {
+    "visibility_timeout": 3600,
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
+    "health_check_interval": 30,
+}
 
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
 # "celery" unless WORKSPACE_QUEUE says otherwise (`qai-jobs bench` runs on a queue of its own).
 task_default_queue = _settings.workspace_queue
+# Beat's sweeps travel on a queue of their own, so a backlog of actions cannot hold them back
+# until they expire; every worker consumes both (a plain `celery worker` too).
+task_queues = (
+    Queue(_settings.workspace_queue, routing_key=_settings.workspace_queue),
+    Queue(
+        sweep_queue(_settings.workspace_queue), routing_key=sweep_queue(_settings.workspace_queue)
+    ),
+)
+task_routes = {f"{SWEEP_TASK_PREFIX}*": {"queue": sweep_queue(_settings.workspace_queue)}}
 task_ignore_result = True
 result_backend = None
 

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     workspace_action_retention_days: PositiveFloat = 30
     workspace_dev_server_timeout_seconds: PositiveFloat = 120
     workspace_install_timeout_seconds: PositiveFloat = 1800
+    # How long an action may hold its project before it is stopped (deadline_exceeded): a
+    # command gets its own timeout plus the margin; an ensure (or a wake, which may install
+    # and start the dev server) gets the base plus the install and dev server timeouts.
+    workspace_action_deadline_seconds: PositiveFloat = 900
+    workspace_deadline_margin_seconds: PositiveFloat = 60
     modal_token_id: SecretStr | None = None
     modal_token_secret: SecretStr | None = None
     modal_app_name: str = "qai-workspaces"

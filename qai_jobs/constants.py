@@ -38,6 +38,8 @@ DRAIN_TASK = "qai_jobs.drain"
 DELIVER_TASK = "qai_jobs.webhooks.deliver"
 SWEEP_TASK_PREFIX = "qai_jobs.beat."
 BENCH_NOOP_TASK = "qai_jobs.bench.noop"
+# Set on the messages of producers that record the action before sending it (ours).
+RECORDED_HEADER = "qai_recorded"
 
 # The beat sweeps, in the order beat schedules them.
 SWEEPS: tuple[str, ...] = ("idle", "recover", "webhooks", "prune", "orphans")
@@ -49,6 +51,11 @@ def action_task_name(kind: str) -> str:
 
 def sweep_task_name(name: str) -> str:
     return f"{SWEEP_TASK_PREFIX}{name}"
+
+
+def sweep_queue(queue: str) -> str:
+    """The queue beat's sweeps travel on, beside the actions' ``queue``."""
+    return f"{queue}.sweeps"
 
 
 # Redis keys. Redis is a fast, forgetful transport: nothing under these keys is the truth.

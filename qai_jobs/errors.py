@@ -29,11 +29,14 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "cancelled"
     WORKER_LOST = "worker_lost"
     LEASE_LOST = "lease_lost"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     API_UNAVAILABLE = "api_unavailable"
     UNHEALTHY = "unhealthy"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
     DATABASE_UNAVAILABLE = "database_unavailable"
+    INFRASTRUCTURE_UNAVAILABLE = "infrastructure_unavailable"
+    RESULT_REJECTED = "result_rejected"
     REDIS_UNAVAILABLE = "redis_unavailable"
     # the workspace
     MANIFEST_STALE = "manifest_stale"  # a delta sync refused before writing: send the full tree
@@ -176,6 +179,12 @@ class WorkerLost(QaiJobsError):
     """the worker running this action stopped before it finished"""
 
     code = ErrorCode.WORKER_LOST
+
+
+class DeadlineExceeded(QaiJobsError):
+    """The action ran past its deadline and was stopped."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
 
 
 class LeaseLost(QaiJobsError):

@@ -25,7 +25,10 @@ def client(url: str) -> redis.Redis[bytes]:
     with _lock:
         r = _clients.get(key)
         if r is None:
-            r = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+            # A Redis that hangs fails a call after a while instead of blocking it for ever.
+            r = redis.Redis.from_url(
+                url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+            )
             _clients[key] = r
         return r
 

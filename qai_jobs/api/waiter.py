@@ -29,7 +29,9 @@ class Waiter:
 
     def __init__(self, client: WorkspaceClient, redis_url: str):
         self.client = client
-        self.redis: Any = aredis.Redis.from_url(redis_url, socket_connect_timeout=3)
+        self.redis: Any = aredis.Redis.from_url(
+            redis_url, socket_connect_timeout=3, socket_timeout=30
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()

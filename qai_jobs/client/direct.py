@@ -18,7 +18,7 @@ from qai_jobs.client.handle import ActionHandle, EventFn
 from qai_jobs.client.kinds import KindMethods
 from qai_jobs.client.waiting import Subscriber, wait_for
 from qai_jobs.config import Settings, load_settings
-from qai_jobs.constants import ActionStatus, action_task_name
+from qai_jobs.constants import RECORDED_HEADER, ActionStatus, action_task_name
 from qai_jobs.db import enqueue, manifest, queries
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.errors import Conflict, NotFound, ValidationFailed
@@ -101,6 +101,7 @@ class WorkspaceClient(KindMethods, Syncing):
                     task_id=str(action_id),
                     connection=conn,
                     retry=False,
+                    headers={RECORDED_HEADER: 1},
                 )
         except Exception:  # kombu raises many types; the action is durable either way
             log.warning(

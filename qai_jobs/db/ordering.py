@@ -57,8 +57,18 @@ _SETTLE = sa.text(
         error = CAST(:error AS jsonb),
         finished_at = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN NULL ELSE now() END,
         worker = NULL, next_attempt_at = NULL, stage = NULL
-    WHERE project_id = :p AND status = 'running'
+    WHERE project_id = :p AND status = 'running' AND worker IS DISTINCT FROM :o
     RETURNING id, kind, status, attempts
+    """
+)
+# The same owner taking the lease again: the commit of its first grant (which started the
+# head action) succeeded but was not seen, and the grant is being retried. That action is its
+# own, not a dead holder's: it is carried over to the new generation and run.
+_READOPT = sa.text(
+    """
+    UPDATE actions SET lease_gen = :g, heartbeat_at = now()
+    WHERE project_id = :p AND status = 'running' AND worker = :o
+    RETURNING id, kind, payload, attempts, seq
     """
 )
 
@@ -71,9 +81,16 @@ class Settled:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Acquired:
+    lease: Lease
+    settled: list[Settled]  # what a dead holder left running, now re-queued or failed
+    readopted: Started | None  # this owner's own running action (see _READOPT)
+
+
 def acquire(
     conn: Connection, project_id: str, owner: str, ttl: float, max_attempts: int = 5
-) -> tuple[Lease, list[Settled]] | None:
+) -> Acquired | None:
     gen = conn.execute(_ACQUIRE, {"p": project_id, "o": owner, "ttl": ttl}).scalar()
     if gen is None:
         return None
@@ -82,14 +99,19 @@ def acquire(
         _SETTLE,
         {
             "p": project_id,
+            "o": owner,
             "idem": sorted(IDEMPOTENT_KINDS),
             "error": json.dumps(error),
             "max": max_attempts,
         },
     ).all()
-    return Lease(project_id, gen, owner), [
-        Settled(r.id, r.kind, r.status, r.attempts) for r in rows
-    ]
+    own = conn.execute(_READOPT, {"p": project_id, "o": owner, "g": gen}).first()
+    readopted = Started(own.id, own.kind, own.payload, own.attempts, own.seq) if own else None
+    return Acquired(
+        Lease(project_id, gen, owner),
+        [Settled(r.id, r.kind, r.status, r.attempts) for r in rows],
+        readopted,
+    )
 
 
 _RENEW = sa.text(
@@ -221,6 +243,29 @@ def record_stage(
     """Record a running action's stage (advisory: a stage lost in a crash is harmless)."""
     async_commit(conn)
     conn.execute(_STAGE, {"id": action_id, "g": lease.gen, "stage": json.dumps(stage)})
+
+
+_SETTLED_BY = sa.text("SELECT status, lease_gen FROM actions WHERE id = :id")
+_OWN_RUNNING = sa.text(
+    """
+    SELECT id, kind, payload, attempts, seq FROM actions
+    WHERE project_id = :p AND status = 'running' AND lease_gen = :g AND worker = :o
+    """
+)
+
+
+def already_settled(conn: Connection, lease: Lease, action_id: uuid.UUID) -> bool:
+    """Whether this lease already moved the action on from running (finished it, or put it
+    back for a retry): a retried transaction whose first commit succeeded unseen."""
+    row = conn.execute(_SETTLED_BY, {"id": action_id}).first()
+    return row is not None and row.status != "running" and row.lease_gen == lease.gen
+
+
+def own_running(conn: Connection, lease: Lease) -> Started | None:
+    """The action this lease has running (started by a commit that succeeded unseen)."""
+    params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
+    row = conn.execute(_OWN_RUNNING, params).first()
+    return Started(row.id, row.kind, row.payload, row.attempts, row.seq) if row else None
 
 
 def finish(

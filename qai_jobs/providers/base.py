@@ -18,9 +18,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.errors import ErrorCode
 from qai_jobs.results import CommandResult
+
+
+def safe_text(data: bytes) -> str:
+    """Bytes a sandbox produced, as text any JSON column can hold: decoded as UTF-8 with
+    invalid bytes and NUL replaced (Postgres' jsonb cannot store NUL)."""
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout"|"stderr", chunk) while a command runs, for live output."""
@@ -167,8 +175,13 @@ class Provider(abc.ABC):
         env: Mapping[str, str] | None = None,
         timeout_s: float = 300,
         on_output: OutputCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> ExecResult:
-        """Run to completion (killing the whole process group on timeout)."""
+        """Run to completion (killing the whole process group on timeout).
+
+        When ``cancel`` fires, the command's whole process tree is stopped at once and the
+        cancel's reason is raised instead of a result.
+        """
 
     @abc.abstractmethod
     def start_process(

@@ -9,12 +9,15 @@ in-memory store. Clock and store are injectable so tests can run the cool-down f
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from qai_jobs.constants import BREAKER_KEY
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 3
 DEFAULT_COOLDOWN_S = 60.0
@@ -65,9 +68,9 @@ return n
 
 class RedisBreakerStore:
     def __init__(self, url: str, ttl_s: int = 24 * 3600) -> None:
-        import redis
+        from qai_jobs.notify import client
 
-        self.r = redis.Redis.from_url(url)
+        self.r = client(url)
         self.ttl_s = ttl_s
         self._record = self.r.register_script(_RECORD_LUA)
 
@@ -97,8 +100,16 @@ class CircuitBreaker:
         self.clock = clock
 
     def state(self, provider: str) -> str:
-        """ "closed", "open" (skip it) or "half-open" (cool-down over: one try allowed)."""
-        count, opened = self.store.failures(provider)
+        """ "closed", "open" (skip it) or "half-open" (cool-down over: one try allowed).
+
+        The breaker fails open: when its store (Redis) cannot be read, every provider may be
+        tried, since an unreadable breaker must not turn into a failed provisioning.
+        """
+        try:
+            count, opened = self.store.failures(provider)
+        except Exception as exc:
+            _warn(exc)
+            return "closed"
         if count < self.threshold or not opened:
             return "closed"
         return "open" if self.clock() - opened < self.cooldown_s else "half-open"
@@ -107,8 +118,20 @@ class CircuitBreaker:
         return self.state(provider) != "open"
 
     def record_success(self, provider: str) -> None:
-        self.store.reset(provider)
+        try:
+            self.store.reset(provider)
+        except Exception as exc:
+            _warn(exc)
 
     def record_failure(self, provider: str) -> None:
         # In half-open the count is already >= threshold, so this re-opens with a fresh stamp.
-        self.store.record_failure(provider, self.clock(), self.threshold)
+        try:
+            self.store.record_failure(provider, self.clock(), self.threshold)
+        except Exception as exc:
+            _warn(exc)
+
+
+def _warn(exc: Exception) -> None:
+    log.warning(
+        "circuit breaker unavailable (%s): trying providers as if closed", type(exc).__name__
+    )

@@ -163,6 +163,32 @@ def launch_script(proc_id: str) -> str:
     )
 
 
+def run_argv(run_id: str, timeout_s: float, max_bytes: int, argv: Sequence[str]) -> list[str]:
+    """``argv`` as a command is run for a user, inside the sandbox.
+
+    Under coreutils ``timeout``, which leads its own process group: its id is written first,
+    so :func:`kill_run_script` can stop the whole tree on demand. Each stream is cut at
+    ``max_bytes`` + 1 inside the sandbox (the rest is drained, so the command never blocks on a
+    full pipe), so no more than that ever reaches the SDK or this worker's memory.
+    """
+    pid = f"{STATE_DIR}/run-{run_id}.pid"
+    cap = f"{{ head -c {max_bytes + 1}; cat > /dev/null; }}"
+    wrapper = (
+        f"mkdir -p {STATE_DIR}; "
+        f'timeout -k 5 {timeout_s:g} "$@" > >({cap}) 2> >({cap} >&2) & '
+        f"echo $! > {pid}; wait $!"
+    )
+    return ["bash", "-c", wrapper, "qai-run", *argv]
+
+
+def kill_run_script(run_id: str) -> str:
+    pid = f"{STATE_DIR}/run-{run_id}.pid"
+    return (
+        f'p=$(cat {pid} 2>/dev/null) && [ -n "$p" ] && '
+        f'{{ kill -KILL -- -"$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; }}; rm -f {pid}; true'
+    )
+
+
 def alive_script(pid: int) -> str:
     # Zombies count as dead: `kill -0` succeeds on them until the parent reaps.
     return (

@@ -16,7 +16,7 @@ from typing import Any
 
 from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone
 from qai_jobs.providers import scripts
-from qai_jobs.providers.base import Provider, Sandbox
+from qai_jobs.providers.base import Provider, Sandbox, safe_text
 
 HANDLES_KEPT = 256  # SDK handles cached per process (a connection cache only)
 
@@ -134,7 +134,7 @@ class ShellProvider(Provider):
         if self._asleep(sb) or not proc.get("proc_id"):
             return ""
         done = self._quietly(sb, scripts.tail_script(str(proc["proc_id"]), tail), 30)
-        return done[1].decode("utf-8", "replace") if done is not None else ""
+        return safe_text(done[1]) if done is not None else ""
 
     def port_ready(self, sb: Sandbox, port: int) -> bool:
         done = self._quietly(sb, scripts.port_script(port), 15)

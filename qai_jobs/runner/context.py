@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.db.manifest import Manifest, ManifestUpdate
 from qai_jobs.db.workspace_state import WorkspaceState
@@ -75,6 +76,8 @@ class ActionContext:
     # hands in others).
     providers: Callable[[str], Provider] | None = None
     breaker: CircuitBreaker | None = None
+    # Fired by the worker when the action must stop at once (lease lost, deadline passed).
+    cancel: Cancel = field(default_factory=Cancel)
     _env: tuple[object, dict[str, str]] | None = field(default=None, repr=False)
 
     def provider_named(self, name: str) -> Provider:

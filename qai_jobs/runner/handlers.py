@@ -122,21 +122,25 @@ def read(ctx: ActionContext, p: s.ReadPayload) -> ReadResult:
         if data is None:
             missing.append(path)
             continue
-        try:
-            files.append(
-                {
-                    "path": path,
-                    "content": data.decode("utf-8"),
-                    "encoding": "utf-8",
-                    "size": len(data),
-                }
-            )
-        except UnicodeDecodeError:
+        text = _utf8_text(data)
+        if text is not None:
+            files.append({"path": path, "content": text, "encoding": "utf-8", "size": len(data)})
+        else:
             content = base64.b64encode(data).decode()
             files.append(
                 {"path": path, "content": content, "encoding": "base64", "size": len(data)}
             )
     return {"files": files, "missing": missing}
+
+
+def _utf8_text(data: bytes) -> str | None:
+    """The file as text if it is NUL-free UTF-8 (anything else travels as base64)."""
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def command(ctx: ActionContext, p: s.CommandPayload) -> CommandResult:
@@ -145,7 +149,13 @@ def command(ctx: ActionContext, p: s.CommandPayload) -> CommandResult:
     env = {**ctx.env(), **(p.env or {})}
     ctx.progress("running", None, None)
     result = ctx.provider.run(
-        sb, argv, cwd=p.cwd, env=env, timeout_s=p.timeout_s, on_output=ctx.output
+        sb,
+        argv,
+        cwd=p.cwd,
+        env=env,
+        timeout_s=p.timeout_s,
+        on_output=ctx.output,
+        cancel=ctx.cancel,
     )
     return result.to_json()
 

@@ -27,6 +27,7 @@ def install(ctx: ActionContext, sb: Sandbox, command: str | None) -> bool:
         ["bash", "-lc", command],
         env=ctx.env(),
         timeout_s=ctx.settings.workspace_install_timeout_seconds,
+        cancel=ctx.cancel,
     )
     if result.exit_code != 0:
         ctx.ws.install_hash = None

@@ -13,16 +13,27 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import WorkspaceStatus
 from qai_jobs.db import history, manifest, ordering
 from qai_jobs.db.workspace_state import WorkspaceState
-from qai_jobs.errors import ErrorCode, LeaseLost, QaiJobsError, SandboxGone, TransientError
+from qai_jobs.errors import (
+    DeadlineExceeded,
+    ErrorCode,
+    LeaseLost,
+    QaiJobsError,
+    SandboxGone,
+    TransientError,
+)
 from qai_jobs.events import Event, error_event
 from qai_jobs.logs import for_action
 from qai_jobs.runner import ActionContext, FileChanges, execute
+from qai_jobs.schemas import IDEMPOTENT_KINDS
 from qai_jobs.sealing import unseal_payload
 from qai_jobs.validation import PayloadLimits, validate_payload
 from qai_jobs.worker.heartbeat import Heartbeat
@@ -44,6 +55,28 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
 
 
+# Kinds that may install and start the dev server (after a wake, restore or rebuild too).
+_STARTING_KINDS = frozenset({"ensure", "wake", "restore", "preview"})
+
+
+def deadline_seconds(settings: Settings, action: ordering.Started) -> float:
+    """How long ``action`` may run before it is stopped with deadline_exceeded."""
+    if action.kind == "command":
+        timeout = action.payload.get("timeout_s", 300)
+        timeout = float(timeout) if isinstance(timeout, int | float) else 300.0
+        return timeout + settings.workspace_deadline_margin_seconds
+    base = settings.workspace_action_deadline_seconds
+    if action.kind in _STARTING_KINDS:
+        base += settings.workspace_install_timeout_seconds
+        base += settings.workspace_dev_server_timeout_seconds
+    return base
+
+
+def retries(settings: Settings, action: ordering.Started) -> bool:
+    """Whether a stopped or transiently failed attempt of ``action`` runs again."""
+    return action.attempts < settings.workspace_max_attempts
+
+
 def backoff(settings: Settings, attempts: int) -> float:
     """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
     ceiling = min(
@@ -60,6 +93,7 @@ def run_one(
     ws: WorkspaceState,
     action: ordering.Started,
     beat: Heartbeat,
+    cancel: Cancel,
 ) -> tuple[Outcome, ActionContext | None]:
     alog = for_action(lease.project_id, action.id)
     try:
@@ -80,31 +114,55 @@ def run_one(
         with engine.connect() as conn:
             return manifest.read(conn, lease.project_id)
 
+    def still_ours() -> None:  # between steps: stop before doing more
+        beat.check()
+        cancel.check()
+
     ctx = ActionContext(
         settings=settings,
         action_id=action.id,
         kind=action.kind,
         payload=payload,
         ws=ws,
-        progress=progress_writer(settings, engine, lease, action.id, beat.check),
+        progress=progress_writer(settings, engine, lease, action.id, still_ours),
         output=output_publisher(settings, action.id) if action.kind == "command" else None,
         history=changes_since,
         manifest=recorded_manifest,
+        cancel=cancel,
     )
     alog.info("%s started (attempt %d)", action.kind, action.attempts)
     try:
         result = execute(ctx)
     except LeaseLost:
         raise  # another worker owns the project now: record nothing
+    except DeadlineExceeded as exc:
+        error = exc.to_dict()
+        if action.kind in IDEMPOTENT_KINDS and retries(settings, action):
+            delay = backoff(settings, action.attempts)
+            return Outcome(Verdict.RETRY, error={**error, "retryable": True}, delay=delay), ctx
+        return _failed(ctx, action, error), ctx
     except (TransientError, SandboxGone) as exc:
         if isinstance(exc, SandboxGone):
             ws.status = WorkspaceStatus.ERROR  # the next attempt reconciles and recreates
-        if action.attempts < settings.workspace_max_attempts:
+        if retries(settings, action):
             delay = backoff(settings, action.attempts)
             return Outcome(Verdict.RETRY, error=exc.to_dict(), delay=delay), ctx
         return _failed(ctx, action, exc.to_dict()), ctx
     except QaiJobsError as exc:
         return _failed(ctx, action, exc.to_dict()), ctx
+    except (sa.exc.OperationalError, redis.RedisError) as exc:
+        # Our own infrastructure (Postgres, Redis) failing under the action is transient.
+        alog.warning("%s: infrastructure error %s", action.kind, type(exc).__name__)
+        error = {
+            "code": ErrorCode.INFRASTRUCTURE_UNAVAILABLE,
+            "message": f"Postgres or Redis failed: {type(exc).__name__}",
+            "retryable": True,
+        }
+        if retries(settings, action):
+            return Outcome(
+                Verdict.RETRY, error=error, delay=backoff(settings, action.attempts)
+            ), ctx
+        return _failed(ctx, action, error), ctx
     except Exception as exc:  # a bug or an unmapped library error: fail, and keep the trace
         alog.exception("%s raised unexpectedly", action.kind)
         error = {

@@ -13,23 +13,37 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import ActionStatus
 from qai_jobs.db import manifest, ordering, outbox, snapshots
 from qai_jobs.db.session import async_commit, db_retry, engine_for
-from qai_jobs.db.workspace_state import WorkspaceState, touch_activity, write_changes
-from qai_jobs.errors import LeaseLost, WorkerLost
+from qai_jobs.db.workspace_state import MUTABLE, WorkspaceState, touch_activity, write_changes
+from qai_jobs.errors import DeadlineExceeded, ErrorCode, LeaseLost, WorkerLost
 from qai_jobs.events import error_event
 from qai_jobs.logs import for_action, for_project
 from qai_jobs.notify import publish, publish_many
 from qai_jobs.runner import ActionContext
-from qai_jobs.worker.attempt import Outcome, Verdict, log_outcome, run_one
-from qai_jobs.worker.heartbeat import Heartbeat
+from qai_jobs.schemas import IDEMPOTENT_KINDS
+from qai_jobs.worker.attempt import (
+    Outcome,
+    Verdict,
+    backoff,
+    deadline_seconds,
+    log_outcome,
+    retries,
+    run_one,
+)
+from qai_jobs.worker.heartbeat import Heartbeat, Watched
 
-# A lease is given back after this much work so one busy project cannot hog a worker slot.
+# A lease is given back after this much work so one busy project cannot hog a worker slot;
+# the rest goes to a fresh message at the back of the queue. The budget covers every batch of
+# one drain, so a project whose producer keeps enqueueing cannot keep the slot either.
 BATCH_ACTIONS = 100
 BATCH_SECONDS = 30.0
 
@@ -49,19 +63,25 @@ def owner_name() -> str:
 def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
     """Run the project's due actions while holding its lease; return how many ran."""
     engine = engine_for(settings.database_url)
+    began = time.monotonic()
     ran = 0
     while True:
         got = _acquire(engine, settings, project_id, owner_name())
         if got is None:
             return ran
         lease, ws, first, settled = got
-        beat = Heartbeat(engine, lease, settings)
+        beat = Heartbeat(
+            engine,
+            lease,
+            settings,
+            abandon=partial(_abandon, engine, settings, lease, dispatch=dispatch),
+        )
         beat.start()
         try:
             # Redis and Celery I/O: only now, with the heartbeat keeping the lease, because
             # nothing checks the lease again before the already started first action runs.
             settled.announce(settings, dispatch)
-            done, cut = _run_batch(engine, settings, lease, ws, beat, dispatch, first)
+            done, cut = _run_batch(engine, settings, lease, ws, beat, dispatch, first, began)
             ran += done
         except LeaseLost:
             for_project(project_id).warning("lease lost; a newer holder owns the project")
@@ -71,7 +91,7 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         delay = db_retry(_release)(engine, lease)
         if delay is None:
             return ran
-        if delay > 0 or cut:
+        if delay > 0 or cut or time.monotonic() - began >= BATCH_SECONDS:
             # Not due yet (backoff), or fairness: hand the rest to a fresh message.
             dispatch.kick(project_id, delay)
             return ran
@@ -116,9 +136,9 @@ def _acquire(
         )
         if got is None:
             return None
-        lease, rows = got
+        lease = got.lease
         ws = WorkspaceState.load(conn, project_id)
-        for row in rows:
+        for row in got.settled:
             alog = for_action(project_id, row.id)
             if row.status == ActionStatus.FAILED:
                 alog.warning("worker lost while running a %s: failed with worker_lost", row.kind)
@@ -130,7 +150,7 @@ def _acquire(
                 )
             else:
                 alog.warning("worker lost while running a %s: queued to run again", row.kind)
-        first = ordering.start_next(conn, lease)
+        first = got.readopted or ordering.start_next(conn, lease)
     return lease, ws, first, settled
 
 
@@ -142,26 +162,68 @@ def _run_batch(
     beat: Heartbeat,
     dispatch: Dispatch,
     first: ordering.Started | None,
+    started_at: float,
 ) -> tuple[int, bool]:
     """Run due actions in order, from ``first`` (started with the lease); return how many ran
-    and whether the batch limit cut it."""
-    started_at = time.monotonic()
+    and whether the budget (counted from ``started_at``) cut it."""
     current = first
     ran = 0
     more = True
     while current is not None:
         beat.check()
-        beat.current = current.id
-        outcome, ctx = run_one(settings, engine, lease, ws, current, beat)
+        cancel = Cancel()
+        beat.watch(current, cancel, deadline_seconds(settings, current))
+        outcome, ctx = run_one(settings, engine, lease, ws, current, beat, cancel)
+        beat.check()  # lost, or abandoned and settled by the watchdog: record nothing
         more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < BATCH_SECONDS
         action = current
-        current, event_ids = _settle(engine, settings, lease, ws, action, outcome, ctx, more)
+        current, event_ids = _settle_or_fail(
+            engine, settings, lease, ws, action, outcome, ctx, more
+        )
+        beat.done()
         publish(settings.redis_url, action.id, {"type": "done", "status": outcome.verdict})
         if event_ids:
             dispatch.deliver(event_ids)
         log_outcome(lease.project_id, action, outcome)
         ran += 1
     return ran, not more
+
+
+def _settle_or_fail(
+    engine: Engine,
+    settings: Settings,
+    lease: ordering.Lease,
+    ws: WorkspaceState,
+    action: ordering.Started,
+    outcome: Outcome,
+    ctx: ActionContext | None,
+    start_another: bool,
+) -> tuple[ordering.Started | None, list[str]]:
+    """Settle; if Postgres refuses what the action produced (a value it cannot store, say),
+    fail the action with result_rejected at once instead of leaving it running."""
+    try:
+        return _settle(engine, settings, lease, ws, action, outcome, ctx, start_another)
+    except sa.exc.DBAPIError as exc:
+        if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
+            raise
+        for_action(lease.project_id, action.id).error(
+            "Postgres refused the %s's outcome: %s", action.kind, type(exc.orig).__name__
+        )
+    error = {
+        "code": ErrorCode.RESULT_REJECTED,
+        "message": "Postgres could not store the action's outcome",
+        "retryable": False,
+    }
+    refused = Outcome(
+        Verdict.FAILED, error=error, events=[error_event(error, action.kind, action.attempts)]
+    )
+    try:
+        return _settle(engine, settings, lease, ws, action, refused, None, start_another)
+    except sa.exc.DBAPIError as exc:
+        if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
+            raise
+    ws.revert(*MUTABLE)  # what the runner changed is what Postgres refuses: keep the row
+    return _settle(engine, settings, lease, ws, action, refused, None, start_another)
 
 
 @db_retry
@@ -179,6 +241,11 @@ def _settle(
     start of the next action (saving a commit per action)."""
     with engine.begin() as conn:
         ordering.fence(conn, lease, settings.lease_seconds)
+        if ordering.already_settled(conn, lease, action.id):
+            # A retry of this very transaction, whose first commit succeeded unseen: what it
+            # did stands (its webhook deliveries are left to the sweep).
+            ws.mark_clean()
+            return (ordering.own_running(conn, lease) if start_another else None), []
         write_changes(conn, ws)
         touch_activity(conn, lease.project_id)
         if ctx is not None and ctx.snapshots:
@@ -206,3 +273,46 @@ def _settle(
         following = ordering.start_next(conn, lease) if start_another else None
     ws.mark_clean()
     return following, event_ids
+
+
+def _abandon(
+    engine: Engine,
+    settings: Settings,
+    lease: ordering.Lease,
+    watched: Watched,
+    *,
+    dispatch: Dispatch,
+) -> None:
+    """Settle an action whose call did not come back after its deadline's cancel, give the
+    lease back and hand the project to another drain (the watchdog's thread calls this)."""
+    action = watched.action
+    alog = for_action(lease.project_id, action.id)
+    error = DeadlineExceeded(
+        f"the {action.kind} passed its deadline and did not stop; it was abandoned"
+    ).to_dict()
+    again = action.kind in IDEMPOTENT_KINDS and retries(settings, action)
+    event_ids: list[str] = []
+    try:
+        with engine.begin() as conn:
+            ordering.fence(conn, lease, settings.lease_seconds)
+            if again:
+                delay = backoff(settings, action.attempts)
+                ordering.retry_later(conn, lease, action.id, error=error, delay=delay)
+            else:
+                ordering.finish(conn, lease, action.id, status=ActionStatus.FAILED, error=error)
+                event = error_event(error, action.kind, action.attempts)
+                event_ids = outbox.record_events(
+                    conn, settings, lease.project_id, action.id, [event]
+                )
+            ordering.release(conn, lease)
+    except (sa.exc.SQLAlchemyError, LeaseLost) as exc:
+        # The lease expires on its own; recovery settles the action then.
+        alog.warning("could not settle the abandoned %s: %s", action.kind, type(exc).__name__)
+        return
+    alog.error(
+        "%s abandoned after its deadline (%s)", action.kind, "retrying" if again else "failed"
+    )
+    if not again:
+        publish(settings.redis_url, action.id, {"type": "done", "status": ActionStatus.FAILED})
+        dispatch.deliver(event_ids)
+    dispatch.kick(lease.project_id, 0.0)

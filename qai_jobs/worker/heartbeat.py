@@ -1,56 +1,145 @@
-"""The heartbeat: renews a project's lease (and the running action's beat) while work goes on."""
+"""The lease's keeper while a project's actions run: renew it, and stop work that must stop.
+
+Two threads per held lease. The *renewer* extends the lease (and the running action's beat)
+every heartbeat. The *watchdog* never touches the database: it only looks at the clock, so a
+renewal that hangs (a Postgres cut off without a reset) cannot keep it from acting:
+
+* Lost lease. Once no renewal has succeeded for a lease's lifetime minus one heartbeat, or a
+  renewal found the lease gone, another worker may soon take the project: the running action's
+  work is stopped at once (its Cancel fires with LeaseLost), a heartbeat before anyone else can
+  hold the lease, so two actions of one project never run at the same time.
+* Deadline. An action still running at its deadline (a command: its timeout plus a margin) is
+  cancelled with DeadlineExceeded. If the call does not come back within a grace period (a hung
+  SDK call), it is abandoned: the watchdog settles the action itself, fenced by the lease, gives
+  the lease back and hands the project to another drain, so the project moves on.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.db import ordering
-from qai_jobs.errors import LeaseLost
+from qai_jobs.errors import DeadlineExceeded, LeaseLost
+from qai_jobs.logs import for_action
+
+# How long a cancelled call gets to come back before the watchdog settles the action itself.
+ABANDON_AFTER_SECONDS = 10.0
 
 
-class Heartbeat(threading.Thread):
-    """Renews the lease and the running action's heartbeat until stopped."""
+@dataclass
+class Watched:
+    """The action being run, as the watchdog sees it."""
 
-    def __init__(self, engine: Engine, lease: ordering.Lease, settings: Settings):
-        super().__init__(name=f"qai-heartbeat-{lease.project_id}", daemon=True)
+    action: ordering.Started
+    cancel: Cancel
+    deadline: float  # time.monotonic() value
+    abandon_at: float | None = None
+
+
+class Heartbeat:
+    """Keeps ``lease`` while ``start()``-ed; ``watch()`` each action, ``stop()`` at the end."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        lease: ordering.Lease,
+        settings: Settings,
+        abandon: Callable[[Watched], None] | None = None,
+    ):
         self.engine = engine
         self.lease = lease
         self.settings = settings
-        self.current: uuid.UUID | None = None
+        self.abandon = abandon
         self.lost = threading.Event()
-        # Not `_stop`: that name is a method of Thread, used after fork.
+        self.abandoned = threading.Event()
         self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._watched: Watched | None = None
+        self._renewed = time.monotonic()
+        name = f"qai-heartbeat-{lease.project_id}"
+        self._renewer = threading.Thread(target=self._renew_loop, name=name, daemon=True)
+        self._watchdog = threading.Thread(target=self._watch_loop, name=name + "-dog", daemon=True)
 
-    def run(self) -> None:
-        renewed = time.monotonic()
-        while not self._halt.wait(self.settings.workspace_heartbeat_seconds):
-            try:
-                with self.engine.begin() as conn:
-                    held = ordering.renew(
-                        conn, self.lease, self.settings.lease_seconds, self.current
-                    )
-            except sa.exc.SQLAlchemyError:
-                # Postgres may be restarting: try again next beat, but once the lease could
-                # have expired, another worker may hold the project: we must stop.
-                if time.monotonic() - renewed >= self.settings.lease_seconds:
-                    self.lost.set()
-                    return
-                continue
-            if not held:
-                self.lost.set()
-                return
-            renewed = time.monotonic()
+    # -- the drain's side ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._renewer.start()
+        self._watchdog.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def watch(self, action: ordering.Started, cancel: Cancel, deadline_s: float) -> None:
+        with self._lock:
+            self._watched = Watched(action, cancel, time.monotonic() + deadline_s)
+        if self.lost.is_set():
+            cancel.fire(self._lost_error())
+
+    def done(self) -> None:
+        with self._lock:
+            self._watched = None
 
     def check(self) -> None:
         """Raise LeaseLost if the lease is (or may be) gone: nothing more may be done."""
         if self.lost.is_set():
-            raise LeaseLost(f"lease {self.lease.gen} of {self.lease.project_id} was lost")
+            raise self._lost_error()
 
-    def stop(self) -> None:
-        self._halt.set()
+    # -- threads ------------------------------------------------------------------------------
+    def _renew_loop(self) -> None:
+        while not self._halt.wait(self.settings.workspace_heartbeat_seconds):
+            with self._lock:
+                current = self._watched.action.id if self._watched else None
+            try:
+                with self.engine.begin() as conn:
+                    held = ordering.renew(conn, self.lease, self.settings.lease_seconds, current)
+            except sa.exc.SQLAlchemyError:
+                continue  # Postgres may be restarting: the watchdog decides when it is too long
+            if not held:
+                self._lose()
+                return
+            self._renewed = time.monotonic()
+
+    def _watch_loop(self) -> None:
+        beat = self.settings.workspace_heartbeat_seconds
+        # Declared lost a heartbeat before the lease expires, so the work is stopped before
+        # anyone else can hold the lease.
+        trust = self.settings.lease_seconds - beat
+        while not self._halt.wait(min(beat / 4, 0.5)):
+            now = time.monotonic()
+            if now - self._renewed >= trust:
+                self._lose()
+                return
+            with self._lock:
+                watched = self._watched
+            if watched is None:
+                continue
+            if watched.abandon_at is None and now >= watched.deadline:
+                action = watched.action
+                for_action(self.lease.project_id, action.id).warning(
+                    "%s passed its deadline: stopping it", action.kind
+                )
+                watched.cancel.fire(DeadlineExceeded(f"the {action.kind} passed its deadline"))
+                watched.abandon_at = now + ABANDON_AFTER_SECONDS
+            elif watched.abandon_at is not None and now >= watched.abandon_at:
+                if self.abandon is not None:
+                    self.abandon(watched)
+                self.abandoned.set()
+                self.lost.set()  # whatever the stuck call does later, it records nothing
+                return
+
+    def _lose(self) -> None:
+        self.lost.set()
+        with self._lock:
+            watched = self._watched
+        if watched is not None:
+            watched.cancel.fire(self._lost_error())
+
+    def _lost_error(self) -> LeaseLost:
+        return LeaseLost(f"lease {self.lease.gen} of {self.lease.project_id} was lost")

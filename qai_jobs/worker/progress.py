@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from qai_jobs.config import Settings
 from qai_jobs.db import ordering
 from qai_jobs.notify import publish
+from qai_jobs.providers.base import safe_text
 from qai_jobs.runner.context import OutputFn, ProgressFn
 
 STAGE_EVERY_SECONDS = 0.2  # at most this often a write of the same stage's counts
@@ -54,7 +55,7 @@ def output_publisher(settings: Settings, action_id: uuid.UUID) -> OutputFn:
     offsets: dict[str, int] = {}
 
     def output(stream: str, chunk: bytes) -> None:
-        text = chunk.decode("utf-8", errors="replace")
+        text = safe_text(chunk)
         offset = offsets.get(stream, 0)
         offsets[stream] = offset + len(text)
         publish(

@@ -17,7 +17,14 @@ from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from qai_jobs.celery_app import app, current_settings
-from qai_jobs.constants import DELIVER_TASK, DRAIN_TASK, ActionStatus, action_task_name
+from qai_jobs.constants import (
+    DELIVER_TASK,
+    DRAIN_TASK,
+    RECORDED_HEADER,
+    TASK_PREFIX,
+    ActionStatus,
+    action_task_name,
+)
 from qai_jobs.db import enqueue, queries
 from qai_jobs.db.outbox import record_events
 from qai_jobs.db.session import db_retry, dispose_all, engine_for
@@ -112,17 +119,35 @@ def describe_kwargs(kwargs: Any) -> str:
     return saferepr(shown)
 
 
-class RedactedRequest(Request):
-    """What the worker tells Flower, `celery inspect` and its log about a message.
+class ActionRequest(Request):
+    """An action message as the worker's consumer receives it, in the broker's order.
 
-    Our client sends only ``project_id``, but a producer in another language puts the whole
-    payload in the kwargs, ``env`` included, and Celery repeats its kwargs repr in every
-    task-received event; those secrets must not reach the monitoring.
+    A foreign producer's message is recorded here, in the consumer (the worker's main
+    process), before it goes to a pool process: messages then get their sequence numbers in
+    the order this worker received them, not in the order pool processes happen to commit.
+    Our own producer records before it sends and marks its messages, so they cost nothing here.
+
+    It is also what the worker tells Flower, `celery inspect` and its log about a message: a
+    foreign producer puts the whole payload in the kwargs, ``env`` included, and Celery repeats
+    its kwargs repr in every task-received event; those secrets must not reach the monitoring.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # decodes the body (or raises for a bad one)
         self._kwargsrepr = describe_kwargs(self.kwargs)
+        if not self.request_dict.get(RECORDED_HEADER):
+            self._record_on_receipt()
+
+    def _record_on_receipt(self) -> None:
+        kind = self.name.removeprefix(TASK_PREFIX)
+        kwargs = dict(self.kwargs) if isinstance(self.kwargs, dict) else {}
+        project_id = kwargs.pop("project_id", None)
+        try:
+            check_project_id(project_id)
+            action_id = uuid.UUID(str(self.id))
+            _record_foreign(action_id, kind, str(project_id), kwargs)
+        except Exception as exc:  # the task records it (or drops it) in the pool instead
+            log.warning("could not record a %s message on receipt: %s", kind, type(exc).__name__)
 
     def info(self, safe: bool = False) -> Any:
         # `celery inspect active|reserved|query_task` (and Flower's worker pages) ask for the
@@ -131,7 +156,7 @@ class RedactedRequest(Request):
 
 
 def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
-    @app.task(name=action_task_name(kind), bind=True, Request=RedactedRequest)
+    @app.task(name=action_task_name(kind), bind=True, Request=ActionRequest)
     def action_task(self: Task, /, project_id: str, **payload: Any) -> dict[str, Any]:  # type: ignore[type-arg]
         try:
             check_project_id(project_id)
@@ -139,8 +164,9 @@ def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
         except (QaiJobsError, ValueError):
             log.error("dropped a %s message with an invalid project_id or task id", kind)
             return {"error": "invalid project_id or task id"}
-        # Ours are recorded before they are sent; another producer's are recorded here.
-        _record_foreign(action_id, kind, project_id, payload)
+        if not getattr(self.request, RECORDED_HEADER, None):
+            # Recorded on receipt already, unless Postgres failed there: make sure.
+            _record_foreign(action_id, kind, project_id, payload)
         ran = drain(current_settings(), project_id, dispatch())
         return {"project_id": project_id, "ran": ran}
 

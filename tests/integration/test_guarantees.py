@@ -176,14 +176,14 @@ def test_fencing_a_stale_holder_cannot_overwrite(
     with engine.begin() as conn:
         got = ordering.acquire(conn, project, "old-holder", ttl=0.05)
         assert got is not None
-        old, _ = got
+        old = got.lease
         started = ordering.start_next(conn, old)
         assert started is not None and started.id == action_id
     time.sleep(0.1)  # the old holder's lease expires (it stalled)
     with engine.begin() as conn:
         got = ordering.acquire(conn, project, "new-holder", ttl=30)
         assert got is not None
-        new, settled = got
+        new, settled = got.lease, got.settled
         assert [s.status for s in settled] == ["queued"]  # idempotent: back in the queue
         assert new.gen > old.gen
         assert ordering.start_next(conn, new) is not None
@@ -218,7 +218,7 @@ def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(
     with engine.begin() as conn:  # a holder dies running the first command
         got = ordering.acquire(conn, project, "dead-holder", ttl=0.01)
         assert got is not None
-        ordering.start_next(conn, got[0])
+        ordering.start_next(conn, got.lease)
     time.sleep(0.05)
     stolen: list[bool] = []
 

@@ -9,10 +9,13 @@ pauses (keeping files) instead of killing.
 
 from __future__ import annotations
 
+import shlex
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.errors import (
     ErrorCode,
     PermanentError,
@@ -230,10 +233,10 @@ class E2BProvider(E2BSdk):
         env: Mapping[str, str] | None = None,
         timeout_s: float = 300,
         on_output: OutputCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> ExecResult:
-        import shlex
-
-        on_output = remote.capped(on_output, self.settings.workspace_max_output_bytes)
+        limit = self.settings.workspace_max_output_bytes
+        on_output = remote.capped(on_output, limit)
         out: list[str] = []
         err: list[str] = []
 
@@ -247,9 +250,15 @@ class E2BProvider(E2BSdk):
             if on_output is not None:
                 on_output("stderr", chunk.encode())
 
-        # `timeout` signals its whole process group; the SDK's stream timeout (60 s by default,
-        # for the whole command!) is set well past it as a backstop.
-        cmd = shlex.join(["timeout", "-k", "5", f"{timeout_s:g}", *argv])
+        run_id = uuid.uuid4().hex
+        # The SDK's stream timeout (60 s by default, for the whole command!) is set well past
+        # the `timeout` the command runs under, as a backstop. Output is capped in the sandbox.
+        cmd = shlex.join(remote.run_argv(run_id, timeout_s, limit, argv))
+        unregister = (
+            cancel.on_fire(lambda: self.script(sb, remote.kill_run_script(run_id), timeout_s=30))
+            if cancel is not None
+            else lambda: None
+        )
         started = time.monotonic()
         try:
             code, stdout, stderr = self._sh(
@@ -265,11 +274,14 @@ class E2BProvider(E2BSdk):
             if exc.code != ErrorCode.PROVIDER_TIMEOUT:
                 raise
             code, stdout, stderr = -1, "".join(out), "".join(err)
+        finally:
+            unregister()
+        if cancel is not None:
+            cancel.check()
         elapsed = time.monotonic() - started
         timed_out = code == -1 or (code in (124, 137) and elapsed >= timeout_s - 0.5)
-        limit = self.settings.workspace_max_output_bytes
-        stdout, t1 = remote.truncate(stdout or "".join(out), limit)
-        stderr, t2 = remote.truncate(stderr or "".join(err), limit)
+        stdout, t1 = remote.truncate(_clean(stdout or "".join(out)), limit)
+        stderr, t2 = remote.truncate(_clean(stderr or "".join(err)), limit)
         return ExecResult(
             124 if timed_out else code, stdout, stderr, int(elapsed * 1000), timed_out, t1 or t2
         )
@@ -294,3 +306,8 @@ class E2BProvider(E2BSdk):
     # -- network -----------------------------------------------------------------------------
     def preview_url(self, sb: Sandbox, port: int) -> str:
         return "https://" + str(self._handle(sb).get_host(port))
+
+
+def _clean(text: str) -> str:
+    """The SDK's decoded output, without the NUL a JSON column cannot hold."""
+    return text.replace("\x00", "\ufffd")

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone, TransientError
 from qai_jobs.providers.base import (
@@ -30,6 +31,7 @@ from qai_jobs.providers.base import (
     Sandbox,
     SandboxStatus,
     SleepOutcome,
+    safe_text,
 )
 from qai_jobs.providers.fake.store import RedisStore, Store
 from qai_jobs.sync import is_ignored, sha256
@@ -206,16 +208,21 @@ class FakeProvider(Provider):
         env: Mapping[str, str] | None = None,
         timeout_s: float = 300,
         on_output: OutputCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> ExecResult:
         _, started = self._live("run", sb)
         script = argv[2] if len(argv) == 3 and argv[:2] == ["bash", "-lc"] else shlex.join(argv)
-        code, out, timed_out = self._interpret(sb, script, timeout_s)
+        code, out, timed_out = self._interpret(sb, script, timeout_s, cancel)
+        self._journal("run", self._project(sb), started, sb.sandbox_id, script)
+        if cancel is not None:
+            cancel.check()
         if out and on_output is not None:
             on_output("stdout", out.encode())
-        self._journal("run", self._project(sb), started, sb.sandbox_id, script)
         return ExecResult(code, out, "", int((time.time() - started) * 1000), timed_out)
 
-    def _interpret(self, sb: Sandbox, script: str, timeout_s: float) -> tuple[int, str, bool]:
+    def _interpret(
+        self, sb: Sandbox, script: str, timeout_s: float, cancel: Cancel | None = None
+    ) -> tuple[int, str, bool]:
         try:
             words = shlex.split(script)
         except ValueError:
@@ -233,14 +240,15 @@ class FakeProvider(Provider):
             return 0, " ".join(args) + "\n", False
         if head == "sleep":
             seconds = float(args[0]) if args else 0.0
-            time.sleep(min(seconds, timeout_s))
+            # A cancel stops the sleep at once, as a kill stops a real one.
+            (cancel or Cancel()).wait(min(seconds, timeout_s))
             return (124, "", True) if seconds > timeout_s else (0, "", False)
         if head == "cat":
             files = self.store.hgetall(f"files:{sb.sandbox_id}")
             missing = [a for a in args if a not in files]
             if missing:
                 return 1, "", False
-            return 0, "".join(files[a].decode(errors="replace") for a in args), False
+            return 0, "".join(safe_text(files[a]) for a in args), False
         return 0, "", False
 
     def start_process(

@@ -93,9 +93,10 @@ return false
 
 class RedisStore:
     def __init__(self, url: str) -> None:
-        import redis
 
-        self.r = redis.Redis.from_url(url)
+        from qai_jobs.notify import client
+
+        self.r = client(url)
         self._take = self.r.register_script(_TAKE_FAULT_LUA)
 
     def get(self, key: str) -> bytes | None:

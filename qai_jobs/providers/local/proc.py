@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.proctab import START, STATE, descendants, stat_fields
-from qai_jobs.providers.base import ExecResult, OutputCallback
+from qai_jobs.providers.base import ExecResult, OutputCallback, safe_text
 from qai_jobs.providers.local.fs import os_error
 
 TIMEOUT_EXIT_CODE = 124
@@ -248,10 +249,13 @@ def run_captured(
     timeout_s: float,
     max_bytes: int,
     on_output: OutputCallback | None,
+    cancel: Cancel | None = None,
 ) -> ExecResult:
     """Run to completion, reading stdout and stderr together so neither pipe ever blocks."""
     started = time.monotonic()
     proc = _popen(launch, confine, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Killed from the canceller's thread at once: this one may be blocked handing on output.
+    unregister = cancel.on_fire(lambda: kill_tree(proc.pid)) if cancel else lambda: None
     assert proc.stdout is not None and proc.stderr is not None
     kept = {"stdout": bytearray(), "stderr": bytearray()}
     truncated = timed_out = False
@@ -297,12 +301,15 @@ def run_captured(
         proc.stdout.close()
         proc.stderr.close()
         code = proc.wait()
+        unregister()
+    if cancel is not None:
+        cancel.check()
     if code < 0:
         code = 128 - code
     return ExecResult(
         exit_code=TIMEOUT_EXIT_CODE if timed_out else code,
-        stdout=kept["stdout"].decode("utf-8", errors="replace"),
-        stderr=kept["stderr"].decode("utf-8", errors="replace"),
+        stdout=safe_text(bytes(kept["stdout"])),
+        stderr=safe_text(bytes(kept["stderr"])),
         duration_ms=int((time.monotonic() - started) * 1000),
         timed_out=timed_out,
         truncated=truncated,

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone
 from qai_jobs.providers.base import (
@@ -41,6 +42,7 @@ from qai_jobs.providers.base import (
     Sandbox,
     SandboxStatus,
     SleepOutcome,
+    safe_text,
 )
 from qai_jobs.providers.local.fs import SafeTree
 from qai_jobs.providers.local.git import git_sync
@@ -307,6 +309,7 @@ class LocalProvider(Provider):
         env: Mapping[str, str] | None = None,
         timeout_s: float = 300,
         on_output: OutputCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> ExecResult:
         layout = self._awake(sb)
         if cwd and not SafeTree(layout.tree).is_dir(cwd):
@@ -322,6 +325,7 @@ class LocalProvider(Provider):
             timeout_s=max(timeout_s, 0.001),
             max_bytes=self.settings.workspace_max_output_bytes,
             on_output=on_output,
+            cancel=cancel,
         )
 
     def start_process(
@@ -370,7 +374,7 @@ class LocalProvider(Provider):
                 data = fh.read()
         except OSError:
             return ""
-        return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-tail:])
+        return "\n".join(safe_text(data).splitlines()[-tail:])
 
     # -- network -----------------------------------------------------------------------------
     def dev_port(self, sb: Sandbox, requested: int) -> int:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from qai_jobs.cancel import Cancel
 from qai_jobs.errors import (
     ErrorCode,
     PermanentError,
@@ -27,6 +29,7 @@ from qai_jobs.providers.base import (
     Sandbox,
     SandboxStatus,
     SleepOutcome,
+    safe_text,
 )
 from qai_jobs.providers.modal.sdk import ModalSdk
 from qai_jobs.providers.shell import replace
@@ -245,34 +248,47 @@ class ModalProvider(ModalSdk):
         env: Mapping[str, str] | None = None,
         timeout_s: float = 300,
         on_output: OutputCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> ExecResult:
         handle = self._handle(sb)
-        on_output = remote.capped(on_output, self.settings.workspace_max_output_bytes)
+        limit = self.settings.workspace_max_output_bytes
+        on_output = remote.capped(on_output, limit)
         started = time.monotonic()
-        # `timeout` signals its whole process group; the exec timeout is only a backstop.
-        wrapped = ["timeout", "-k", "5", f"{timeout_s:g}", *argv]
-        with self._guard(handle, sb.sandbox_id):
-            proc = handle.exec(
-                *wrapped,
-                workdir=remote.abs_path(cwd),
-                env=dict(env or {}),
-                timeout=math.ceil(timeout_s) + 15,
-                text=False,
-            )
-            out = b""
-            for chunk in proc.stdout:
-                out += chunk
-                if on_output is not None:
-                    on_output("stdout", bytes(chunk))
-            err = bytes(proc.stderr.read())
-            if err and on_output is not None:
-                on_output("stderr", err)
-            code = int(proc.wait())
+        run_id = uuid.uuid4().hex
+        # A ContainerProcess cannot be killed: a second exec kills the group it recorded.
+        unregister = (
+            cancel.on_fire(lambda: self.script(sb, remote.kill_run_script(run_id), timeout_s=30))
+            if cancel is not None
+            else lambda: None
+        )
+        try:
+            with self._guard(handle, sb.sandbox_id):
+                proc = handle.exec(
+                    *remote.run_argv(run_id, timeout_s, limit, argv),
+                    workdir=remote.abs_path(cwd),
+                    env=dict(env or {}),
+                    timeout=math.ceil(timeout_s) + 15,  # a backstop behind `timeout`
+                    text=False,
+                )
+                out = bytearray()
+                for chunk in proc.stdout:
+                    out += chunk[: limit + 1 - len(out)]
+                    if on_output is not None:
+                        on_output("stdout", bytes(chunk))
+                err = bytearray()
+                for chunk in proc.stderr:
+                    err += chunk[: limit + 1 - len(err)]
+                    if on_output is not None:
+                        on_output("stderr", bytes(chunk))
+                code = int(proc.wait())
+        finally:
+            unregister()
+        if cancel is not None:
+            cancel.check()
         elapsed = time.monotonic() - started
         timed_out = code == -1 or (code in (124, 137) and elapsed >= timeout_s - 0.5)
-        limit = self.settings.workspace_max_output_bytes
-        stdout, t1 = remote.truncate(out.decode("utf-8", "replace"), limit)
-        stderr, t2 = remote.truncate(err.decode("utf-8", "replace"), limit)
+        stdout, t1 = remote.truncate(safe_text(bytes(out)), limit)
+        stderr, t2 = remote.truncate(safe_text(bytes(err)), limit)
         return ExecResult(
             124 if timed_out else code, stdout, stderr, int(elapsed * 1000), timed_out, t1 or t2
         )
