@@ -19,7 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from . import api_legacy
+from . import api_legacy, api_preview
 from .api_models import (
     Accepted,
     Action,
@@ -238,6 +238,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(data, media_type=content_type)
 
     app.include_router(api_legacy.router)
+    app.include_router(api_preview.router)
     _install_openapi(app, request_defs)
     return app
 

@@ -27,6 +27,8 @@ from . import manifest, ordering
 from .config import Settings, load_settings
 from .db.session import db_retry, engine_for
 from .errors import ActionFailed, Conflict, NotFound, ValidationFailed
+from .gateway.tokens import DEFAULT_TTL_S, mint_for_project
+from .gateway.urls import public_preview
 from .notify import channel
 from .notify import client as redis_client
 from .schemas import Limits, check_project_id, payload_to_json, validate_payload
@@ -261,7 +263,7 @@ class WorkspaceClient(Syncing):
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.text(
-                    """SELECT w.project_id, w.id, w.status, w.provider, w.sandbox_id,
+                    """SELECT w.project_id, w.id, w.preview_id, w.status, w.provider, w.sandbox_id,
                               w.preview_url, w.port, w.last_snapshot_id, w.last_activity_at,
                               w.created_at, w.updated_at, w.repo,
                               (SELECT count(*) FROM actions a WHERE a.project_id = w.project_id
@@ -278,7 +280,10 @@ class WorkspaceClient(Syncing):
             "status": row.status,
             "provider": row.provider,
             "sandbox_id": row.sandbox_id,
-            "preview_url": row.preview_url,
+            "preview_url": public_preview(self.settings, row.preview_id, row.preview_url),
+            # The provider's own URL (for operators; the gateway proxies to it).
+            "upstream_url": row.preview_url,
+            "preview_id": row.preview_id,
             "port": row.port,
             "last_snapshot_id": row.last_snapshot_id,
             "last_activity_at": _iso(row.last_activity_at),
@@ -287,6 +292,14 @@ class WorkspaceClient(Syncing):
             "repo": row.repo,
             "pending_actions": row.pending,
         }
+
+    @db_retry
+    def preview_token(self, project_id: str, ttl_s: float = DEFAULT_TTL_S) -> dict[str, Any]:
+        """A gateway URL for the project with a short-lived token: ``{"url", "token",
+        "expires_at"}`` (for ``WORKSPACE_PREVIEW_AUTH=token``)."""
+        check_project_id(project_id)
+        with self.engine.connect() as conn:
+            return mint_for_project(self.settings, conn, project_id, ttl_s)
 
     @db_retry
     def get_manifest(self, project_id: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from . import schemas as s
 from .config import Settings
 from .errors import MANIFEST_STALE, PermanentError, QaiJobsError, SandboxGone
+from .gateway.urls import new_preview_id, publish_result
 from .manifest import Manifest, ManifestUpdate
 from .providers.base import CreateSpec, Provider, Sandbox, SandboxStatus
 from .providers.select import create_with_fallback, get_provider
@@ -57,7 +58,7 @@ class ActionContext:
 
 def execute(ctx: ActionContext) -> dict[str, Any]:
     handler = _HANDLERS[ctx.kind]
-    return handler(ctx)
+    return publish_result(ctx.settings, ctx.ws.preview_id, handler(ctx), ctx.events)
 
 
 # --- reconciliation --------------------------------------------------------------------------
@@ -86,6 +87,7 @@ def _provision(ctx: ActionContext, snapshot_id: str | None = None) -> Sandbox:
     ctx.progress("provisioning", None, None)
     if ctx.ws.status == "destroyed":
         ctx.ws.id = uuid.uuid4()  # a destroyed workspace comes back as a new one
+        ctx.ws.preview_id = new_preview_id()  # and its old preview URL does not reach it
     if ctx.ws.provider and snapshot_id:
         sb = _provider(ctx).create(_spec(ctx, snapshot_id))
     else:

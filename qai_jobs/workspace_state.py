@@ -19,6 +19,7 @@ from .providers.base import Sandbox
 # Columns the runner may change (the rest belong to ordering: counters and the lease).
 MUTABLE = (
     "id",
+    "preview_id",
     "status",
     "provider",
     "sandbox_id",
@@ -39,6 +40,7 @@ MUTABLE = (
 class WorkspaceState:
     project_id: str
     id: uuid.UUID
+    preview_id: str | None = None
     status: str = "new"
     provider: str | None = None
     sandbox_id: str | None = None
