@@ -57,8 +57,8 @@ class ActionContext:
 
 
 def execute(ctx: ActionContext) -> dict[str, Any]:
-    handler = _HANDLERS[ctx.kind]
-    return publish_result(ctx.settings, ctx.ws.preview_id, handler(ctx), ctx.events)
+    result = _HANDLERS[ctx.kind](ctx)
+    return publish_result(ctx.settings, ctx.ws.preview_id, result, ctx.events)
 
 
 # --- reconciliation --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import sqlalchemy as sa
@@ -26,12 +27,18 @@ _TOUCH = sa.text(
 
 
 class Activity:
-    def __init__(self, engine: Engine, executor: Executor, interval: float):
+    def __init__(
+        self,
+        engine: Engine,
+        executor: Executor,
+        interval: float,
+        on_write: Callable[[], None] = lambda: None,
+    ):
         self.engine = engine
+        self.on_write = on_write
         self.executor = executor
         self.interval = interval
         self.marked: set[str] = set()
-        self.flushes = 0
         self._task: asyncio.Task[None] | None = None
 
     def touch(self, project_id: str) -> None:
@@ -58,7 +65,7 @@ class Activity:
         ids, self.marked = sorted(self.marked), set()
         try:
             await asyncio.get_running_loop().run_in_executor(self.executor, self._write, ids)
-            self.flushes += 1
+            self.on_write()
         except sa.exc.SQLAlchemyError as exc:
             # Activity is advisory: keep the marks for the next flush rather than fail traffic.
             self.marked.update(ids)

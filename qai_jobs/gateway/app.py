@@ -54,7 +54,12 @@ class Gateway:
         self.routes = Routes(
             lambda pid: lookup(engine, pid), self.executor, settings.workspace_gateway_route_seconds
         )
-        self.activity = Activity(engine, self.executor, settings.workspace_gateway_activity_seconds)
+        self.activity = Activity(
+            engine,
+            self.executor,
+            settings.workspace_gateway_activity_seconds,
+            self.metrics.activity_writes.inc,
+        )
         self.redis: Any = aredis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
         self.gate: auth.TokenGate | None = None
         if settings.workspace_preview_auth == "token":

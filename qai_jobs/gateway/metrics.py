@@ -49,6 +49,11 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.activity_writes = Counter(
+            "qai_gateway_activity_writes",
+            "UPDATEs of last_activity_at (each covers every workspace active since the last).",
+            registry=self.registry,
+        )
         self._by_status: dict[tuple[str, int], Counter] = {}
 
     def request(self, kind: str, status: int, seconds: float) -> None:
