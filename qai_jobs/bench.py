@@ -33,6 +33,7 @@ EXTRA_SCENARIOS = {
     "http": "qai_jobs.bench_http:run_http_scenario",
     "webhooks": "qai_jobs.bench_webhooks:run_webhook_scenario",
     "local": "qai_jobs.bench_local:run_local_scenario",
+    "gateway": "qai_jobs.bench_gateway:run_gateway_scenario",
 }
 
 

@@ -105,7 +105,10 @@ async def forward_http(
             if length is not None:
                 out["Content-Length"] = str(length)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=out)
-        if length is not None and length <= BUFFERED_MAX:
+        # Known and small, or already complete (a short chunked response usually arrives with
+        # its headers): one write to the client instead of headers, chunks and an end.
+        complete = length is None and upstream.content.is_eof()
+        if complete or (length is not None and length <= BUFFERED_MAX):
             data = await upstream.read()
             return web.Response(
                 status=upstream.status, reason=upstream.reason, headers=out, body=data
