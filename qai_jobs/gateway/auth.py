@@ -64,8 +64,13 @@ class TokenGate:
 def _without_token(url: URL) -> str:
     """The request's path and query without ``qai_token``: a relative redirect target, so it
     stays on whatever host and port the client used."""
-    query = [(k, v) for k, v in url.query.items() if k != tokens.QUERY_PARAM]
-    return url.with_query(query or None).raw_path_qs
+    # On the raw query, so the rest reaches the app exactly as the browser encoded it.
+    kept = [
+        part
+        for part in url.raw_query_string.split("&")
+        if part and part.split("=", 1)[0] != tokens.QUERY_PARAM
+    ]
+    return url.raw_path + ("?" + "&".join(kept) if kept else "")
 
 
 def strip_token(url: URL) -> str:
