@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aredis
+import sqlalchemy as sa
 from aiohttp import web
 
 from ..api_support import Waiter
@@ -108,7 +109,11 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         kind = "websocket" if proxy.is_websocket(request) else "http"
-        response = await self._answer(request, kind)
+        try:
+            response = await self._answer(request, kind)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("Postgres unavailable: %s", type(exc).__name__)
+            response = _unavailable(request, "the gateway cannot reach its database", 1)
         self.metrics.request(kind, response.status, time.perf_counter() - started)
         return response
 
