@@ -30,7 +30,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+# Expect: the gateway's own server answers 100-continue; the upstream request needs none.
+REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 # Handshake headers aiohttp's WebSocket client writes itself.
 WS_DROP = REQUEST_DROP | {
