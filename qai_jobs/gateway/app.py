@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -193,7 +194,11 @@ class Gateway:
                 headers["Cookie"] = rest
         try:
             if kind == "websocket":
-                return await proxy.forward_websocket(request, self.session, target, headers)
+                # Messages count as activity too (a marked set: free), so a preview that is
+                # in use over its socket alone (hot reload's pings, an app's live data) stays
+                # awake, while a forgotten idle socket does not.
+                touch = partial(self.activity.touch, route.project_id)
+                return await proxy.forward_websocket(request, self.session, target, headers, touch)
             extra = {"Set-Cookie": cookie} if cookie else None
             return await proxy.forward_http(request, self.session, target, headers, extra)
         except proxy.UpstreamUnreachable:

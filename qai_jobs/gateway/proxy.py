@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -136,6 +137,7 @@ async def forward_websocket(
     session: aiohttp.ClientSession,
     url: str,
     headers: CIMultiDict[str],
+    on_message: Callable[[], None] = lambda: None,
 ) -> web.WebSocketResponse:
     """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
     accept the client's and relay messages both ways until either side closes."""
@@ -156,17 +158,20 @@ async def forward_websocket(
     )
     try:
         await client.prepare(request)
-        await asyncio.gather(_relay(client, upstream), _relay(upstream, client))
+        await asyncio.gather(
+            _relay(client, upstream, on_message), _relay(upstream, client, on_message)
+        )
     finally:
         await upstream.close()
         await client.close()
     return client
 
 
-async def _relay(source: Any, sink: Any) -> None:
+async def _relay(source: Any, sink: Any, on_message: Callable[[], None]) -> None:
     """Copy messages from ``source`` to ``sink``; a close on one side closes the other."""
     with contextlib.suppress(ConnectionResetError, aiohttp.ClientError):
         async for message in source:
+            on_message()
             if message.type == WSMsgType.TEXT:
                 await sink.send_str(message.data)
             elif message.type == WSMsgType.BINARY:

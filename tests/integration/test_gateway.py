@@ -11,7 +11,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -162,20 +164,28 @@ def test_headers_bodies_and_websockets_pass_through(
     big = gateway.get(url, "/big?bytes=5000000")
     assert big.status_code == 200 and len(big.content) == 5_000_000
 
-    async def talk() -> list[object]:
+    async def talk() -> list[Any]:
         ws_url, ws_headers = gateway.target(url, "/socket")
         async with (
             aiohttp.ClientSession() as session,
             session.ws_connect(ws_url, headers=ws_headers, protocols=["echo.v1"]) as ws,
         ):
-            got: list[object] = [ws.protocol]
+            got: list[Any] = [ws.protocol]
             await ws.send_str("hello through the gateway")
             got.append((await ws.receive(timeout=10)).data)
             await ws.send_bytes(b"\x00\x01" * 40_000)
             got.append((await ws.receive(timeout=10)).data)
+            got.append(datetime.now(UTC))
+            for _ in range(12):  # messages alone, no HTTP request, for a few seconds
+                await asyncio.sleep(0.25)
+                await ws.send_str("still here")
+                await ws.receive(timeout=10)
             return got
 
-    protocol, text, data = asyncio.run(talk())
+    protocol, text, data, opened = asyncio.run(talk())
+    time.sleep(1.5)  # a flush interval
+    touched = datetime.fromisoformat(client.get_workspace(project)["last_activity_at"])
+    assert touched > opened + timedelta(seconds=1.5)  # the socket's messages kept it active
     assert protocol == "echo.v1"
     assert text == "hello through the gateway"
     assert data == b"\x00\x01" * 40_000
