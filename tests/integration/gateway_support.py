@@ -98,5 +98,13 @@ def dev_pid(client: WorkspaceClient, project: str) -> int:
     return int(proc["pid"])
 
 
+def destroy_quietly(client: WorkspaceClient, project: str) -> None:
+    """Stop a test's dev server: sandboxes outlive the processes that started them."""
+    try:
+        client.destroy(project).wait(60)
+    except Exception as exc:  # cleanup only: report, never mask the test's own outcome
+        print(f"cleanup: destroy {project} failed: {exc}")
+
+
 def free_gateway_port() -> int:
     return free_port()

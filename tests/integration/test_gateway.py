@@ -26,6 +26,7 @@ from tests.integration.gateway_support import (
     HELLO,
     WAIT,
     Gateway,
+    destroy_quietly,
     dev_pid,
     files_of,
     free_gateway_port,
@@ -67,8 +68,10 @@ def client(env: dict[str, str]) -> WorkspaceClient:
 
 
 @pytest.fixture
-def project() -> str:
-    return f"Gw_{uuid.uuid4().hex[:8]}.Proj"  # capitals, '_' and '.': not DNS-safe as it is
+def project(client: WorkspaceClient) -> Iterator[str]:
+    name = f"Gw_{uuid.uuid4().hex[:8]}.Proj"  # capitals, '_' and '.': not DNS-safe as it is
+    yield name
+    destroy_quietly(client, name)
 
 
 def test_the_gateway_url_serves_the_app_and_survives_sleep(

@@ -17,6 +17,7 @@ from qai_jobs.client import WorkspaceClient
 from tests.conftest import settings_for
 from tests.integration.gateway_support import (
     Gateway,
+    destroy_quietly,
     free_gateway_port,
     gateway_env,
     running_gateway,
@@ -92,7 +93,10 @@ def test_chromium_loads_a_nextjs_dev_app_through_the_gateway_with_hot_reload(
             assert await browser.evaluate("window.__qaiSamePage") == 42  # not a reload
             return await browser.screenshot()
 
-    png = asyncio.run(browse())
+    try:
+        png = asyncio.run(browse())
+    finally:
+        destroy_quietly(client, project)
     shot_path.write_bytes(png)
     # A WebSocket's access line is written when it closes (the browser just did).
     gateway.proc.wait_for_log("GET /_next/webpack-hmr 101 ", timeout=15)
@@ -104,4 +108,3 @@ def test_chromium_loads_a_nextjs_dev_app_through_the_gateway_with_hot_reload(
     assert all(abs(a - b) <= 8 for a, b in zip(dominant, BACKGROUND, strict=True)), dominant
     light = sum(n for n, (r, g, b) in colors if min(r, g, b) > 200)  # the text
     assert light > 2000, f"no text in the screenshot ({shot_path})"
-    client.destroy(project).wait(120)

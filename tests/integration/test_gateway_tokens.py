@@ -20,6 +20,7 @@ from tests.integration.gateway_support import (
     HELLO,
     WAIT,
     Gateway,
+    destroy_quietly,
     files_of,
     free_gateway_port,
     gateway_env,
@@ -63,10 +64,11 @@ def client(env: dict[str, str]) -> WorkspaceClient:
 
 
 @pytest.fixture(scope="module")
-def preview(client: WorkspaceClient, gateway: Gateway) -> tuple[str, str]:
+def preview(client: WorkspaceClient, gateway: Gateway) -> Iterator[tuple[str, str]]:
     project = f"tok-{uuid.uuid4().hex[:8]}"
     url = client.ensure(project, files=files_of(HELLO)).wait(WAIT)["preview_url"]
-    return project, url
+    yield project, url
+    destroy_quietly(client, project)
 
 
 def _split(minted: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from tests.integration.gateway_support import (
     HELLO,
     WAIT,
     Gateway,
+    destroy_quietly,
     files_of,
     free_gateway_port,
     gateway_env,
@@ -63,6 +64,6 @@ def test_a_slow_wake_answers_503_then_the_page(
         page = gateway.get(url)
         assert page.status_code == 200 and "Hello from qai-jobs" in page.text
         assert kinds(client, project)[len(before) :] == ["wake"]
-        client.destroy(project).wait(WAIT)
     finally:
+        destroy_quietly(client, project)
         worker.stop()
