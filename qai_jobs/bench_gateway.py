@@ -96,8 +96,14 @@ async def _latency(direct: _Target, gateway: _Target, samples: int) -> dict[str,
     return times
 
 
-async def _throughput(target: _Target, seconds: float) -> tuple[float, int]:
-    """Requests per second from CLIENTS keep-alive connections; (rate, errors)."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _throughput(target: _Target, seconds: float) -> tuple[float, int, int]:
+    """Requests per second from CLIENTS keep-alive connections; (rate, errors, requests)."""
     import aiohttp
 
     done = errors = 0
@@ -115,7 +121,7 @@ async def _throughput(target: _Target, seconds: float) -> tuple[float, int]:
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
-        return done / (time.perf_counter() - started), errors
+        return done / (time.perf_counter() - started), errors, done
 
 
 def _wakes(client: Any, project: str, gateway: _Target, samples: int, log: Log) -> list[float]:
@@ -170,9 +176,20 @@ def run_gateway_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]
         log(f"gateway: {CLIENTS} concurrent clients, {rounds} rounds of {seconds:g}s each way")
         rates: dict[str, list[float]] = {"direct": [], "gateway": []}
         errors = 0
+        # CPU per request, which the shared machine's noise does not move: the gateway's
+        # process, and this load generator's own (what any client pays, direct or not).
+        cpu = {"gateway": 0.0, "client": 0.0}
+        counts = {"gateway": 0, "client": 0}
         for _ in range(rounds):
             for name, target in (("direct", direct), ("gateway", gateway)):
-                rate, failed = asyncio.run(_throughput(target, seconds))
+                gateway_cpu, client_cpu = _cpu_seconds(gateway_proc.pid), time.process_time()
+                rate, failed, requests = asyncio.run(_throughput(target, seconds))
+                if name == "gateway":
+                    cpu["gateway"] += _cpu_seconds(gateway_proc.pid) - gateway_cpu
+                    counts["gateway"] += requests
+                else:
+                    cpu["client"] += time.process_time() - client_cpu
+                    counts["client"] += requests
                 rates[name].append(rate)
                 errors += failed
         wakes = _wakes(client, project, gateway, 7, log)
@@ -202,6 +219,11 @@ def run_gateway_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]
         f"gateway: {CLIENTS} clients direct {direct_rate:.0f} req/s, via gateway "
         f"{gateway_rate:.0f} req/s: {ratio:.2f}x (target >= {TARGET_RATIO:g}x), {errors} errors"
     )
+    per_request = {k: round(cpu[k] / counts[k] * 1e6, 1) for k in cpu if counts[k]}
+    log(
+        f"gateway: CPU per request: the gateway {per_request.get('gateway')} us, the load "
+        f"generator {per_request.get('client')} us"
+    )
     log(f"gateway: wake-on-request p50 {wake['p50_ms']:.0f} ms, p99 {wake['p99_ms']:.0f} ms")
     return {
         "latency_direct": {k: round(v, 3) for k, v in direct_ms.items()},
@@ -215,6 +237,7 @@ def run_gateway_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]
             "rounds": {k: [round(r) for r in v] for k, v in rates.items()},
             "ratio": round(ratio, 3),
             "errors": errors,
+            "cpu_us_per_request": per_request,
         },
         "wake_on_request": {k: round(v, 1) for k, v in wake.items()} | {"samples": len(wakes)},
         "targets_met": {"added_latency": added <= TARGET_ADDED_MS, "throughput": ratio >= 0.8},
