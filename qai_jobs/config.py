@@ -91,6 +91,20 @@ class Settings(BaseSettings):
     modal_app_name: str = "qai-workspaces"
     e2b_api_key: SecretStr | None = None
     e2b_template: str | None = None
+    # The preview gateway: one stable URL per workspace at <preview id>.<domain>.
+    workspace_preview_domain: str | None = None
+    workspace_preview_scheme: Literal["http", "https"] = "http"
+    workspace_preview_auth: Literal["public", "token"] = "public"
+    workspace_gateway_wake_seconds: PositiveFloat = 30
+    workspace_gateway_activity_seconds: PositiveFloat = 5
+    workspace_gateway_route_seconds: PositiveFloat = 1
+
+    @field_validator("workspace_preview_domain")
+    @classmethod
+    def _preview_domain(cls, value: str | None) -> str | None:
+        from .gateway.urls import check_domain
+
+        return check_domain(value) if value else None
 
     @field_validator("workspace_runtime", mode="before")
     @classmethod

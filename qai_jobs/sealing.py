@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 from functools import lru_cache
@@ -47,6 +48,14 @@ def _key_file_secret() -> str:
     with os.fdopen(fd, "w") as f:
         f.write(candidate)
     return candidate
+
+
+def derived_key(settings: Settings, purpose: str) -> bytes:
+    """A key of its own for ``purpose`` (e.g. signing preview tokens), from the deployment's
+    shared secret: every process that shares WORKSPACE_SECRET_KEY derives the same one."""
+    secret = settings.workspace_secret_key
+    raw = secret.get_secret_value() if secret is not None else _key_file_secret()
+    return hmac.new(raw.encode(), f"qai-jobs {purpose}".encode(), hashlib.sha256).digest()
 
 
 def _box(settings: Settings) -> Fernet:

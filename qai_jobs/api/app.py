@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from qai_jobs.api import events as api_events
 from qai_jobs.api import legacy as api_legacy
+from qai_jobs.api import preview as api_preview
 from qai_jobs.api.errors import error_body, install_error_handlers
 from qai_jobs.api.gate import GateMiddleware, read_json_object
 from qai_jobs.api.models import (
@@ -238,6 +239,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(api_legacy.router)
     app.include_router(api_events.router)
+    app.include_router(api_preview.router)
     _install_openapi(app, request_defs)
     return app
 

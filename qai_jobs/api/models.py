@@ -75,6 +75,8 @@ class Workspace(BaseModel):
     provider: str | None
     sandbox_id: str | None
     preview_url: str | None
+    upstream_url: str | None = Field(None, description="The provider's own preview URL")
+    preview_id: str | None = Field(None, description="The DNS label of the gateway URL")
     port: int | None
     last_snapshot_id: str | None
     last_activity_at: str | None

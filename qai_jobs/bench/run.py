@@ -35,6 +35,7 @@ EXTRA_SCENARIOS = {
     "webhooks": "qai_jobs.bench.webhooks:run_webhook_scenario",
     "local": "qai_jobs.bench.local:run_local_scenario",
     "events": "qai_jobs.bench.events:run_events_scenario",
+    "gateway": "qai_jobs.bench.gateway:run_gateway_scenario",
 }
 
 

@@ -104,6 +104,28 @@ def api(ctx: click.Context, host: str, port: int, log_level: str, workers: int) 
     serve(settings, host, port, log_level, workers)
 
 
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Default: the port in WORKSPACE_PREVIEW_DOMAIN, else 8080.",
+)
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.pass_context
+def gateway(ctx: click.Context, host: str, port: int | None, access_log: bool) -> None:
+    """Serve previews at <preview id>.WORKSPACE_PREVIEW_DOMAIN (wakes sleeping workspaces)."""
+    from qai_jobs.gateway.urls import domain_port
+
+    settings = settings_from(ctx)
+    if not settings.workspace_preview_domain:
+        fail("WORKSPACE_PREVIEW_DOMAIN: set it to run the gateway (e.g. preview.localhost:8080)")
+    from qai_jobs.gateway.serve import serve
+
+    serve(settings, host, port or domain_port(settings) or 8080, access_log)
+
+
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5555, show_default=True, type=click.IntRange(1, 65535))
@@ -139,7 +161,8 @@ def flower(ctx: click.Context, address: str, port: int, flower_args: tuple[str, 
 @click.pass_context
 @guarded
 def up(ctx: click.Context, concurrency: int | None, host: str, port: int, grace: float) -> None:
-    """Migrate, then run worker + beat + api in the foreground; Ctrl-C stops all."""
+    """Migrate, then run worker + beat + api (+ gateway when WORKSPACE_PREVIEW_DOMAIN is set)
+    in the foreground; Ctrl-C stops all."""
     from qai_jobs.cli.supervise import Supervisor
     from qai_jobs.db.migrate import migrate as run_migrate
 
@@ -152,12 +175,13 @@ def up(ctx: click.Context, concurrency: int | None, host: str, port: int, grace:
         "beat": [*exe, "beat"],
         "api": [*exe, "api", "--host", host, "--port", str(port)],
     }
+    started = f"worker, beat and api (http://{host}:{port})"
+    if settings.workspace_preview_domain:  # previews get their stable URLs from the gateway
+        commands["gateway"] = [*exe, "gateway", "--host", host]
+        started = f"worker, beat, api (http://{host}:{port}) and the preview gateway"
     supervisor = Supervisor(commands, say=lambda line: click.echo(line, err=True), grace=grace)
-    click.echo(
-        f"qai-jobs up: worker, beat and api (http://{host}:{port}) starting; Ctrl-C stops all",
-        err=True,
-    )
+    click.echo(f"qai-jobs up: {started} starting; Ctrl-C stops all", err=True)
     sys.exit(supervisor.run())
 
 
-COMMANDS = [migrate, worker, beat, api, flower, up]
+COMMANDS = [migrate, worker, beat, api, gateway, flower, up]

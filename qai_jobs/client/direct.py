@@ -22,6 +22,8 @@ from qai_jobs.constants import RECORDED_HEADER, ActionStatus, action_task_name
 from qai_jobs.db import enqueue, manifest, queries
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.errors import Conflict, NotFound, ValidationFailed
+from qai_jobs.gateway.tokens import DEFAULT_TTL_S, mint_for_project
+from qai_jobs.gateway.urls import public_preview
 from qai_jobs.notify import publish
 from qai_jobs.schemas import check_project_id
 from qai_jobs.sealing import seal_payload
@@ -142,7 +144,19 @@ class WorkspaceClient(KindMethods, Syncing):
             found = queries.workspace(conn, project_id)
         if found is None:
             raise NotFound(f"no workspace for project {project_id}")
+        # Producers see the gateway's stable URL; the provider's own stays for operators.
+        upstream = found["preview_url"]
+        found["preview_url"] = public_preview(self.settings, found["preview_id"], upstream)
+        found["upstream_url"] = upstream
         return found
+
+    @db_retry
+    def preview_token(self, project_id: str, ttl_s: float = DEFAULT_TTL_S) -> dict[str, Any]:
+        """A gateway URL for the project with a short-lived token: ``{"url", "token",
+        "expires_at"}`` (for ``WORKSPACE_PREVIEW_AUTH=token``)."""
+        check_project_id(project_id)
+        with self.engine.connect() as conn:
+            return mint_for_project(self.settings, conn, project_id, ttl_s)
 
     @db_retry
     def get_manifest(self, project_id: str) -> dict[str, Any]:

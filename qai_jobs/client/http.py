@@ -209,6 +209,13 @@ class HttpWorkspaceClient(KindMethods, Syncing):
         data: dict[str, Any] = self._request("GET", f"/v1/projects/{project_id}").json()
         return data
 
+    def preview_token(self, project_id: str, ttl_s: float = 3600) -> dict[str, Any]:
+        """A gateway URL with a short-lived token (``WorkspaceClient.preview_token``)."""
+        check_project_id(project_id)
+        path = f"/v1/projects/{project_id}/preview-token"
+        data: dict[str, Any] = self._request("POST", path, json={"ttl_s": ttl_s}).json()
+        return data
+
     def get_manifest(self, project_id: str) -> dict[str, Any]:
         """What the project's syncs left in its workspace (``WorkspaceClient.get_manifest``)."""
         check_project_id(project_id)

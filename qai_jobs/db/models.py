@@ -46,6 +46,10 @@ class Workspace(Base):
 
     project_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True, default=uuid.uuid4)
+    # The DNS label of the gateway URL (gateway/urls.py): random, renewed with ``id``.
+    preview_id: Mapped[str] = mapped_column(
+        String(32), unique=True, server_default=text("replace(gen_random_uuid()::text, '-', '')")
+    )
     # new -> provisioning -> ready <-> sleeping; error; destroyed
     status: Mapped[str] = mapped_column(String(16), default="new", server_default="new")
     provider: Mapped[str | None] = mapped_column(String(32))

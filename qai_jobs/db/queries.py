@@ -15,7 +15,7 @@ _ACTION_COLUMNS = (
 )
 _ACTION = sa.text(f"SELECT {_ACTION_COLUMNS} FROM actions WHERE id = :id")
 _WORKSPACE = sa.text(
-    """SELECT w.project_id, w.id, w.status, w.provider, w.sandbox_id,
+    """SELECT w.project_id, w.id, w.preview_id, w.status, w.provider, w.sandbox_id,
               w.preview_url, w.port, w.last_snapshot_id, w.last_activity_at,
               w.created_at, w.updated_at, w.repo,
               (SELECT count(*) FROM actions a WHERE a.project_id = w.project_id
@@ -77,6 +77,7 @@ def workspace(conn: Connection, project_id: str) -> dict[str, Any] | None:
         "provider": row.provider,
         "sandbox_id": row.sandbox_id,
         "preview_url": row.preview_url,
+        "preview_id": row.preview_id,
         "port": row.port,
         "last_snapshot_id": row.last_snapshot_id,
         "last_activity_at": iso(row.last_activity_at),

@@ -21,6 +21,7 @@ from qai_jobs.providers.base import Sandbox
 # Columns the runner may change (the rest belong to ordering: counters and the lease).
 MUTABLE = (
     "id",
+    "preview_id",
     "status",
     "provider",
     "sandbox_id",
@@ -41,6 +42,7 @@ MUTABLE = (
 class WorkspaceState:
     project_id: str
     id: uuid.UUID
+    preview_id: str | None = None
     status: str = WorkspaceStatus.NEW
     provider: str | None = None
     sandbox_id: str | None = None

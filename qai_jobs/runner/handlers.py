@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -17,6 +17,7 @@ from qai_jobs.constants import WorkspaceStatus
 from qai_jobs.db.manifest import ManifestUpdate
 from qai_jobs.errors import ErrorCode, PermanentError, QaiJobsError, SandboxGone
 from qai_jobs.events import Event, EventType
+from qai_jobs.gateway.urls import publish_result
 from qai_jobs.providers.base import SandboxStatus
 from qai_jobs.results import (
     ActionResult,
@@ -45,7 +46,9 @@ Handler = Callable[[ActionContext], ActionResult]
 
 
 def execute(ctx: ActionContext) -> ActionResult:
-    return _HANDLERS[ctx.kind](ctx)
+    result = dict(_HANDLERS[ctx.kind](ctx))
+    # With the gateway, producers see its stable URL, never the provider's current one.
+    return cast(ActionResult, publish_result(ctx.settings, ctx.ws.preview_id, result, ctx.events))
 
 
 def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:

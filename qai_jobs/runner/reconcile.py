@@ -12,6 +12,7 @@ import uuid
 from qai_jobs.constants import WorkspaceStatus
 from qai_jobs.db.workspace_state import WorkspaceState
 from qai_jobs.errors import ErrorCode, PermanentError
+from qai_jobs.gateway.urls import new_preview_id
 from qai_jobs.providers.base import Sandbox, SandboxStatus
 from qai_jobs.providers.select import create_with_fallback
 from qai_jobs.runner.context import ActionContext
@@ -26,6 +27,7 @@ def provision(ctx: ActionContext, snapshot_id: str | None = None) -> Sandbox:
     ctx.progress("provisioning", None, None)
     if ctx.ws.status == WorkspaceStatus.DESTROYED:
         ctx.ws.id = uuid.uuid4()  # a destroyed workspace comes back as a new one
+        ctx.ws.preview_id = new_preview_id()  # and its old preview URL does not reach it
     if ctx.ws.provider and snapshot_id:
         sb = ctx.provider.create(ctx.spec(snapshot_id))
     else:

@@ -16,6 +16,7 @@ CONTRACT_COMMANDS = [
     "beat",
     "api",
     "flower",
+    "gateway",
     "up",
     "ensure",
     "run",
@@ -75,8 +76,10 @@ def test_usage_error_exits_2_without_traceback() -> None:
 def test_compose_services_run_real_commands() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "postgres", "migrate", "worker", "beat", "flower", "api"} <= set(services)
-    for name in ("migrate", "worker", "beat", "flower", "api"):
+    assert {"redis", "postgres", "migrate", "worker", "beat", "flower", "api", "gateway"} <= set(
+        services
+    )
+    for name in ("migrate", "worker", "beat", "flower", "api", "gateway"):
         command = services[name]["command"]
         assert command[0] in CONTRACT_COMMANDS, name
         from click.testing import CliRunner
