@@ -124,5 +124,6 @@ REPO_UNAVAILABLE = "repo_unavailable"
 PATH_OUTSIDE_WORKSPACE = "path_outside_workspace"
 SNAPSHOT_NOT_FOUND = "snapshot_not_found"
 MANIFEST_STALE = "manifest_stale"  # a delta sync refused before writing: send the full tree
+UNSUPPORTED_NETWORK_POLICY = "unsupported_network_policy"
 INVALID_PAYLOAD = "invalid_payload"
 CANCELLED = "cancelled"

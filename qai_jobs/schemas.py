@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from .egress import Egress, parse_egress
 from .errors import PayloadTooLarge, ValidationFailed
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -163,6 +164,19 @@ class RepoSpec(_Strict):
         return value
 
 
+class NetworkSpec(_Strict):
+    """What the sandbox may reach (egress.py); the workspace keeps it until an ensure changes it."""
+
+    egress: Egress
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _egress(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() not in ("internet", "none"):
+            raise ValueError("must be 'internet', 'none' or a list of domains and CIDRs")
+        return parse_egress(value)
+
+
 class _WithFiles(_Strict):
     files: Files | None = None
     delete: list[SafePath] | None = None
@@ -189,6 +203,7 @@ class EnsurePayload(_WithFiles):
     env: dict[str, str] | None = None
     sandbox_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     start_dev_server: bool = True
+    network: NetworkSpec | None = None
 
     _env = field_validator("env")(_check_env)
 
