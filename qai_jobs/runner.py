@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from . import schemas as s
 from .config import Settings
+from .egress import Egress
 from .errors import MANIFEST_STALE, PermanentError, QaiJobsError, SandboxGone
 from .manifest import Manifest, ManifestUpdate
 from .providers.base import CreateSpec, Provider, Sandbox, SandboxStatus
@@ -75,7 +76,14 @@ def _spec(ctx: ActionContext, snapshot_id: str | None = None) -> CreateSpec:
         port=ctx.ws.port or ctx.settings.workspace_preview_port,
         env=unseal_env(ctx.settings, ctx.ws.env),
         snapshot_id=snapshot_id,
+        egress=_egress(ctx),
     )
+
+
+def _egress(ctx: ActionContext) -> Egress:
+    """The workspace's egress policy: what an ensure set, else the configured default."""
+    egress: Egress = (ctx.ws.network or {}).get("egress", ctx.settings.workspace_egress)
+    return egress
 
 
 def _has_sandbox(ws: WorkspaceState) -> bool:
@@ -393,6 +401,8 @@ def _ensure(ctx: ActionContext) -> dict[str, Any]:
         ws.install_command = p.install_command
     if p.port is not None:
         ws.port = p.port
+    if p.network is not None:
+        ws.network = p.network.model_dump(mode="json")
     created = False
     if adopting:
         assert p.sandbox_id is not None
@@ -404,6 +414,8 @@ def _ensure(ctx: ActionContext) -> dict[str, Any]:
         ws.install_hash = None
     sb, created = _sandbox(ctx)
     ws.status = "provisioning" if created else ws.status
+    # In order: what this ensure does next (fetch, install, dev server) runs under its policy.
+    _provider(ctx).set_egress(sb, _egress(ctx))
     if p.repo is not None:
         ctx.progress("fetching repository", None, None)
         head = _provider(ctx).git_sync(sb, p.repo.url, p.repo.ref)
@@ -412,7 +424,8 @@ def _ensure(ctx: ActionContext) -> dict[str, Any]:
         counts = _sync_files(ctx, sb, p, manifest)
     except PermanentError as exc:
         if exc.code == MANIFEST_STALE:  # refused: the settings wait for the full sync that follows
-            ws.revert("env", "dev_command", "install_command", "port")
+            ws.revert("env", "dev_command", "install_command", "port", "network")
+            _provider(ctx).set_egress(sb, _egress(ctx))
         raise
     installed = _install(ctx, sb, p.install_command)
     if installed:

@@ -31,6 +31,7 @@ MUTABLE = (
     "env",
     "dev_process",
     "repo",
+    "network",
     "last_snapshot_id",
 )
 
@@ -51,6 +52,7 @@ class WorkspaceState:
     env: dict[str, Any] | None = None
     dev_process: dict[str, Any] | None = None
     repo: dict[str, Any] | None = None
+    network: dict[str, Any] | None = None
     last_snapshot_id: str | None = None
     _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -99,7 +101,7 @@ class WorkspaceState:
         self.provider = sb.provider
 
 
-_JSON_COLUMNS = {"sandbox", "env", "dev_process", "repo"}
+_JSON_COLUMNS = {"sandbox", "env", "dev_process", "repo", "network"}
 
 
 def write_changes(conn: Connection, state: WorkspaceState) -> None:
