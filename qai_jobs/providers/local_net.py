@@ -32,9 +32,10 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,12 +103,20 @@ class SandboxNet:
                 self._unmount()
                 self.ns.touch(mode=0o600)
                 _run(["unshare", f"--net={self.ns}", "true"], "create the network namespace")
-                self._load_rules(cfg.egress)
-            self.resolv.write_text("nameserver 127.0.0.1\noptions edns0\n")
-            if self._pasta() is None:
-                self._start_pasta(cfg)
-            if self._dnsmasq() is None:
-                self._start_dnsmasq(cfg.egress)
+            # pasta takes longest to start: it starts first, and the rest happens meanwhile
+            # (nothing sandboxed can run in the namespace before ``up`` returns).
+            pasta = self._launch_pasta(cfg) if self._pasta() is None else None
+            try:
+                if made:
+                    self._load_rules(cfg.egress)
+                self.resolv.write_text("nameserver 127.0.0.1\noptions edns0\n")
+                if self._dnsmasq() is None:
+                    self._start_dnsmasq(cfg.egress)
+            finally:
+                if pasta is not None:
+                    _finish(pasta, f"start pasta for port {cfg.port}")
+            if pasta is not None:
+                _started(self._pasta, "pasta")
             return made
 
     def apply(self, egress: Egress) -> None:
@@ -117,7 +126,7 @@ class SandboxNet:
             if not self.mounted():
                 return
             self._load_rules(egress)
-            self._stop(self._dnsmasq())
+            self._stop(self._dnsmasq(), wait=True)  # it holds the resolver's port
             self._start_dnsmasq(egress)
 
     def down(self) -> None:
@@ -145,10 +154,11 @@ class SandboxNet:
         rules = egress_rules.ruleset(egress, _host_networks(), pwd.getpwnam(DNS_USER).pw_uid)
         _run([*self._enter(), "nft", "-f", "-"], "load the egress rules", stdin=rules)
 
-    def _start_pasta(self, cfg: NetConfig) -> None:
+    def _launch_pasta(self, cfg: NetConfig) -> subprocess.Popen[bytes]:
         self._pasta_pid.unlink(missing_ok=True)
+        _wait_port_free(cfg.host_address, cfg.port)  # a pasta just killed may still hold it
         forward = f"{cfg.host_address}/{cfg.port}:{cfg.port}"
-        _run(
+        return _launch(
             [
                 "pasta", "--quiet", "--runas", "0", "--pid", str(self._pasta_pid),
                 "--netns", str(self.ns), "--config-net", "--no-map-gw",
@@ -170,28 +180,27 @@ class SandboxNet:
         )
         self.dns_conf.write_text(conf)
         _run([*self._enter(), "dnsmasq", f"--conf-file={self.dns_conf}"], "start dnsmasq")
+        _started(self._dnsmasq, "dnsmasq")
 
     def _stop_helpers(self) -> None:
-        for pid in (self._dnsmasq(), self._pasta()):
-            self._stop(pid)
+        # Neither keeps state worth a clean exit. pasta's exit takes tens of milliseconds (its
+        # tap device is unregistered): not waited for here, but before its port is bound again.
+        self._stop(self._dnsmasq(), wait=False)
+        self._stop(self._pasta(), wait=False)
 
     @staticmethod
-    def _stop(pid: int | None, grace: float = 2.0) -> None:
+    def _stop(pid: int | None, *, wait: bool, grace: float = 2.0) -> None:
         if pid is None:
             return
         started = stat_fields(pid)
         with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            now = stat_fields(pid)
-            if now is None or now[STATE] in ("Z", "X") or started is None:
-                return
-            if now[START] != started[START]:
-                return  # gone, and the pid already reused
-            time.sleep(0.01)
-        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        while wait and started is not None and time.monotonic() < deadline:
+            now = stat_fields(pid)
+            if now is None or now[STATE] in ("Z", "X") or now[START] != started[START]:
+                return  # exited (or gone, and the pid already reused)
+            time.sleep(0.002)
 
     def _unmount(self) -> None:
         if self.mounted():
@@ -216,26 +225,62 @@ def _helper(pid_file: Path, marker: str) -> int | None:
     return pid
 
 
-def _run(argv: Sequence[str], what: str, stdin: str | None = None) -> None:
+def _started(find: Callable[[], int | None], name: str, timeout: float = 2.0) -> None:
+    """Wait for a daemonized helper's pid file to name it: its launcher may exit first."""
+    deadline = time.monotonic() + timeout
+    while find() is None:
+        if time.monotonic() > deadline:
+            raise TransientError(f"{name} started but does not run")
+        time.sleep(0.005)
+
+
+def _wait_port_free(address: str, port: int, timeout: float = 3.0) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+                return
+            except OSError:
+                pass
+        time.sleep(0.005)
+    # Still taken: pasta says by whom it cannot bind, and the action is retried.
+
+
+def _launch(argv: Sequence[str], what: str, *, stdin: bool = False) -> subprocess.Popen[bytes]:
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
-            input=stdin.encode() if stdin is not None else None,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=_HELPER_ENV,
-            timeout=30,
             start_new_session=True,  # helpers must not get the worker's Ctrl-C
-            check=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:
         raise TransientError(f"cannot {what}: {exc}") from None
+    return proc
+
+
+def _run(argv: Sequence[str], what: str, stdin: str | None = None) -> None:
+    _finish(_launch(argv, what, stdin=stdin is not None), what, stdin)
+
+
+def _finish(proc: subprocess.Popen[bytes], what: str, stdin: str | None = None) -> None:
+    """Wait for a launched helper command (a daemon's launcher exits once it is set up)."""
+    try:
+        _, err = proc.communicate(stdin.encode() if stdin is not None else None, timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise TransientError(f"cannot {what}: no answer in 30 s") from None
     if proc.returncode != 0:
         # pasta repeats each line as a complaint about the missing syslog: keep the message.
         lines = [
             line
-            for line in proc.stderr.decode(errors="replace").splitlines()
+            for line in err.decode(errors="replace").splitlines()
             if line.strip() and not line.startswith("Failed to send")
         ]
         detail = "; ".join(lines)[-500:] or f"exit code {proc.returncode}"

@@ -311,9 +311,10 @@ def test_sleep_takes_the_network_down_and_wake_brings_it_back(net: Net) -> None:
     assert all(pids.values()), pids
 
     provider.sleep(sb)
-    assert helpers(sb) == {"pasta": None, "dnsmasq": None}
     assert not (Path(sb.state["dir"]) / "net" / "ns").exists()
-    assert not host_connects(f"127.0.0.1:{port}")  # the host port is free again
+    # Both are killed; pasta's exit takes a moment (the kernel unregisters its tap device).
+    assert wait_for(lambda: helpers(sb) == {"pasta": None, "dnsmasq": None}, 2)
+    assert wait_for(lambda: not host_connects(f"127.0.0.1:{port}"), 2)  # the port is free
 
     provider.wake(sb)
     serve(provider, sb, "woken")
