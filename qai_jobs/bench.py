@@ -33,6 +33,7 @@ EXTRA_SCENARIOS = {
     "http": "qai_jobs.bench_http:run_http_scenario",
     "webhooks": "qai_jobs.bench_webhooks:run_webhook_scenario",
     "local": "qai_jobs.bench_local:run_local_scenario",
+    "netns": "qai_jobs.bench_netns:run_netns_scenario",
 }
 
 
