@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from .egress import Egress, parse_egress
+from .egress import parse_egress
 from .errors import PayloadTooLarge, ValidationFailed
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -165,9 +165,11 @@ class RepoSpec(_Strict):
 
 
 class NetworkSpec(_Strict):
-    """What the sandbox may reach (egress.py); the workspace keeps it until an ensure changes it."""
+    """What the sandbox may reach: 'internet' (public addresses, never the host or a private
+    network), 'none', or a list of domains (*. wildcards) and CIDRs. The workspace keeps it
+    until a later ensure changes it."""
 
-    egress: Egress
+    egress: Literal["internet", "none"] | Annotated[list[str], Field(min_length=1, max_length=256)]
 
     @field_validator("egress", mode="before")
     @classmethod
