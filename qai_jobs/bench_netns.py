@@ -23,7 +23,7 @@ from .bench import summarize
 from .config import Settings
 from .providers.base import CreateSpec
 from .providers.local import Layout, LocalProvider
-from .providers.local_net import SandboxNet, net_config
+from .providers.local_net import SandboxNet, _wait_port_free, net_config
 from .providers.local_proc import Jail
 
 Log = Callable[[str], None]
@@ -70,6 +70,8 @@ def run_netns_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
             started = time.perf_counter()
             net.down()
             downs.append(time.perf_counter() - started)
+            # As a cold ensure finds it: no pasta of a moment ago still letting go of the port.
+            _wait_port_free(cfg.host_address, cfg.port)
             started = time.perf_counter()
             net.up(cfg)
             ups.append(time.perf_counter() - started)
