@@ -113,8 +113,9 @@ def ruleset(egress: Egress, host: Sequence[Network], dns_uid: int) -> str:
         "    ct direction reply accept",
         # The user-mode stack must resolve the namespace's neighbours (it answers them itself).
         "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
-        f"    ip daddr {DNS_FORWARD} meta l4proto {{ tcp, udp }} th dport 53"
-        f" meta skuid {dns_uid} accept",
+        # UDP only: pasta relays UDP to this address to the host's resolver; a TCP connect to
+        # it would leave for the link-local address itself.
+        f"    ip daddr {DNS_FORWARD} udp dport 53 meta skuid {dns_uid} accept",
         f"    ip daddr @never4 {REJECT}",
         f"    ip6 daddr @never6 {REJECT}",
     ]

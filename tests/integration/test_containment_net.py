@@ -30,6 +30,7 @@ import pytest
 
 from qai_jobs.client import WorkspaceClient
 from qai_jobs.errors import ActionFailed, PermanentError, ValidationFailed
+from qai_jobs.providers import local_egress
 from qai_jobs.providers.base import CreateSpec, Sandbox
 from qai_jobs.providers.local import LocalProvider
 from tests.conformance.conftest import make_settings
@@ -274,6 +275,14 @@ def test_an_allow_list_admits_only_the_listed_hosts(net: Net) -> None:
         assert not resolves(provider, sb, other), other
     # Still never the host, whatever was answered for an allowed name.
     assert not any(probe(provider, sb, ["127.0.0.1:5432", "169.254.169.254:80"]).values())
+    # Nor the resolver's own upstream: a query that skips dnsmasq goes nowhere.
+    query = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3);"
+        "s.sendto(bytes.fromhex('123401000001000000000000047079706903636f6d0000010001'),"
+        f"('{local_egress.DNS_FORWARD}', 53)); print(s.recv(512))"
+    )
+    bypass = provider.run(sb, ["python3", "-c", query], timeout_s=30)
+    assert bypass.exit_code != 0 and "Error" in bypass.stderr, bypass
 
     # A CIDR admits its addresses without any name; the registry's name no longer resolves.
     registry_ip = socket.gethostbyname(REGISTRY)

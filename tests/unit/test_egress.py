@@ -124,8 +124,7 @@ def test_every_policy_blocks_loopback_link_local_and_the_host_first() -> None:
             'oif "lo" accept',
             "ct direction reply accept",
             "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
-            f"ip daddr {local_egress.DNS_FORWARD} meta l4proto {{ tcp, udp }} th dport 53 "
-            "meta skuid 65534 accept",
+            f"ip daddr {local_egress.DNS_FORWARD} udp dport 53 meta skuid 65534 accept",
         ]
         assert chain[-1] == local_egress.REJECT
 
