@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PG_VERSION := $(shell ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
 
-.PHONY: install services up test bench lint format clean
+.PHONY: install netns-tools services up test bench lint format clean
 
-install: $(STAMP) /usr/bin/bwrap /usr/bin/chromium
+install: $(STAMP) /usr/bin/bwrap netns-tools /usr/bin/chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ $(STAMP): pyproject.toml
 	  echo "installing chromium (Debian package) for the gateway's browser test"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# Each local sandbox gets its own network namespace: pasta (passt) for user-mode networking,
+# nftables for its egress rules, dnsmasq for its resolver, ip (iproute2) to list the host's
+# addresses the rules keep out.
+NETNS_PACKAGES := pasta:passt nft:nftables dnsmasq:dnsmasq-base ip:iproute2
+netns-tools:
+	@missing=""; for pair in $(NETNS_PACKAGES); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	[ -z "$$missing" ] || { \
+	  echo "installing$$missing (Debian packages) for the local provider's sandbox networks"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 # Start Postgres and Redis when they are installed but stopped; fail loudly when absent.
 services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from qai_jobs.egress import INTERNET, Egress, parse_egress
 from qai_jobs.errors import ConfigurationError
 
 KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
@@ -60,6 +62,9 @@ class Settings(BaseSettings):
     # Host ports handed out to local dev servers, one per workspace.
     workspace_local_port_min: Annotated[int, Field(ge=1024, le=65535)] = 41000
     workspace_local_port_max: Annotated[int, Field(ge=1024, le=65535)] = 41999
+    # What sandboxed code may reach (egress.py), and where this host's previews are reached.
+    workspace_egress: Annotated[Egress, NoDecode] = INTERNET
+    workspace_host_address: str = "127.0.0.1"
     workspace_max_attempts: PositiveInt = 5
     # The Celery queue producers send to and workers consume; `qai-jobs bench` uses its own.
     workspace_queue: str = Field(default="celery", min_length=1)
@@ -102,7 +107,7 @@ class Settings(BaseSettings):
     @field_validator("workspace_preview_domain")
     @classmethod
     def _preview_domain(cls, value: str | None) -> str | None:
-        from .gateway.urls import check_domain
+        from qai_jobs.gateway.urls import check_domain
 
         return check_domain(value) if value else None
 
@@ -154,6 +159,19 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().startswith("whsec_"):
             raise ValueError("must look like whsec_<base64>")
         return value
+
+    @field_validator("workspace_egress", mode="before")
+    @classmethod
+    def _egress(cls, value: object) -> object:
+        return parse_egress(value)
+
+    @field_validator("workspace_host_address")
+    @classmethod
+    def _host_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError("must be an IP address of this host") from None
 
     @field_validator("database_url")
     @classmethod

@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     API_UNAVAILABLE = "api_unavailable"
     UNHEALTHY = "unhealthy"
+    UNSUPPORTED_NETWORK_POLICY = "unsupported_network_policy"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
     DATABASE_UNAVAILABLE = "database_unavailable"

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from qai_jobs.egress import parse_egress
 from qai_jobs.errors import ValidationFailed
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -167,6 +168,21 @@ class RepoSpec(_Strict):
         return value
 
 
+class NetworkSpec(_Strict):
+    """What the sandbox may reach: 'internet' (public addresses, never the host or a private
+    network), 'none', or a list of domains (*. wildcards) and CIDRs. The workspace keeps it
+    until a later ensure changes it."""
+
+    egress: Literal["internet", "none"] | Annotated[list[str], Field(min_length=1, max_length=256)]
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _egress(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() not in ("internet", "none"):
+            raise ValueError("must be 'internet', 'none' or a list of domains and CIDRs")
+        return parse_egress(value)
+
+
 class WithFiles(_Strict):
     files: Files | None = None
     delete: list[SafePath] | None = None
@@ -193,6 +209,7 @@ class EnsurePayload(WithFiles):
     env: dict[str, str] | None = None
     sandbox_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     start_dev_server: bool = True
+    network: NetworkSpec | None = None
 
     _env = field_validator("env")(_check_env)
 

@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 
 from qai_jobs.config import Settings
-from tests.support import services
+from tests.support import netns, services
 from tests.support.procs import Proc, start_beat, start_worker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_sandbox_networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    yield
+    netns.release_under(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ EXTRA_SCENARIOS = {
     "local": "qai_jobs.bench.local:run_local_scenario",
     "events": "qai_jobs.bench.events:run_events_scenario",
     "gateway": "qai_jobs.bench.gateway:run_gateway_scenario",
+    "netns": "qai_jobs.bench.netns:run_netns_scenario",
 }
 
 

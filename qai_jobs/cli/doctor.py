@@ -32,10 +32,24 @@ def run_checks(settings: Settings) -> list[dict[str, Any]]:
                 "bubblewrap" if iso == "bwrap" else "none: workspaces are NOT isolated",
             )
         )
+        checks.append(_local_network(settings))
     from qai_jobs.providers.credentials import check as cloud_checks
 
     checks.extend(_cloud(report) for report in cloud_checks(settings))
     return checks
+
+
+def _local_network(settings: Settings) -> dict[str, Any]:
+    from qai_jobs.providers.local.net import refusal
+
+    if settings.isolation != "bwrap":
+        return _check("local network", "warn", "none: sandboxes share the host's network")
+    why = refusal(settings)
+    if why is not None:
+        return _check("local network", "fail", why)
+    egress = settings.workspace_egress
+    shown = egress if isinstance(egress, str) else f"allow-list of {len(egress)}"
+    return _check("local network", "ok", f"a namespace per sandbox; default egress {shown}")
 
 
 def _cloud(report: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ def worker(
     """Run a Celery worker that executes workspace actions."""
     settings = settings_from(ctx)
     _warn_isolation(settings)
+    _refuse_without_containment(settings)
     from qai_jobs.celery_app import app
 
     argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "--events"]
@@ -63,6 +64,15 @@ def _warn_isolation(settings: Settings) -> None:
             "or WORKSPACE_LOCAL_ISOLATION=none)",
             err=True,
         )
+
+
+def _refuse_without_containment(settings: Settings) -> None:
+    """A worker that would run local sandboxes without their own network does not start."""
+    if "local" in settings.workspace_runtime:
+        from qai_jobs.providers.local.net import refusal
+
+        if (why := refusal(settings)) is not None:
+            fail(why, EXIT_USAGE)
 
 
 @click.command()

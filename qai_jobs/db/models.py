@@ -64,6 +64,8 @@ class Workspace(Base):
     env: Mapped[dict[str, Any] | None]
     dev_process: Mapped[dict[str, Any] | None]
     repo: Mapped[dict[str, Any] | None]
+    # {"egress": ...} from the last ensure that set it; null follows WORKSPACE_EGRESS
+    network: Mapped[dict[str, Any] | None]
     last_snapshot_id: Mapped[str | None] = mapped_column(String(255))
     # seq of the ensure/write that last recorded workspace_files (see manifest.py)
     manifest_seq: Mapped[int | None] = mapped_column(BigInteger)

@@ -34,6 +34,7 @@ MUTABLE = (
     "env",
     "dev_process",
     "repo",
+    "network",
     "last_snapshot_id",
 )
 
@@ -55,6 +56,7 @@ class WorkspaceState:
     env: dict[str, Any] | None = None
     dev_process: dict[str, Any] | None = None
     repo: dict[str, Any] | None = None
+    network: dict[str, Any] | None = None
     last_snapshot_id: str | None = None
     _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -103,7 +105,7 @@ class WorkspaceState:
         self.provider = sb.provider
 
 
-_JSON_COLUMNS = {"sandbox", "env", "dev_process", "repo"}
+_JSON_COLUMNS = {"sandbox", "env", "dev_process", "repo", "network"}
 
 
 _TOUCH = sa.text("UPDATE workspaces SET last_activity_at = now() WHERE project_id = :p")

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
+from qai_jobs.egress import Egress
 from qai_jobs.errors import ErrorCode
 from qai_jobs.results import CommandResult
 
@@ -64,6 +65,8 @@ class CreateSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     # Create from this snapshot instead of an empty tree (wake / restore / recreate).
     snapshot_id: str | None = None
+    # What the sandbox may reach (egress.py); None: WORKSPACE_EGRESS.
+    egress: Egress | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,12 @@ class Provider(abc.ABC):
         """The last ``tail`` lines the process wrote (stdout and stderr together)."""
 
     # -- network -----------------------------------------------------------------------------
+    def set_egress(self, sb: Sandbox, egress: Egress) -> None:
+        """Apply the egress policy to a running sandbox, before the ensure that set it goes on;
+        PermanentError(code="unsupported_network_policy") when the provider cannot express it.
+        The default keeps the provider's network as it is."""
+        return None
+
     def dev_port(self, sb: Sandbox, requested: int) -> int:
         """The port the dev server listens on inside the sandbox (local allocates its own)."""
         return requested

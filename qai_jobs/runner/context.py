@@ -17,6 +17,7 @@ from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.db.manifest import Manifest, ManifestUpdate
 from qai_jobs.db.workspace_state import WorkspaceState
+from qai_jobs.egress import Egress
 from qai_jobs.events import Event
 from qai_jobs.providers.base import CreateSpec, Provider
 from qai_jobs.providers.breaker import CircuitBreaker
@@ -105,4 +106,10 @@ class ActionContext:
             port=self.ws.port or self.settings.workspace_preview_port,
             env=self.env(),
             snapshot_id=snapshot_id,
+            egress=self.egress(),
         )
+
+    def egress(self) -> Egress:
+        """The workspace's egress policy: what an ensure set, else the configured default."""
+        egress: Egress = (self.ws.network or {}).get("egress", self.settings.workspace_egress)
+        return egress

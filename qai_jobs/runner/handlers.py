@@ -63,6 +63,8 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
         ws.install_command = p.install_command
     if p.port is not None:
         ws.port = p.port
+    if p.network is not None:
+        ws.network = p.network.model_dump(mode="json")
     if adopting:
         assert p.sandbox_id is not None
         provider_name = ws.provider or ctx.settings.workspace_runtime[0]
@@ -74,6 +76,8 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     sb, created = running_sandbox(ctx)
     if created:
         ws.status = WorkspaceStatus.PROVISIONING
+    # In order: what this ensure does next (fetch, install, dev server) runs under its policy.
+    ctx.provider.set_egress(sb, ctx.egress())
     if p.repo is not None:
         ctx.progress("fetching repository", None, None)
         head = ctx.provider.git_sync(sb, p.repo.url, p.repo.ref)
@@ -83,7 +87,8 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     except PermanentError as exc:
         if exc.code == ErrorCode.MANIFEST_STALE:
             # Refused: the new settings wait for the full sync that follows.
-            ws.revert("env", "dev_command", "install_command", "port")
+            ws.revert("env", "dev_command", "install_command", "port", "network")
+            ctx.provider.set_egress(sb, ctx.egress())
         raise
     installed = install(ctx, sb, p.install_command)
     if installed:

@@ -280,8 +280,10 @@ class E2BProvider(E2BSdk):
             cancel.check()
         elapsed = time.monotonic() - started
         timed_out = code == -1 or (code in (124, 137) and elapsed >= timeout_s - 0.5)
-        stdout, t1 = remote.truncate(_clean(stdout or "".join(out)), limit)
-        stderr, t2 = remote.truncate(_clean(stderr or "".join(err)), limit)
+        # Cut first, then make safe: the limit counts the sandbox's bytes.
+        stdout, t1 = remote.truncate(stdout or "".join(out), limit)
+        stderr, t2 = remote.truncate(stderr or "".join(err), limit)
+        stdout, stderr = _clean(stdout), _clean(stderr)
         return ExecResult(
             124 if timed_out else code, stdout, stderr, int(elapsed * 1000), timed_out, t1 or t2
         )

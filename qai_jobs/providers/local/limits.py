@@ -147,7 +147,7 @@ class SandboxLimits:
         without one it vfork()s. The limits still hold from the command's first instruction, so
         nothing can fork its way out before the cgroup is joined.
 
-        Protocol with ``local_proc._popen``: the shell's stdin is a pipe to the spawner. Any
+        Protocol with ``proc._popen``: the shell's stdin is a pipe to the spawner. Any
         failure is reported on it before the shell exits; on success the command is exec'd with
         stdin from /dev/null, which closes the pipe without a word.
         """

@@ -80,6 +80,9 @@ class Jail:
     isolation: str
     tree: Path
     home: Path
+    # The workspace's network namespace (net.py) and the resolv.conf that points into it.
+    netns: Path | None = None
+    resolv: Path | None = None
 
     def command(
         self,
@@ -100,7 +103,8 @@ class Jail:
                 argv = [_SETPRIV, "--pdeathsig", "KILL", "--", program, *argv[1:]]
             return Launch(list(argv), full, where)
         inner = {**BASE_ENV, "HOME": SANDBOX_HOME, **env}
-        args = ["bwrap"]
+        # bwrap joins no network namespace itself: nsenter puts it in the workspace's first.
+        args = ["nsenter", f"--net={self.netns}", "--", "bwrap"] if self.netns else ["bwrap"]
         if foreground:
             # A dev server must outlive the worker; a command must not.
             args.append("--die-with-parent")
@@ -123,11 +127,11 @@ class Jail:
         # root before it sandboxes anything, so a user's LD_PRELOAD must not reach it.
         for key, value in inner.items():
             args += ["--setenv", key, value]
-        etc, fds = _etc()
+        etc, fds = _etc(self.resolv)
         return Launch([*args, *etc, "--", *argv], {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, None, fds)
 
 
-def _etc() -> tuple[list[str], list[int]]:
+def _etc(resolv: Path | None = None) -> tuple[list[str], list[int]]:
     """bwrap arguments for the sandbox's /etc: the allowlist on a tmpfs, read-only once filled.
 
     A bind mount costs bwrap two mount calls and a parse of its mount table, which grows with
@@ -135,6 +139,7 @@ def _etc() -> tuple[list[str], list[int]]:
     So regular files are copied in from descriptors opened here (``--file``, no mount), links
     into /usr or /opt stay links, and only directories are bound. A copy is taken at start, like
     a bind of a file that the host later replaces by rename (how /etc files are updated).
+    ``resolv`` replaces the host's resolv.conf (a sandbox in its own namespace has its own).
     """
     args = ["--tmpfs", "/etc"]
     dirs: list[str] = []
@@ -143,6 +148,11 @@ def _etc() -> tuple[list[str], list[int]]:
         for name in ETC_ALLOWLIST:
             path = f"/etc/{name}"
             try:
+                if name == "resolv.conf" and resolv is not None:
+                    fd = os.open(resolv, os.O_RDONLY | os.O_CLOEXEC)
+                    fds.append(fd)
+                    args += ["--perms", "644", "--file", str(fd), path]
+                    continue
                 if os.path.islink(path):
                     real = os.path.realpath(path)
                     if real.startswith(SHARED_TREES):

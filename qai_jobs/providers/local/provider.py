@@ -8,7 +8,8 @@ Layout under WORKSPACE_ROOT (absolute)::
         git/                 git metadata of a repo source: never inside the tree, where
                              sandboxed code could plant hooks or config for host-side git
         logs/  procs/        dev server logs and the registry of started processes
-        meta.json            project, workspace, port, env of the sandbox
+        net/                 the network namespace and its helpers (net.py)
+        meta.json            project, workspace, port, env, egress policy of the sandbox
         sleeping             marker: {"snapshot_id"} while asleep
     snapshots/<id>.tar.gz + <id>.json
     ports.json               port -> sandbox_id, under .ports.lock
@@ -33,7 +34,8 @@ from typing import Any, ClassVar
 
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
-from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone
+from qai_jobs.egress import Egress
+from qai_jobs.errors import ConfigurationError, ErrorCode, PermanentError, QaiJobsError, SandboxGone
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
@@ -48,6 +50,7 @@ from qai_jobs.providers.local.fs import SafeTree
 from qai_jobs.providers.local.git import git_sync
 from qai_jobs.providers.local.hashcache import HashCache
 from qai_jobs.providers.local.limits import SandboxLimits
+from qai_jobs.providers.local.net import SandboxNet, check_egress, net_config, preview_host, refusal
 from qai_jobs.providers.local.proc import (
     Jail,
     check_env,
@@ -102,6 +105,8 @@ class LocalProvider(Provider):
             self.root, settings.workspace_local_port_min, settings.workspace_local_port_max
         )
         self.snapshots = SnapshotStore(self.root, settings.workspace_local_snapshots_kept)
+        if (why := refusal(settings)) is not None:
+            raise ConfigurationError(why)
         if settings.isolation == "none" and "none" not in _warned:
             _warned.add("none")
             log.warning(
@@ -126,7 +131,20 @@ class LocalProvider(Provider):
         return layout
 
     def _jail(self, layout: Layout) -> Jail:
-        return Jail(self.settings.isolation, layout.tree, layout.home)
+        if self.settings.isolation != "bwrap":
+            return Jail(self.settings.isolation, layout.tree, layout.home)
+        net = self._net_up(layout)
+        return Jail("bwrap", layout.tree, layout.home, net.ns, net.resolv)
+
+    def _net_up(self, layout: Layout) -> SandboxNet:
+        """The workspace's network namespace, made or repaired first (a restart may have taken
+        it or its helpers away); processes left in a lost namespace are stopped."""
+        net = SandboxNet(layout.base)
+        if not net.healthy():
+            if not net.mounted():
+                self._stop_all(layout)
+            net.up(net_config(self.settings, layout.read_meta()))
+        return net
 
     def _env(self, layout: Layout, env: Mapping[str, str] | None) -> dict[str, str]:
         merged = {**layout.read_meta().get("env", {}), **(env or {})}
@@ -150,6 +168,7 @@ class LocalProvider(Provider):
             "workspace_id": spec.workspace_id,
             "port": self.ports.allocate(layout.base.name),
             "env": dict(spec.env),
+            "egress": check_egress(self.settings, spec.egress),
             "created_at": time.time(),
         }
         atomic_write(layout.meta, json.dumps(meta).encode())
@@ -206,6 +225,7 @@ class LocalProvider(Provider):
     def sleep(self, sb: Sandbox) -> SleepOutcome:
         layout = self._existing(sb)
         self._stop_all(layout)
+        SandboxNet(layout.base).down()
         snapshot_id = self.snapshots.create(SafeTree(layout.tree), sb.sandbox_id, kept=False)
         atomic_write(layout.sleeping, json.dumps({"snapshot_id": snapshot_id}).encode())
         sb.state["sleep_snapshot"] = snapshot_id
@@ -249,6 +269,7 @@ class LocalProvider(Provider):
         layout = self._layout(sb)
         if layout.base.is_dir():
             self._stop_all(layout)
+            SandboxNet(layout.base).down()
             shutil.rmtree(layout.base, ignore_errors=True)
         self.snapshots.forget(sb.sandbox_id)
         HashCache.forget(layout.base / "hashcache.json")
@@ -377,18 +398,38 @@ class LocalProvider(Provider):
         return "\n".join(safe_text(data).splitlines()[-tail:])
 
     # -- network -----------------------------------------------------------------------------
+    def set_egress(self, sb: Sandbox, egress: Egress) -> None:
+        layout = self._existing(sb)
+        meta = layout.read_meta()
+        egress = check_egress(self.settings, egress)
+        if meta.get("egress") == egress:
+            return
+        if self.settings.isolation == "bwrap":
+            SandboxNet(layout.base).apply(egress)  # before the record: a failure is retried
+        meta["egress"] = egress
+        atomic_write(layout.meta, json.dumps(meta).encode())
+        layout.meta.chmod(0o600)
+
     def dev_port(self, sb: Sandbox, requested: int) -> int:
-        """The workspace's own host port: every dev server shares the host network."""
+        """The workspace's own host port. Under bwrap the dev server listens on the same number
+        inside its namespace, and the host's port is forwarded to it."""
         port = sb.state.get("port")
         if not port:
             port = sb.state["port"] = self.ports.allocate(sb.sandbox_id)
         return int(port)
 
     def preview_url(self, sb: Sandbox, port: int) -> str:
-        return f"http://127.0.0.1:{port}"
+        return f"http://{preview_host(self.settings)}:{port}"
 
     def port_ready(self, sb: Sandbox, port: int) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        layout = self._layout(sb)
+        if self.settings.isolation == "bwrap" and not SandboxNet(layout.base).healthy():
+            # A dev server that outlived its forward (pasta killed) answers again once the
+            # forward is back; a sandbox that cannot have one simply is not ready.
+            with contextlib.suppress(QaiJobsError, OSError, KeyError, ValueError):
+                if layout.meta.exists() and not layout.sleeping.exists():
+                    self._net_up(layout)
+        conn = http.client.HTTPConnection(self.settings.workspace_host_address, port, timeout=2)
         try:
             conn.request("GET", "/")
             conn.getresponse()

@@ -287,8 +287,9 @@ class ModalProvider(ModalSdk):
             cancel.check()
         elapsed = time.monotonic() - started
         timed_out = code == -1 or (code in (124, 137) and elapsed >= timeout_s - 0.5)
-        stdout, t1 = remote.truncate(safe_text(bytes(out)), limit)
-        stderr, t2 = remote.truncate(safe_text(bytes(err)), limit)
+        # Cut first, then make safe: the limit counts the sandbox's bytes.
+        stdout, t1 = safe_text(bytes(out[:limit])), len(out) > limit
+        stderr, t2 = safe_text(bytes(err[:limit])), len(err) > limit
         return ExecResult(
             124 if timed_out else code, stdout, stderr, int(elapsed * 1000), timed_out, t1 or t2
         )

@@ -1,0 +1,25 @@
+"""Sandbox networks a test run leaves behind: tests that end with a workspace still awake
+(on purpose or by failing) would leave its namespace mounted and its pasta and dnsmasq
+running after the run's temporary directories are gone."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from qai_jobs.providers.local.net import SandboxNet
+
+
+def release_under(root: Path) -> int:
+    """Take down every sandbox network mounted below ``root``; how many there were."""
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    found = 0
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh if " - nsfs " in line]
+    for point in points:
+        path = Path(point.replace("\\040", " "))
+        if str(path).startswith(prefix) and path.name == "ns" and path.parent.name == "net":
+            found += 1
+            with contextlib.suppress(Exception):
+                SandboxNet(path.parent.parent).down()
+    return found
