@@ -68,17 +68,10 @@ def register(
         """Deliver EVENT_ID (or every dead event with --dead) again, with the same webhook-id."""
         if bool(event_id) == dead:
             fail("give an EVENT_ID or --dead")
-        where = "status = 'dead'" if dead else "id = :id"
+        from qai_jobs.db.outbox import replay as replay_events
+
         with client_of(ctx).engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    sa.text(
-                        f"UPDATE webhook_events SET status = 'pending', attempts = 0, "
-                        f"next_attempt_at = now(), last_error = NULL WHERE {where} RETURNING id"
-                    ),
-                    {"id": event_id},
-                ).scalars()
-            )
+            ids = replay_events(conn, event_id=event_id, only_dead=dead)
         if event_id and not ids:
             fail(f"no webhook event {event_id}", EXIT_FAILED)
         from qai_jobs.celery_app import app

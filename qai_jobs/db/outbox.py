@@ -151,3 +151,22 @@ def due_events(engine: Engine, limit: int = 1000) -> list[str]:
     """Pending rows whose next attempt is due (their message was lost, or beat owns the retry)."""
     with engine.connect() as conn:
         return [str(i) for i in conn.execute(_DUE, {"limit": limit}).scalars()]
+
+
+def replay(conn: Connection, *, event_id: str | None = None, only_dead: bool = False) -> list[str]:
+    """Make events due again from their first attempt, keeping their webhook-id (receivers
+    dedupe by it): ``event_id`` alone (in any state), every dead one, or ``event_id`` only if
+    it is dead. Returns the ids to hand to delivery after commit; should that message be lost,
+    the webhooks sweep finds the rows due."""
+    if event_id is None and not only_dead:
+        raise ValueError("replay: name an event or ask for the dead ones")
+    where = ["true"]
+    if event_id is not None:
+        where.append("id = :id")
+    if only_dead:
+        where.append("status = 'dead'")
+    statement = sa.text(
+        "UPDATE webhook_events SET status = 'pending', attempts = 0, next_attempt_at = now(), "
+        f"last_error = NULL WHERE {' AND '.join(where)} RETURNING id"
+    )
+    return [str(i) for i in conn.execute(statement, {"id": event_id}).scalars()]
