@@ -8,7 +8,7 @@ PG_VERSION := $(shell ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
 
 .PHONY: install services up test bench lint format clean
 
-install: $(STAMP) /usr/bin/bwrap
+install: $(STAMP) /usr/bin/bwrap /usr/bin/chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml
 	  echo "installing bubblewrap (Debian package) for the local provider"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
+
+# The operator page's test drives Debian's headless Chromium (no browser download).
+/usr/bin/chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (Debian package) for the operator page's browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # Start Postgres and Redis when they are installed but stopped; fail loudly when absent.
 services:

@@ -93,3 +93,11 @@ def unseal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any
         payload = dict(payload)
         payload["env"] = unseal_env(settings, payload["env"])
     return payload
+
+
+def derived_key(settings: Settings, purpose: str) -> bytes:
+    """A key for ``purpose`` (signing, say) from this deployment's secret: every process of
+    one deployment derives the same one, and it tells nothing about the sealing key."""
+    secret = settings.workspace_secret_key
+    raw = secret.get_secret_value() if secret is not None else _key_file_secret()
+    return hashlib.sha256(f"qai-jobs:{purpose}\0{raw}".encode()).digest()
