@@ -35,6 +35,8 @@ EXTRA_SCENARIOS = {
     "webhooks": "qai_jobs.bench.webhooks:run_webhook_scenario",
     "local": "qai_jobs.bench.local:run_local_scenario",
     "events": "qai_jobs.bench.events:run_events_scenario",
+    "ui": "qai_jobs.bench.ui:run_ui_scenario",
+    "aio": "qai_jobs.bench.aio:run_aio_scenario",
 }
 
 
