@@ -6,6 +6,7 @@ once the schema has hosts."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -168,11 +169,23 @@ def test_every_query_has_an_index(engine: sa.Engine) -> None:
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
     assert len(statements) == 6
+    # The index each query is for (the last failure's lookup must not walk the successes).
+    expected = [
+        {"ix_workspaces_activity", "ix_actions_failed"},
+        {"ix_workspaces_status_activity", "ix_actions_failed"},
+        {"pk_workspaces", "ix_actions_failed"},
+        {"uq_actions_project_seq"},
+        {"ix_webhook_events_dead"},
+        {"ix_workspaces_status_activity"},
+    ]
     with engine.begin() as conn:
         conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        for statement, params in statements:
+        for (statement, params), indexes in zip(statements, expected, strict=True):
             plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", params).scalar_one()
-            assert "Seq Scan" not in json.dumps(plan), (statement, plan)
+            text = json.dumps(plan)
+            assert "Seq Scan" not in text, (statement, plan)
+            used = set(re.findall(r'"Index Name": "([a-z_]+)"', text))
+            assert indexes <= used, (statement, used)
 
 
 def test_hosts_hook_reads_a_hosts_table_and_host_id_once_they_exist() -> None:
