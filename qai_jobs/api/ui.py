@@ -3,28 +3,27 @@ live output of what runs, dead webhooks with a replay button.
 
 Server-rendered (Jinja2, every value escaped) with htmx for the live parts, vendored under
 ``static/ui`` so the page works offline; no route here is part of the OpenAPI document. The
-queries live in ``db.operator``; who may see the page, in ``ui_auth``; the live output, in
-``ui_live``.
+queries live in ``db.operator``; who may see the page, in ``ui_auth``; how rows become HTML,
+in ``ui_render``; the live output, in ``ui_live``.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 
 from qai_jobs.api import ui_live
 from qai_jobs.api.ui_auth import PREFIX, Session, UiAuth, safe_next
+from qai_jobs.api.ui_render import HEADERS, STATIC, render_fragment
 from qai_jobs.config import Settings
 from qai_jobs.constants import DELIVER_TASK, WorkspaceStatus
 from qai_jobs.db import operator, outbox
@@ -33,20 +32,7 @@ from qai_jobs.schemas import check_project_id
 
 log = logging.getLogger("qai_jobs.api")
 HERE = Path(__file__).parent
-STATIC = "/ui/static"
-HEADERS = {
-    # Nothing but this site's own script and style, ever: a value that slipped past escaping
-    # still could not run.
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
 STATUSES = "|".join(s.value for s in WorkspaceStatus)
-NONE = "\u2013"  # what an empty cell shows
 _CURSOR = r"^[0-9][0-9T:.+\- ]{9,40}\|[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 _WEBHOOK_CURSOR = r"^[0-9][0-9T:.+\- ]{9,40}\|msg_[0-9a-f]+$"
@@ -62,67 +48,6 @@ def install(app: FastAPI, settings: Settings) -> UiAuth:
     app.include_router(ui_live.router)
     app.mount(STATIC, StaticFiles(directory=HERE / "static" / "ui"), name="ui-static")
     return auth
-
-
-# -- rendering ---------------------------------------------------------------------------------
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else NONE
-
-
-def _ago(value: datetime | None) -> str:
-    if value is None:
-        return NONE
-    seconds = int((datetime.now(UTC) - value).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if abs(seconds) >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{max(seconds, 0)}s ago"
-
-
-def _took(started: datetime | None, finished: datetime | None) -> str:
-    if started is None or finished is None:
-        return NONE
-    ms = (finished - started).total_seconds() * 1000
-    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
-
-
-def _http_url(value: str | None) -> str | None:
-    """A link only to http(s): a sandbox could have made its preview URL ``javascript:``."""
-    if not value:
-        return None
-    try:
-        scheme = urlsplit(value).scheme.lower()
-    except ValueError:
-        return None
-    return value if scheme in ("http", "https") else None
-
-
-def _redact_url(value: str) -> str:
-    """A webhook target without the credentials it may carry in its userinfo or query."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "(unparseable URL)"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
-
-
-def _query(params: dict[str, Any]) -> str:
-    return urlencode({k: v for k, v in params.items() if v is not None})
-
-
-templates = Environment(
-    loader=FileSystemLoader(HERE / "templates" / "ui"), autoescape=True, auto_reload=False
-)
-templates.filters.update(
-    when=_when, ago=_ago, took=_took, http_url=_http_url, redact_url=_redact_url, query=_query
-)
-
-
-def render_fragment(name: str, **context: Any) -> str:
-    return templates.get_template(name).render(static=STATIC, **context)
 
 
 def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:

@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from qai_jobs.api.events import SEND_TIMEOUT_SECONDS, ActionEvents, _first_id
+from qai_jobs.api.ui_render import render_fragment
 from qai_jobs.db import operator
 
 router = APIRouter(include_in_schema=False)
@@ -55,8 +56,6 @@ async def stream(
     action_id: uuid.UUID,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> EventSourceResponse:
-    from qai_jobs.api.ui import render_fragment
-
     events = ActionEvents(
         request.app.state.client,
         request.app.state.waiter.redis,
