@@ -211,27 +211,54 @@ def delta_sync(
     write. With ``delete_missing``, recorded files (synced by any ensure/write of the project)
     that ``files`` no longer has are deleted; files the sandbox made itself are never touched.
     """
+    parts = sync_parts(get_manifest(), files, payload, delete_missing=delete_missing)
+    if parts.delta is not None:
+        try:
+            result = submit(parts.delta)
+        except ActionFailed as exc:
+            if exc.code != ErrorCode.MANIFEST_STALE:
+                raise
+        else:
+            return parts.counted(result)
+    return submit(parts.full)
+
+
+@dataclass(frozen=True)
+class SyncParts:
+    """What a sync sends: ``delta`` first when there is a manifest to diff against, ``full``
+    when there is not or the delta came back ``manifest_stale``."""
+
+    delta: dict[str, Any] | None
+    full: dict[str, Any]
+    unchanged: int
+
+    def counted(self, result: dict[str, Any]) -> dict[str, Any]:
+        """A delta's result, counting the files it left out as unchanged."""
+        if "files_unchanged" in result:
+            result["files_unchanged"] += self.unchanged
+        return result
+
+
+def sync_parts(
+    recorded: Mapping[str, Any],
+    files: Mapping[str, str] | Sequence[Mapping[str, str]],
+    payload: Mapping[str, Any],
+    *,
+    delete_missing: bool,
+) -> SyncParts:
+    """The payload parts of a sync against ``recorded`` (a ``get_manifest`` answer); shared by
+    the blocking and the asyncio clients, which differ only in how they submit."""
     entries = wire_entries(files)
     # A git fetch or an adopted sandbox puts files in place that no manifest knows of: send the
     # whole tree (and delete nothing in a sandbox we never synced into).
     full = bool(payload.get("repo") or payload.get("sandbox_id"))
     delete_missing = delete_missing and not payload.get("sandbox_id")
-    recorded = get_manifest()
     seq: int | None = recorded["manifest_seq"]
     delta = plan_delta(entries, recorded["files"], delete_missing)
+    first = None
     if seq is not None and not full:
-        try:
-            result = submit(
-                {"files": delta.files, "delete": delta.delete or None, "manifest_base": seq}
-            )
-        except ActionFailed as exc:
-            if exc.code != ErrorCode.MANIFEST_STALE:
-                raise
-        else:
-            if "files_unchanged" in result:
-                result["files_unchanged"] += delta.unchanged
-            return result
-    return submit({"files": entries, "delete": delta.delete or None})
+        first = {"files": delta.files, "delete": delta.delete or None, "manifest_base": seq}
+    return SyncParts(first, {"files": entries, "delete": delta.delete or None}, delta.unchanged)
 
 
 class _Handle(Protocol):

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from qai_jobs.api import events as api_events
 from qai_jobs.api import legacy as api_legacy
 from qai_jobs.api import preview as api_preview
+from qai_jobs.api import ui as api_ui
 from qai_jobs.api.errors import error_body, install_error_handlers
 from qai_jobs.api.gate import GateMiddleware, read_json_object
 from qai_jobs.api.models import (
@@ -102,7 +103,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.client = client
     app.state.waiter = waiter
     token = settings.workspace_token.get_secret_value() if settings.workspace_token else None
-    app.add_middleware(GateMiddleware, token=token, max_body=max_body_bytes(settings))
+    ui_gate = api_ui.install(app, settings)
+    app.add_middleware(
+        GateMiddleware, token=token, max_body=max_body_bytes(settings), sub_gate=ui_gate
+    )
     install_error_handlers(app)
     request_schema, request_defs = action_request_schema()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -27,23 +27,48 @@ class _TooLarge(Exception):
     pass
 
 
-class GateMiddleware:
-    """Bearer token on every path but OPEN_PATHS; request bodies capped at ``max_body`` bytes,
-    by Content-Length up front and by counting a streamed body as it arrives."""
+class SubGate(Protocol):
+    """Another way in for the paths it ``covers`` (the operator page's session cookie)."""
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body: int):
+    def covers(self, path: str) -> bool: ...
+
+    def admits(self, path: str, headers: dict[str, bytes]) -> bool: ...
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
+class GateMiddleware:
+    """Bearer token on every path but OPEN_PATHS (and what a ``sub_gate`` admits on its own
+    paths only); request bodies capped at ``max_body`` bytes, by Content-Length up front and
+    by counting a streamed body as it arrives."""
+
+    def __init__(
+        self, app: ASGIApp, token: str | None, max_body: int, sub_gate: SubGate | None = None
+    ):
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
+        self.sub_gate = sub_gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        path = scope["path"]
+        sub = self.sub_gate if self.sub_gate is not None and self.sub_gate.covers(path) else None
+        if (
+            sub is not None
+            and self.token is not None
+            and not self._authorized(headers)
+            and not sub.admits(path, headers)
+        ):
+            await sub.refuse(scope, receive, send)
+            return
         if (
             self.token is not None
-            and scope["path"] not in OPEN_PATHS
+            and sub is None
+            and path not in OPEN_PATHS
             and not self._authorized(headers)
         ):
             await self._reply(

@@ -37,6 +37,8 @@ EXTRA_SCENARIOS = {
     "events": "qai_jobs.bench.events:run_events_scenario",
     "gateway": "qai_jobs.bench.gateway:run_gateway_scenario",
     "netns": "qai_jobs.bench.netns:run_netns_scenario",
+    "ui": "qai_jobs.bench.ui:run_ui_scenario",
+    "aio": "qai_jobs.bench.aio:run_aio_scenario",
 }
 
 

@@ -56,7 +56,8 @@ def replay(ctx: click.Context, event_id: str | None, dead: bool, as_json: bool) 
     """Deliver EVENT_ID (or every dead event with --dead) again, with the same webhook-id."""
     if bool(event_id) == dead:
         fail("give an EVENT_ID or --dead")
-    ids = outbox.replay(client_of(ctx).engine, event_id)
+    with client_of(ctx).engine.begin() as conn:
+        ids = outbox.replay(conn, event_id=event_id, only_dead=dead)
     if event_id and not ids:
         fail(f"no webhook event {event_id}", EXIT_FAILED)
     from qai_jobs.celery_app import app

@@ -10,8 +10,6 @@ never outlives its timeout on a stream kept busy by heartbeats.
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,13 +17,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
+from qai_jobs.client.transport import (
+    READ_TIMEOUT_SECONDS,
+    TransientStatus,
+    raise_for_error,
+    read_event,
+    reconnect_pause,
+    retryable,
+    stream_params,
+)
 from qai_jobs.errors import ApiUnavailable
 
 if TYPE_CHECKING:
     from qai_jobs.client.http import HttpWorkspaceClient
-
-# No byte (not even a heartbeat, every 15 s by default) for this long: the stream is dead.
-READ_TIMEOUT_SECONDS = 60.0
 
 
 def follow(
@@ -39,12 +43,7 @@ def follow(
     last_id: str | None = None
     failures = 0
     while True:
-        params: dict[str, Any] = {}
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"action {action_id} did not finish within {timeout}s")
-            params["timeout"] = round(max(remaining, 0.001), 3)
+        params = stream_params(action_id, timeout, deadline)
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
             with connect_sse(
@@ -56,38 +55,26 @@ def follow(
                 timeout=httpx.Timeout(client.timeout, read=READ_TIMEOUT_SECONDS),
             ) as source:
                 response = source.response
-                if response.status_code == 429 or response.status_code >= 500:
-                    response.read()
-                    raise _Transient(response)
                 if response.status_code >= 400:
                     response.read()
-                    client._check(response)
+                    if retryable(response):
+                        raise TransientStatus(response)
+                    raise_for_error(response)
                 for sse in source.iter_sse():
                     failures = 0
                     if sse.id:
                         last_id = sse.id
-                    if sse.event == "done":
-                        action: dict[str, Any] = json.loads(sse.data)
-                        return action
-                    if sse.event in ("progress", "output"):
-                        on_event({"type": sse.event, **json.loads(sse.data)})
-        except (httpx.TransportError, SSEError, _Transient) as exc:
+                    got = read_event(sse.event, sse.data)
+                    if got is None:
+                        continue
+                    if got[0] == "done":
+                        return got[1]
+                    on_event(got[1])
+        except (httpx.TransportError, SSEError, TransientStatus) as exc:
             failures += 1
             if failures > client.max_retries:
                 raise ApiUnavailable(f"the events stream kept failing: {exc}") from exc
-            time.sleep(_pause(client, failures, deadline))
+            time.sleep(
+                reconnect_pause(client.backoff_initial, client.backoff_max, failures, deadline)
+            )
         # A stream that ended without a done: the deadline came, or the server went away.
-
-
-class _Transient(Exception):
-    def __init__(self, response: httpx.Response):
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
-def _pause(client: HttpWorkspaceClient, failures: int, deadline: float | None) -> float:
-    pause = min(client.backoff_max, client.backoff_initial * 2 ** (failures - 1))
-    pause = random.uniform(0, pause)  # full jitter: reconnecting clients do not stampede
-    if deadline is not None:
-        pause = min(pause, max(0.0, deadline - time.monotonic()))
-    return pause

@@ -9,76 +9,29 @@ so a request whose answer was lost can be sent again without enqueueing twice.
 
 from __future__ import annotations
 
-import email.utils
 import time
 import uuid
 from typing import Any
 
 import httpx
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt
 
 from qai_jobs.client.events import follow
 from qai_jobs.client.handle import ActionHandle, EventFn
 from qai_jobs.client.kinds import KindMethods
-from qai_jobs.constants import TERMINAL
-from qai_jobs.errors import (
-    ApiUnavailable,
-    Conflict,
-    NotFound,
-    PayloadTooLarge,
-    Unauthorized,
-    ValidationFailed,
+from qai_jobs.client.transport import (
+    POLL_SECONDS,
+    Backoff,
+    enqueue_request,
+    gave_up,
+    list_params,
+    raise_for_error,
+    retryable,
 )
+from qai_jobs.constants import TERMINAL
 from qai_jobs.schemas import check_project_id
 from qai_jobs.sync import Syncing
-from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
-
-# One long-poll lasts at most this long; ``wait`` loops until its own deadline.
-POLL_SECONDS = 30.0
-# Retry-After values beyond this are capped: a client should not stall for minutes on a hint.
-MAX_RETRY_AFTER = 30.0
-
-
-def _retryable(response: httpx.Response) -> bool:
-    return response.status_code == 429 or response.status_code >= 500
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-class _Backoff:
-    """Exponential backoff with jitter, unless the server said how long with Retry-After."""
-
-    def __init__(self, initial: float, maximum: float):
-        self.backoff = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-
-    def __call__(self, state: RetryCallState) -> float:
-        outcome = state.outcome
-        if outcome is not None and not outcome.failed:
-            hint = _retry_after(outcome.result())
-            if hint is not None:
-                return min(hint, MAX_RETRY_AFTER)
-        return float(self.backoff(state))
-
+from qai_jobs.validation import PayloadLimits
 
 # The handle every client returns; kept under its old name too.
 HttpActionHandle = ActionHandle
@@ -106,7 +59,7 @@ class HttpWorkspaceClient(KindMethods, Syncing):
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.limits = limits or PayloadLimits()
-        self._backoff = _Backoff(backoff_initial, backoff_max)
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self.http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
@@ -123,47 +76,14 @@ class HttpWorkspaceClient(KindMethods, Syncing):
     # -- transport ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         retrying = Retrying(
-            retry=retry_if_exception_type(httpx.TransportError) | retry_if_result(_retryable),
+            retry=retry_if_exception_type(httpx.TransportError) | retry_if_result(retryable),
             wait=self._backoff,
             stop=stop_after_attempt(self.max_retries + 1),
-            retry_error_callback=self._gave_up,
+            retry_error_callback=gave_up,
             reraise=False,
         )
         response: httpx.Response = retrying(self.http.request, method, path, **kwargs)
-        return self._check(response)
-
-    @staticmethod
-    def _gave_up(state: RetryCallState) -> httpx.Response:
-        outcome = state.outcome
-        assert outcome is not None
-        if outcome.failed:
-            exc = outcome.exception()
-            raise ApiUnavailable(f"the API is unreachable: {type(exc).__name__}: {exc}") from exc
-        response: httpx.Response = outcome.result()
-        return response  # the last 429/5xx: _check turns it into an error
-
-    @staticmethod
-    def _check(response: httpx.Response) -> httpx.Response:
-        if response.status_code < 400:
-            return response
-        try:
-            error = response.json().get("error") or {}
-        except ValueError:
-            error = {}
-        message = str(error.get("message") or f"HTTP {response.status_code}")
-        details = error.get("details") or {}
-        status = response.status_code
-        if status == 401:
-            raise Unauthorized(message)
-        if status == 404:
-            raise NotFound(message)
-        if status == 409:
-            raise Conflict(message)
-        if status == 413:
-            raise PayloadTooLarge(message, field=details.get("field"))
-        if status == 422:
-            raise ValidationFailed(message, field=details.get("field"))
-        raise ApiUnavailable(message, code=str(error.get("code") or "api_unavailable"))
+        return raise_for_error(response)
 
     # -- enqueue -----------------------------------------------------------------------------
     def enqueue_payload(
@@ -174,18 +94,8 @@ class HttpWorkspaceClient(KindMethods, Syncing):
         idempotency_key: str | None = None,
     ) -> ActionHandle[Any]:
         """Validate locally, then enqueue; retried safely under one idempotency key."""
-        check_project_id(project_id)
-        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
-            raise ValidationFailed("idempotency_key: 1 to 255 characters", field="idempotency_key")
-        payload = {k: v for k, v in payload.items() if v is not None}
-        parsed = validate_payload(kind, payload, self.limits)
-        key = idempotency_key or str(uuid.uuid4())
-        response = self._request(
-            "POST",
-            f"/v1/projects/{project_id}/actions",
-            json={**payload_to_json(parsed), "kind": kind},
-            headers={"Idempotency-Key": key},
-        )
+        request = enqueue_request(project_id, kind, payload, idempotency_key, self.limits)
+        response = self._request("POST", request.path, json=request.body, headers=request.headers)
         return ActionHandle(self, str(response.json()["action_id"]), project_id, kind)
 
     # -- inspection --------------------------------------------------------------------------
@@ -197,9 +107,7 @@ class HttpWorkspaceClient(KindMethods, Syncing):
         self, project_id: str, limit: int = 100, status: str | None = None
     ) -> list[dict[str, Any]]:
         check_project_id(project_id)
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
+        params = list_params(limit, status)
         body = self._request("GET", f"/v1/projects/{project_id}/actions", params=params).json()
         actions: list[dict[str, Any]] = body["actions"]
         return actions

@@ -78,7 +78,11 @@ class Workspace(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
-    __table_args__ = (Index("ix_workspaces_status_activity", "status", "last_activity_at"),)
+    __table_args__ = (
+        Index("ix_workspaces_status_activity", "status", "last_activity_at"),
+        # The operator's page lists workspaces by last activity, keyset-paginated.
+        Index("ix_workspaces_activity", "last_activity_at", "project_id"),
+    )
 
 
 class Action(Base):
@@ -120,6 +124,8 @@ class Action(Base):
         ),
         Index("ix_actions_status_created", "status", "created_at"),
         Index("ix_actions_finished", "finished_at"),
+        # A workspace's last error, found without walking its successes.
+        Index("ix_actions_failed", "project_id", "seq", postgresql_where=text("status = 'failed'")),
     )
 
 
@@ -175,5 +181,8 @@ class WebhookEvent(Base):
             "ix_webhook_events_due",
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_webhook_events_dead", "created_at", "id", postgresql_where=text("status = 'dead'")
         ),
     )

@@ -175,15 +175,20 @@ def list_events(
         return [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
 
 
-_REPLAY = (
-    "UPDATE webhook_events SET status = 'pending', attempts = 0, next_attempt_at = now(), "
-    "last_error = NULL WHERE {where} RETURNING id"
-)
-
-
-def replay(engine: Engine, event_id: str | None = None) -> list[str]:
-    """Make an event (or, without an id, every dead one) pending again, as new; its ids."""
-    where = "id = :id" if event_id else "status = 'dead'"
-    with engine.begin() as conn:
-        rows = conn.execute(sa.text(_REPLAY.format(where=where)), {"id": event_id})
-        return [str(i) for i in rows.scalars()]
+def replay(conn: Connection, *, event_id: str | None = None, only_dead: bool = False) -> list[str]:
+    """Make events due again from their first attempt, keeping their webhook-id (receivers
+    dedupe by it): ``event_id`` alone (in any state), every dead one, or ``event_id`` only if
+    it is dead. Returns the ids to hand to delivery after commit; should that message be lost,
+    the webhooks sweep finds the rows due."""
+    if event_id is None and not only_dead:
+        raise ValueError("replay: name an event or ask for the dead ones")
+    where = ["true"]
+    if event_id is not None:
+        where.append("id = :id")
+    if only_dead:
+        where.append("status = 'dead'")
+    statement = sa.text(
+        "UPDATE webhook_events SET status = 'pending', attempts = 0, next_attempt_at = now(), "
+        f"last_error = NULL WHERE {' AND '.join(where)} RETURNING id"
+    )
+    return [str(i) for i in conn.execute(statement, {"id": event_id}).scalars()]

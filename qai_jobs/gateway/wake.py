@@ -60,7 +60,7 @@ class Reviver:
         wait_seconds: float,
     ):
         self.client = client
-        self.waiter = waiter  # api_support.Waiter: waits on Redis, reads Postgres
+        self.waiter = waiter  # api.waiter.Waiter: waits on Redis, reads Postgres
         self.routes = routes
         self.executor = executor
         self.metrics = metrics
