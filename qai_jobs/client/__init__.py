@@ -7,7 +7,7 @@ result (``qai_jobs.results``): ``handle.wait(timeout)``, or ``await handle.wait(
 """
 
 from qai_jobs.client.aio import AsyncHttpWorkspaceClient
-from qai_jobs.client.async_handle import AsyncActionHandle
+from qai_jobs.client.aio.handle import AsyncActionHandle
 from qai_jobs.client.direct import WorkspaceClient
 from qai_jobs.client.handle import ActionHandle
 from qai_jobs.client.http import HttpActionHandle, HttpWorkspaceClient

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from qai_jobs.api.ui_auth import safe_next
-from qai_jobs.api.ui_live import output_html, progress_html
-from qai_jobs.api.ui_render import render_fragment, templates
+from qai_jobs.api.ui.auth import safe_next
+from qai_jobs.api.ui.live import output_html, progress_html
+from qai_jobs.api.ui.render import render_fragment, templates
 
 
 def test_links_only_to_http_and_targets_without_credentials() -> None:

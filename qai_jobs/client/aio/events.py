@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from qai_jobs.client.async_handle import AsyncEventFn
+from qai_jobs.client.aio.handle import AsyncEventFn
 from qai_jobs.client.transport import (
     READ_TIMEOUT_SECONDS,
     TransientStatus,
@@ -28,7 +28,7 @@ from qai_jobs.client.transport import (
 from qai_jobs.errors import ApiUnavailable
 
 if TYPE_CHECKING:
-    from qai_jobs.client.aio import AsyncHttpWorkspaceClient
+    from qai_jobs.client.aio.client import AsyncHttpWorkspaceClient
 
 
 async def follow(

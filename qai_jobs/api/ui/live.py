@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from qai_jobs.api.events import SEND_TIMEOUT_SECONDS, ActionEvents, _first_id
-from qai_jobs.api.ui_render import render_fragment
+from qai_jobs.api.ui.render import render_fragment
 from qai_jobs.db import operator
 
 router = APIRouter(include_in_schema=False)

@@ -80,7 +80,7 @@ def _query(params: dict[str, Any]) -> str:
 
 
 templates = Environment(
-    loader=FileSystemLoader(HERE / "templates" / "ui"), autoescape=True, auto_reload=False
+    loader=FileSystemLoader(HERE / "templates"), autoescape=True, auto_reload=False
 )
 templates.filters.update(
     when=_when, ago=_ago, took=_took, http_url=_http_url, redact_url=_redact_url, query=_query

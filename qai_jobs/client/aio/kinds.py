@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from qai_jobs.client.async_handle import AsyncActionHandle
+from qai_jobs.client.aio.handle import AsyncActionHandle
 from qai_jobs.results import (
     CommandResult,
     DestroyResult,

@@ -3,8 +3,8 @@ live output of what runs, dead webhooks with a replay button.
 
 Server-rendered (Jinja2, every value escaped) with htmx for the live parts, vendored under
 ``static/ui`` so the page works offline; no route here is part of the OpenAPI document. The
-queries live in ``db.operator``; who may see the page, in ``ui_auth``; how rows become HTML,
-in ``ui_render``; the live output, in ``ui_live``.
+queries live in ``db.operator``; who may see the page, in ``auth``; how rows become HTML,
+in ``render``; the live output, in ``live``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from qai_jobs.api import ui_live
-from qai_jobs.api.ui_auth import PREFIX, Session, UiAuth, safe_next
-from qai_jobs.api.ui_render import HEADERS, STATIC, render_fragment
+from qai_jobs.api.ui import live as ui_live
+from qai_jobs.api.ui.auth import PREFIX, Session, UiAuth, safe_next
+from qai_jobs.api.ui.render import HEADERS, STATIC, render_fragment
 from qai_jobs.config import Settings
 from qai_jobs.constants import DELIVER_TASK, WorkspaceStatus
 from qai_jobs.db import operator, outbox
@@ -46,7 +46,7 @@ def install(app: FastAPI, settings: Settings) -> UiAuth:
     app.state.ui_auth = auth
     app.include_router(router)
     app.include_router(ui_live.router)
-    app.mount(STATIC, StaticFiles(directory=HERE / "static" / "ui"), name="ui-static")
+    app.mount(STATIC, StaticFiles(directory=HERE / "static"), name="ui-static")
     return auth
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, retry_if_result, stop_after_attempt
 
-from qai_jobs.client.async_events import follow
-from qai_jobs.client.async_handle import AsyncActionHandle, AsyncEventFn
-from qai_jobs.client.async_kinds import AsyncKindMethods
+from qai_jobs.client.aio.events import follow
+from qai_jobs.client.aio.handle import AsyncActionHandle, AsyncEventFn
+from qai_jobs.client.aio.kinds import AsyncKindMethods
 from qai_jobs.client.transport import (
     POLL_SECONDS,
     Backoff,
