@@ -22,9 +22,10 @@ from typing import Any
 from qai_jobs.bench.run import summarize
 from qai_jobs.config import Settings
 from qai_jobs.providers.base import CreateSpec
+from qai_jobs.providers.local.jail import Jail
+from qai_jobs.providers.local.layout import Layout
 from qai_jobs.providers.local.net import SandboxNet, _wait_port_free, net_config
-from qai_jobs.providers.local.proc import Jail
-from qai_jobs.providers.local.provider import Layout, LocalProvider
+from qai_jobs.providers.local.provider import LocalProvider
 
 Log = Callable[[str], None]
 

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from qai_jobs.errors import ErrorCode, PermanentError, TransientError
-from qai_jobs.providers.local.proc import SAFE_PATH
+from qai_jobs.providers.local.jail import SAFE_PATH
 
 _TIMEOUT_S = 600
 _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")

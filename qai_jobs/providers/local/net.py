@@ -28,6 +28,7 @@ import ctypes
 import fcntl
 import functools
 import grp
+import http.client
 import os
 import pwd
 import shutil
@@ -44,7 +45,7 @@ from qai_jobs.egress import INTERNET, Egress, Network
 from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.proctab import START, STATE, stat_fields
 from qai_jobs.providers.local import egress as egress_rules
-from qai_jobs.providers.local.proc import SAFE_PATH
+from qai_jobs.providers.local.jail import SAFE_PATH
 
 TOOLS = ("unshare", "nsenter", "pasta", "nft", "dnsmasq", "ip")
 PACKAGES = {"pasta": "passt", "nft": "nftables", "dnsmasq": "dnsmasq-base", "ip": "iproute2"}
@@ -349,3 +350,16 @@ def net_config(settings: Settings, meta: dict[str, object]) -> NetConfig:
 def preview_host(settings: Settings) -> str:
     address = settings.workspace_host_address
     return f"[{address}]" if ":" in address else address
+
+
+def answers_http(host: str, port: int) -> bool:
+    """Whether something answers HTTP at host:port (any status counts)."""
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return True

@@ -1,27 +1,12 @@
-"""The ``local`` provider: each workspace is a directory on the worker's host.
-
-Layout under WORKSPACE_ROOT (absolute)::
-
-    <sandbox_id>/            sandbox_id = <project_id>-<first 8 of the workspace id>
-        tree/                the workspace, /workspace inside the sandbox
-        home/                the sandbox's HOME (npm cache), outside the synced tree
-        git/                 git metadata of a repo source: never inside the tree, where
-                             sandboxed code could plant hooks or config for host-side git
-        logs/  procs/        dev server logs and the registry of started processes
-        net/                 the network namespace and its helpers (net.py)
-        meta.json            project, workspace, port, env, egress policy of the sandbox
-        sleeping             marker: {"snapshot_id"} while asleep
-    snapshots/<id>.tar.gz + <id>.json
-    ports.json               port -> sandbox_id, under .ports.lock
-
-``Sandbox.state`` keeps ``dir`` and ``port``; everything else is found from the directory, so any
-worker process on the machine can take over.
+"""The ``local`` provider: each workspace is a directory on the worker's host (``layout``), its
+commands and dev server under bubblewrap (``jail``, ``proc``) in a network namespace of its own
+(``net``), with cgroup limits (``limits``), symlink-safe host file access (``fs``) and
+snapshots in a store (``store``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import re
@@ -44,22 +29,30 @@ from qai_jobs.providers.base import (
     Sandbox,
     SandboxStatus,
     SleepOutcome,
-    safe_text,
 )
 from qai_jobs.providers.local.fs import SafeTree
 from qai_jobs.providers.local.git import git_sync
 from qai_jobs.providers.local.hashcache import HashCache
+from qai_jobs.providers.local.jail import Jail, check_env
+from qai_jobs.providers.local.layout import Layout
 from qai_jobs.providers.local.limits import SandboxLimits
-from qai_jobs.providers.local.net import SandboxNet, check_egress, net_config, preview_host, refusal
+from qai_jobs.providers.local.net import (
+    SandboxNet,
+    answers_http,
+    check_egress,
+    net_config,
+    preview_host,
+    refusal,
+)
+from qai_jobs.providers.local.proc import alive as pid_alive
 from qai_jobs.providers.local.proc import (
-    Jail,
-    check_env,
     run_captured,
     spawn_detached,
     start_time,
+    stop_recorded,
     stop_tree,
+    tail_log,
 )
-from qai_jobs.providers.local.proc import alive as pid_alive
 from qai_jobs.providers.local.store import PortRegistry, SnapshotStore, atomic_write
 from qai_jobs.sync import sha256
 
@@ -67,29 +60,6 @@ log = logging.getLogger(__name__)
 _SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _KEEP_LOGS = 5
 _warned: set[str] = set()  # warn once per process, not per provider instance
-
-
-class Layout:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.tree = base / "tree"
-        self.home = base / "home"
-        self.git = base / "git"
-        self.logs = base / "logs"
-        self.procs = base / "procs"
-        self.meta = base / "meta.json"
-        self.sleeping = base / "sleeping"
-
-    def make(self) -> None:
-        for path in (self.tree, self.home, self.logs, self.procs):
-            path.mkdir(mode=0o755, exist_ok=True)
-
-    def read_meta(self) -> dict[str, Any]:
-        try:
-            meta: dict[str, Any] = json.loads(self.meta.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return meta
 
 
 class LocalProvider(Provider):
@@ -115,20 +85,13 @@ class LocalProvider(Provider):
 
     # -- helpers -----------------------------------------------------------------------------
     def _layout(self, sb: Sandbox) -> Layout:
-        base = sb.state.get("dir")
-        return Layout(Path(base) if base else self.root / sb.sandbox_id)
+        return Layout.of(self.root, sb)
 
     def _existing(self, sb: Sandbox) -> Layout:
-        layout = self._layout(sb)
-        if not layout.tree.is_dir():
-            raise SandboxGone(f"local workspace {sb.sandbox_id} does not exist")
-        return layout
+        return self._layout(sb).existing()
 
     def _awake(self, sb: Sandbox) -> Layout:
-        layout = self._existing(sb)
-        if layout.sleeping.exists():
-            raise PermanentError(f"local workspace {sb.sandbox_id} is sleeping")
-        return layout
+        return self._layout(sb).awake()
 
     def _jail(self, layout: Layout) -> Jail:
         if self.settings.isolation != "bwrap":
@@ -277,16 +240,9 @@ class LocalProvider(Provider):
         self.ports.release(layout.base.name)
 
     def _stop_all(self, layout: Layout) -> None:
-        records = []
-        for path in layout.procs.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                rec = json.loads(path.read_bytes())
-                records.append((int(rec["pid"]), int(rec["started_at"])))
-        stop_tree(records)
+        stop_recorded(layout.procs)
         # The cgroup knows processes that left their group or were started by a run.
         SandboxLimits(self.settings, layout.base.name).kill_all()
-        for path in layout.procs.glob("*.json"):
-            path.unlink(missing_ok=True)
 
     # -- files -------------------------------------------------------------------------------
     def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
@@ -384,18 +340,8 @@ class LocalProvider(Provider):
             self._layout(sb).procs.joinpath(f"{int(proc['pid'])}.json").unlink(missing_ok=True)
 
     def read_log(self, sb: Sandbox, proc: Mapping[str, Any], tail: int) -> str:
-        logs = self._layout(sb).logs.resolve()
-        path = Path(str(proc.get("log", ""))).resolve()
-        if path.parent != logs or tail <= 0:
-            return ""  # a record from Postgres must not make us read anything else
-        try:
-            with open(path, "rb") as fh:
-                size = fh.seek(0, 2)
-                fh.seek(max(0, size - 256 * 1024))
-                data = fh.read()
-        except OSError:
-            return ""
-        return "\n".join(safe_text(data).splitlines()[-tail:])
+        # A record from Postgres must not make us read anything but this sandbox's logs.
+        return tail_log(self._layout(sb).logs, Path(str(proc.get("log", ""))), tail)
 
     # -- network -----------------------------------------------------------------------------
     def set_egress(self, sb: Sandbox, egress: Egress) -> None:
@@ -429,15 +375,7 @@ class LocalProvider(Provider):
             with contextlib.suppress(QaiJobsError, OSError, KeyError, ValueError):
                 if layout.meta.exists() and not layout.sleeping.exists():
                     self._net_up(layout)
-        conn = http.client.HTTPConnection(self.settings.workspace_host_address, port, timeout=2)
-        try:
-            conn.request("GET", "/")
-            conn.getresponse()
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
-        return True
+        return answers_http(self.settings.workspace_host_address, port)
 
     # -- source ------------------------------------------------------------------------------
     def git_sync(self, sb: Sandbox, url: str, ref: str) -> str:

@@ -1,0 +1,66 @@
+"""Where a local sandbox lives on the host, under WORKSPACE_ROOT (absolute)::
+
+    <sandbox_id>/            sandbox_id = <project_id>-<first 8 of the workspace id>
+        tree/                the workspace, /workspace inside the sandbox
+        home/                the sandbox's HOME (npm cache), outside the synced tree
+        git/                 git metadata of a repo source: never inside the tree, where
+                             sandboxed code could plant hooks or config for host-side git
+        logs/  procs/        dev server logs and the registry of started processes
+        net/                 the network namespace and its helpers (net.py)
+        meta.json            project, workspace, port, env, egress policy of the sandbox
+        sleeping             marker: {"snapshot_id"} while asleep
+    snapshots/<id>.tar.gz + <id>.json
+    ports.json               port -> sandbox_id, under .ports.lock
+
+``Sandbox.state`` keeps ``dir`` and ``port``; everything else is found from the directory, so any
+worker process on the machine can take over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qai_jobs.errors import PermanentError, SandboxGone
+from qai_jobs.providers.base import Sandbox
+
+
+class Layout:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.tree = base / "tree"
+        self.home = base / "home"
+        self.git = base / "git"
+        self.logs = base / "logs"
+        self.procs = base / "procs"
+        self.meta = base / "meta.json"
+        self.sleeping = base / "sleeping"
+
+    def make(self) -> None:
+        for path in (self.tree, self.home, self.logs, self.procs):
+            path.mkdir(mode=0o755, exist_ok=True)
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            meta: dict[str, Any] = json.loads(self.meta.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return meta
+
+    @classmethod
+    def of(cls, root: Path, sb: Sandbox) -> Layout:
+        base = sb.state.get("dir")
+        return cls(Path(base) if base else root / sb.sandbox_id)
+
+    def existing(self) -> Layout:
+        """This layout, if its tree is there; SandboxGone otherwise."""
+        if not self.tree.is_dir():
+            raise SandboxGone(f"local workspace {self.base.name} does not exist")
+        return self
+
+    def awake(self) -> Layout:
+        """This layout, if it exists and is not asleep."""
+        if self.existing().sleeping.exists():
+            raise PermanentError(f"local workspace {self.base.name} is sleeping")
+        return self
