@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # command gets its own timeout plus the margin; an ensure (or a wake, which may install
     # and start the dev server) gets the base plus the install and dev server timeouts.
     workspace_action_deadline_seconds: PositiveFloat = 900
+    # One drain's share of a worker slot: then the project goes to the back of the queue.
+    workspace_drain_budget_seconds: PositiveFloat = 30
     workspace_deadline_margin_seconds: PositiveFloat = 60
     modal_token_id: SecretStr | None = None
     modal_token_secret: SecretStr | None = None

@@ -41,11 +41,11 @@ from qai_jobs.worker.attempt import (
 )
 from qai_jobs.worker.heartbeat import Heartbeat, Watched
 
-# A lease is given back after this much work so one busy project cannot hog a worker slot;
-# the rest goes to a fresh message at the back of the queue. The budget covers every batch of
-# one drain, so a project whose producer keeps enqueueing cannot keep the slot either.
+# A lease is given back after this many actions or WORKSPACE_DRAIN_BUDGET_SECONDS, so one busy
+# project cannot hog a worker slot; the rest goes to a fresh message at the back of the queue.
+# The budget covers every batch of one drain, so a project whose producer keeps enqueueing
+# cannot keep the slot either.
 BATCH_ACTIONS = 100
-BATCH_SECONDS = 30.0
 
 
 @dataclass
@@ -54,6 +54,9 @@ class Dispatch:
 
     kick: Callable[[str, float], None]  # (project_id, countdown seconds)
     deliver: Callable[[list[str]], None]  # outbox event ids
+    # The project used up its budget: its next drain is a message at the back of the queue,
+    # and the messages it already has in the queue leave without draining until then.
+    give_turn: Callable[[str], None]
 
 
 def owner_name() -> str:
@@ -91,9 +94,11 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         delay = db_retry(_release)(engine, lease)
         if delay is None:
             return ran
-        if delay > 0 or cut or time.monotonic() - began >= BATCH_SECONDS:
-            # Not due yet (backoff), or fairness: hand the rest to a fresh message.
+        if delay > 0:  # not due yet (backoff)
             dispatch.kick(project_id, delay)
+            return ran
+        if cut or time.monotonic() - began >= settings.workspace_drain_budget_seconds:
+            dispatch.give_turn(project_id)  # fairness: the rest waits its turn
             return ran
         # Due now: an action committed while we were releasing. Take the lease again.
 
@@ -175,7 +180,8 @@ def _run_batch(
         beat.watch(current, cancel, deadline_seconds(settings, current))
         outcome, ctx = run_one(settings, engine, lease, ws, current, beat, cancel)
         beat.check()  # lost, or abandoned and settled by the watchdog: record nothing
-        more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < BATCH_SECONDS
+        budget = settings.workspace_drain_budget_seconds
+        more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < budget
         action = current
         current, event_ids = _settle_or_fail(
             engine, settings, lease, ws, action, outcome, ctx, more

@@ -30,8 +30,9 @@ from qai_jobs.db import ordering
 from qai_jobs.errors import DeadlineExceeded, LeaseLost
 from qai_jobs.logs import for_action
 
-# How long a cancelled call gets to come back before the watchdog settles the action itself.
-ABANDON_AFTER_SECONDS = 10.0
+# How long a cancelled call gets to come back before the watchdog settles the action itself,
+# in heartbeats (and at least a second).
+ABANDON_AFTER_BEATS = 2
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Heartbeat:
                     "%s passed its deadline: stopping it", action.kind
                 )
                 watched.cancel.fire(DeadlineExceeded(f"the {action.kind} passed its deadline"))
-                watched.abandon_at = now + ABANDON_AFTER_SECONDS
+                watched.abandon_at = now + max(1.0, ABANDON_AFTER_BEATS * beat)
             elif watched.abandon_at is not None and now >= watched.abandon_at:
                 if self.abandon is not None:
                     self.abandon(watched)

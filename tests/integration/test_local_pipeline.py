@@ -347,3 +347,23 @@ def test_command_output_over_the_limit_is_truncated(lc: WorkspaceClient, project
     small = ok(lc.command(project, "echo short"))
     assert small["truncated"] is False and small["stdout"] == "short\n"
     ok(lc.destroy(project))
+
+
+def test_any_bytes_are_data_nul_in_output_reads_and_logs(lc: WorkspaceClient, project: str) -> None:
+    """Output, files and logs may hold any bytes. A NUL (which Postgres' jsonb cannot store)
+    used to leave the action running with its lease held until recovery called it lost."""
+    dev = "node -e \"process.stdout.write('ready\\0\\n'); require('http').createServer((q, r) => r.end('ok')).listen(process.env.PORT)\""
+    ok(lc.ensure(project, dev_command=dev))
+    out = ok(lc.command(project, "printf 'a\\0b'; printf 'x\\0y' >&2"))
+    assert (out["stdout"], out["stderr"], out["exit_code"]) == ("a\ufffdb", "x\ufffdy", 0)
+    listing = ok(lc.command(project, "find . -maxdepth 1 -name '*.json' -print0"))
+    assert "\ufffd" in listing["stdout"] or listing["stdout"] == ""
+    utf16 = "h\u00e9llo".encode("utf-16")
+    nul_text = b"plain\x00text"
+    ok(lc.write(project, files={"utf16.txt": utf16, "nul.txt": nul_text}))
+    got = {f["path"]: f for f in ok(lc.read(project, ["utf16.txt", "nul.txt"]))["files"]}
+    for path, raw in (("utf16.txt", utf16), ("nul.txt", nul_text)):
+        assert got[path]["encoding"] == "base64"
+        assert base64.b64decode(got[path]["content"]) == raw and got[path]["size"] == len(raw)
+    assert "ready\ufffd" in ok(lc.logs(project))["text"]
+    assert ok(lc.command(project, "echo still usable"))["stdout"] == "still usable\n"

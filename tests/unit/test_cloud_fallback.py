@@ -108,3 +108,23 @@ def test_redis_breaker_is_shared(service_urls: dict[str, str], tmp_path: Path) -
     assert not a.allows(name) and not b.allows(name)
     b.record_success(name)
     assert a.allows(name)
+
+
+def test_the_breaker_fails_open_when_its_store_cannot_be_read() -> None:
+    """A Redis error inside the breaker must not fail provisioning (it was internal_error)."""
+    import redis
+
+    class Broken:
+        def failures(self, provider: str) -> tuple[int, float]:
+            raise redis.ConnectionError("redis is down")
+
+        def record_failure(self, provider: str, now: float, threshold: int) -> int:
+            raise redis.ConnectionError("redis is down")
+
+        def reset(self, provider: str) -> None:
+            raise redis.ConnectionError("redis is down")
+
+    breaker = CircuitBreaker(Broken())
+    assert breaker.allows("modal") and breaker.state("modal") == "closed"
+    breaker.record_failure("modal")
+    breaker.record_success("modal")

@@ -1,0 +1,296 @@
+"""Reliability under real faults, through real workers: lost leases, deadlines, unseen commits,
+limits from settings, fairness, foreign producers' order.
+
+The fake provider's journal says what really ran and when (start and end of every call, by
+which process), independently of the pipeline's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+
+from qai_jobs.client import WorkspaceClient
+from qai_jobs.db import enqueue, ordering
+from qai_jobs.db.session import engine_for
+from qai_jobs.errors import ActionFailed
+from qai_jobs.testing import clear_faults, inject_fault, journal
+from tests.conftest import settings_for
+from tests.support.procs import Proc, start_worker
+from tests.support.tcpproxy import TcpProxy
+
+BEAT = 0.3  # heartbeat: a lease lives 0.9 s, and is declared lost after 0.6 s without renewal
+
+
+@pytest.fixture(scope="module")
+def env(isolated_env: dict[str, str]) -> dict[str, str]:
+    return {**isolated_env, "WORKSPACE_HEARTBEAT_SECONDS": str(BEAT)}
+
+
+@pytest.fixture
+def started(env: dict[str, str], log_dir: Path) -> Iterator[list[Proc]]:
+    procs: list[Proc] = []
+    yield procs
+    for proc in procs:
+        proc.kill() if proc.popen.poll() is None else None
+
+
+def worker(
+    procs: list[Proc], env: dict[str, str], log_dir: Path, concurrency: int = 2, **extra: str
+) -> Proc:
+    proc = start_worker({**env, **extra}, log_dir, concurrency=concurrency)
+    procs.append(proc)
+    return proc
+
+
+def client_for(env: dict[str, str], **extra: str) -> WorkspaceClient:
+    return WorkspaceClient(settings_for({**env, **extra}))
+
+
+def runs(env: dict[str, str], project: str) -> list[dict[str, Any]]:
+    return [e for e in journal(env["REDIS_URL"], project) if e["op"] == "run"]
+
+
+def wait_status(client: WorkspaceClient, action_id: str, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get_action(action_id)["status"] != status:
+        assert time.monotonic() < deadline, f"{action_id} never became {status}"
+        time.sleep(0.02)
+
+
+def test_a_lost_lease_stops_the_running_command_before_anyone_else_runs(
+    env: dict[str, str], log_dir: Path, started: list[Proc]
+) -> None:
+    """Postgres becomes unreachable for the worker running a long command, for longer than the
+    lease lives. That worker stops the command a heartbeat before its lease expires; another
+    worker then takes the project. As the sandbox saw them, the two runs never overlap."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    try:
+        cut_off = {**env, "DATABASE_URL": env["DATABASE_URL"].replace(":5432/", f":{proxy.port}/")}
+        worker(started, cut_off, log_dir)
+        client = client_for(env)
+        project = f"lost-{uuid.uuid4().hex[:8]}"
+        long = client.command(project, "sleep 60", timeout_s=120)
+        after = client.command(project, "echo after")
+        wait_status(client, long.id, "running")
+        time.sleep(0.5)  # the command is well under way
+        proxy.blackhole()
+        cut_at = time.time()
+        worker(started, env, log_dir)  # a healthy worker, ready to take over
+        assert after.wait(60)["stdout"] == "after\n"
+        first, second = runs(env, project)
+        assert first["detail"] == "sleep 60" and second["detail"] == "echo after"
+        assert first["pid"] != second["pid"]
+        # The cut-off worker stopped its command before the other one started anything.
+        assert first["end"] <= second["start"], (first, second)
+        assert first["end"] - cut_at < 3 * BEAT + 1.0  # stopped at once, not after 60 s
+        lost = client.get_action(long.id)
+        assert lost["status"] == "failed" and lost["error"]["code"] == "worker_lost"
+        print(f"fault -> next action running: {second['start'] - cut_at:.2f} s")
+    finally:
+        proxy.close()
+
+
+def test_a_call_that_passes_its_deadline_is_abandoned_and_the_project_moves_on(
+    env: dict[str, str], log_dir: Path, started: list[Proc]
+) -> None:
+    """A provider call that hangs (here: 60 s of injected latency that no cancel can stop)
+    holds its project only until its deadline and a short grace: the action fails
+    deadline_exceeded, and the next action runs."""
+    deadlines = {
+        "WORKSPACE_ACTION_DEADLINE_SECONDS": "1",
+        "WORKSPACE_DEADLINE_MARGIN_SECONDS": "0.5",
+    }
+    worker(started, env, log_dir, **deadlines)
+    client = client_for(env)
+    project = f"hung-{uuid.uuid4().hex[:8]}"
+    client.ensure(project, start_dev_server=False).wait(30)
+    inject_fault(env["REDIS_URL"], op="run", count=1, mode="latency", latency=60)
+    try:
+        hung = client.command(project, "echo never", timeout_s=1)
+        t0 = time.monotonic()
+        after = client.command(project, "echo after")
+        with pytest.raises(ActionFailed) as info:
+            hung.wait(30)
+        assert info.value.error["code"] == "deadline_exceeded"
+        assert after.wait(30)["stdout"] == "after\n"
+        # Deadline (1 s timeout + 0.5 s margin) plus the grace of two heartbeats (min 1 s).
+        assert time.monotonic() - t0 < 15
+        print(f"hung call -> next action done: {time.monotonic() - t0:.2f} s")
+    finally:
+        clear_faults(env["REDIS_URL"])
+
+
+def test_a_stopped_idempotent_action_runs_again(
+    env: dict[str, str], log_dir: Path, started: list[Proc]
+) -> None:
+    """An idempotent kind stopped at its deadline is retried, like any transient failure."""
+    worker(started, env, log_dir, WORKSPACE_ACTION_DEADLINE_SECONDS="1")
+    client = client_for(env)
+    project = f"retry-{uuid.uuid4().hex[:8]}"
+    client.ensure(project, start_dev_server=False).wait(30)
+    inject_fault(env["REDIS_URL"], op="write_files", count=1, mode="latency", latency=60)
+    try:
+        handle = client.write(project, files={"a.txt": "one"})
+        assert handle.wait(30)["files_written"] == 1
+        assert client.get_action(handle.id)["attempts"] == 2
+    finally:
+        clear_faults(env["REDIS_URL"])
+
+
+def test_a_retried_lease_grant_after_an_unseen_commit_runs_its_own_action(
+    env: dict[str, str],
+) -> None:
+    """The grant's commit (which also started the head action) succeeded but the worker did not
+    see it, and the grant is retried by the same owner: the action is its own, not a dead
+    holder's, and runs, instead of failing worker_lost without having run."""
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"unseen-{uuid.uuid4().hex[:8]}"
+    action_id = uuid.uuid4()
+    with engine.begin() as conn:
+        enqueue.enqueue(
+            conn, action_id=action_id, project_id=project, kind="command", payload={"cmd": "x"}
+        )
+    with engine.begin() as conn:  # the first grant: committed, unseen
+        first = ordering.acquire(conn, project, "me", ttl=30)
+        assert first is not None and ordering.start_next(conn, first.lease) is not None
+    with engine.begin() as conn:  # its retry
+        again = ordering.acquire(conn, project, "me", ttl=30)
+        assert again is not None
+        assert again.settled == []
+        assert again.readopted is not None and again.readopted.id == action_id
+        assert again.lease.gen > first.lease.gen
+        ordering.finish(conn, again.lease, action_id, status="succeeded", result={})
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, error FROM actions WHERE id = :id"), {"id": action_id}
+        ).one()
+    assert (row.status, row.error) == ("succeeded", None)
+
+
+def test_a_retried_settle_after_an_unseen_commit_carries_on(env: dict[str, str]) -> None:
+    """Settling (finish this action, start the next) committed unseen and is retried: the retry
+    recognises it is done and hands back the action it started, instead of LeaseLost with the
+    next action left running."""
+    from qai_jobs.db.workspace_state import WorkspaceState
+    from qai_jobs.worker import drain
+    from qai_jobs.worker.attempt import Outcome, Verdict
+
+    settings = settings_for(env)
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"settle-{uuid.uuid4().hex[:8]}"
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    with engine.begin() as conn:
+        for action_id in ids:
+            enqueue.enqueue(
+                conn, action_id=action_id, project_id=project, kind="read", payload={"paths": ["a"]}
+            )
+    with engine.begin() as conn:
+        got = ordering.acquire(conn, project, "me", ttl=30)
+        assert got is not None
+        head = ordering.start_next(conn, got.lease)
+        ws = WorkspaceState.load(conn, project)
+    assert head is not None
+    outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
+    following, _ = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
+    again, events = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
+    assert following is not None and again is not None
+    assert following.id == again.id == ids[1] and events == []
+
+
+def test_limits_come_from_the_settings_in_the_worker_too(
+    env: dict[str, str], log_dir: Path, started: list[Proc]
+) -> None:
+    """Raising a limit for producer and worker raises it everywhere: the worker re-validates
+    with the configured limits, not the defaults."""
+    raised = {"WORKSPACE_MAX_TIMEOUT_S": "7200"}
+    worker(started, env, log_dir, **raised)
+    client = client_for(env, **raised)
+    project = f"limits-{uuid.uuid4().hex[:8]}"
+    assert client.command(project, "echo long", timeout_s=5000).wait(30)["stdout"] == "long\n"
+
+
+def test_one_busy_project_cannot_keep_the_only_worker_slot(
+    env: dict[str, str], log_dir: Path, started: list[Proc]
+) -> None:
+    """A project that keeps its queue full is handed to the back of the queue after its drain
+    budget, so another project's action runs long before the busy one's backlog is done."""
+    worker(started, env, log_dir, concurrency=1, WORKSPACE_DRAIN_BUDGET_SECONDS="0.5")
+    client = client_for(env)
+    busy, other = f"busy-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
+    handles = [client.command(busy, "sleep 0.05") for _ in range(120)]  # about 6 s of work
+    time.sleep(0.3)
+    quick = client.command(other, "echo quick")
+    assert quick.wait(30)["stdout"] == "quick\n"
+    done_when_quick_was = sum(
+        1 for h in handles if client.get_action(h.id)["status"] == "succeeded"
+    )
+    assert done_when_quick_was < len(handles) - 20, done_when_quick_was
+    handles[-1].wait(60)
+
+
+def test_foreign_messages_are_recorded_in_the_order_the_producer_sent_them(
+    env: dict[str, str], log_dir: Path, started: list[Proc]
+) -> None:
+    """Another language's producer sends an ensure and then a command for each of many
+    projects, back to back: each project's command gets the later sequence number (the worker
+    records on receipt, in the broker's order, not as pool processes happen to commit)."""
+    worker(started, env, log_dir, concurrency=4)
+    app = Celery(broker=env["REDIS_URL"])
+    app.conf.task_serializer = "json"
+    sent: list[tuple[str, str, str]] = []
+    for i in range(25):
+        project = f"fo-{i}-{uuid.uuid4().hex[:6]}"
+        for kind, kwargs in (
+            ("ensure", {"start_dev_server": False}),
+            ("command", {"cmd": "echo hi"}),
+        ):
+            task_id = str(uuid.uuid4())
+            app.send_task(
+                f"qai_jobs.{kind}",
+                kwargs={"project_id": project, **kwargs},
+                task_id=task_id,
+                queue=env.get("WORKSPACE_QUEUE", "celery"),
+            )
+            sent.append((project, kind, task_id))
+    client = client_for(env)
+    for _, _, task_id in sent:
+        assert client.wait_for(task_id, timeout=60)["status"] == "succeeded"
+    by_project: dict[str, list[tuple[int, str]]] = {}
+    for project, kind, task_id in sent:
+        by_project.setdefault(project, []).append((client.get_action(task_id)["seq"], kind))
+    for project, rows in by_project.items():
+        assert [kind for _, kind in sorted(rows)] == ["ensure", "command"], (project, rows)
+
+
+def test_beat_sweeps_run_while_the_action_queue_holds_a_backlog(
+    env: dict[str, str], log_dir: Path, started: list[Proc], beats: Any
+) -> None:
+    """Sweeps travel on a queue of their own: a backlog of actions (here about 10 s of them on
+    one worker slot) does not hold them back until they expire unrun."""
+    from qai_jobs.constants import SWEEP_RUNS_KEY
+    from qai_jobs.notify import client as redis_client
+
+    worker(started, env, log_dir, concurrency=1)
+    r = redis_client(env["REDIS_URL"])
+    r.delete(SWEEP_RUNS_KEY + "webhooks")
+    client = client_for(env)
+    handles = [
+        client.command(f"backlog-{i % 40}-{uuid.uuid4().hex[:4]}", "sleep 0.05") for i in range(200)
+    ]
+    beats(**{k: v for k, v in env.items() if k not in ("WORKSPACE_HEARTBEAT_SECONDS",)})
+    deadline = time.monotonic() + 30
+    while r.llen(SWEEP_RUNS_KEY + "webhooks") < 3:
+        assert time.monotonic() < deadline, "the webhooks sweep did not run behind the backlog"
+        time.sleep(0.1)
+    queued = sum(1 for h in handles if client.get_action(h.id)["status"] == "queued")
+    assert queued > 50, f"the backlog was gone already ({queued} queued): nothing was shown"
+    for h in handles:
+        h.wait(120)
