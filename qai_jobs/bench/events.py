@@ -59,7 +59,7 @@ def run_events_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="qai-bench-events-"))
     token = secrets.token_urlsafe(24)
     port = _free_port()
-    worker = Worker(settings, 2, os.environ.get("QAI_QUEUE", "celery"), logs / "worker.log")
+    worker = Worker(settings, 2, settings.workspace_queue, logs / "worker.log")
     samples = max(20, min(n, 400))  # per path; the events part takes half as many
     try:
         worker.wait_ready(app)

@@ -149,7 +149,7 @@ def run_gateway_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]
     worker = Worker(
         settings,
         2,
-        os.environ.get("QAI_QUEUE", "celery"),
+        settings.workspace_queue,
         root / "worker.log",
         extra_env={
             "WORKSPACE_RUNTIME": "local",

@@ -98,3 +98,18 @@ def test_ci_runs_make_test() -> None:
     makefile = (REPO / "Makefile").read_text()
     for target in ("install:", "up:", "test:", "bench:", "lint:"):
         assert f"\n{target}" in makefile, target
+
+
+def test_a_producer_process_loads_no_worker_code() -> None:
+    """Importing celeryconfig, the package and its clients pulls in neither the worker, the
+    runner, the providers nor the API's web stack: a producer stays light."""
+    probe = (
+        "import sys, celeryconfig, qai_jobs, qai_jobs.client\n"
+        "heavy = ('qai_jobs.worker', 'qai_jobs.runner', 'qai_jobs.providers', 'qai_jobs.api',"
+        " 'fastapi', 'aiohttp', 'modal', 'e2b')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert out.stdout.strip() == "[]", out.stdout
