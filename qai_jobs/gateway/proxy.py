@@ -84,6 +84,34 @@ def is_websocket(request: web.Request) -> bool:
     ).lower() == "websocket" and "upgrade" in _connection_tokens(request.headers)
 
 
+async def _send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: CIMultiDict[str],
+    body: Any,
+) -> aiohttp.ClientResponse:
+    """The upstream's response. A connection closed before any answer, with nothing of the
+    request consumed, is tried once more (a pooled connection may have gone stale), then
+    counts as unreachable: a port forward (a local sandbox's namespace) accepts connections
+    for a dev server that is gone and closes them at once."""
+    for attempt in (1, 2):
+        try:
+            return await session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(str(exc)) from exc
+        except aiohttp.ServerTimeoutError:
+            raise
+        except aiohttp.ClientConnectionError as exc:  # reset, disconnected: no answer at all
+            if body is not None:
+                raise
+            if attempt == 2:
+                raise UpstreamUnreachable(str(exc)) from exc
+    raise AssertionError("unreachable")
+
+
 async def forward_http(
     request: web.Request,
     session: aiohttp.ClientSession,
@@ -92,12 +120,7 @@ async def forward_http(
     extra_response_headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     body = request.content if request.body_exists else None
-    try:
-        upstream = await session.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False
-        )
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(str(exc)) from exc
+    upstream = await _send(session, request.method, url, headers, body)
     try:
         out = _response_headers(upstream)
         if extra_response_headers:
