@@ -206,15 +206,8 @@ def _settle_or_fail(
     start_another: bool,
 ) -> tuple[ordering.Started | None, list[str]]:
     """Settle; if Postgres refuses what the action produced (a value it cannot store, say),
-    fail the action with result_rejected at once instead of leaving it running."""
-    try:
-        return _settle(engine, settings, lease, ws, action, outcome, ctx, start_another)
-    except sa.exc.DBAPIError as exc:
-        if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
-            raise
-        for_action(lease.project_id, action.id).error(
-            "Postgres refused the %s's outcome: %s", action.kind, type(exc.orig).__name__
-        )
+    fail the action with result_rejected at once instead of leaving it running: first with
+    the runner's changes to the workspace, then (if those are what it refuses) without."""
     error = {
         "code": ErrorCode.RESULT_REJECTED,
         "message": "Postgres could not store the action's outcome",
@@ -223,11 +216,16 @@ def _settle_or_fail(
     refused = Outcome(
         Verdict.FAILED, error=error, events=[error_event(error, action.kind, action.attempts)]
     )
-    try:
-        return _settle(engine, settings, lease, ws, action, refused, None, start_another)
-    except sa.exc.DBAPIError as exc:
-        if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
-            raise
+    for attempt, (what, context) in enumerate(((outcome, ctx), (refused, None))):
+        try:
+            return _settle(engine, settings, lease, ws, action, what, context, start_another)
+        except sa.exc.DBAPIError as exc:
+            if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
+                raise
+            if attempt == 0:
+                for_action(lease.project_id, action.id).error(
+                    "Postgres refused the %s's outcome: %s", action.kind, type(exc.orig).__name__
+                )
     ws.revert(*MUTABLE)  # what the runner changed is what Postgres refuses: keep the row
     return _settle(engine, settings, lease, ws, action, refused, None, start_another)
 

@@ -294,3 +294,36 @@ def test_beat_sweeps_run_while_the_action_queue_holds_a_backlog(
     assert queued > 50, f"the backlog was gone already ({queued} queued): nothing was shown"
     for h in handles:
         h.wait(120)
+
+
+def test_an_outcome_postgres_refuses_fails_the_action_at_once(env: dict[str, str]) -> None:
+    """Whatever Postgres cannot store (here a NUL, which jsonb refuses) ends the action failed
+    with result_rejected, and the next action starts: never an action left running."""
+    from qai_jobs.db.workspace_state import WorkspaceState
+    from qai_jobs.worker import drain
+    from qai_jobs.worker.attempt import Outcome, Verdict
+
+    settings = settings_for(env)
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"refused-{uuid.uuid4().hex[:8]}"
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    with engine.begin() as conn:
+        for action_id in ids:
+            enqueue.enqueue(
+                conn, action_id=action_id, project_id=project, kind="command", payload={"cmd": "x"}
+            )
+    with engine.begin() as conn:
+        got = ordering.acquire(conn, project, "me", ttl=30)
+        assert got is not None
+        head = ordering.start_next(conn, got.lease)
+        ws = WorkspaceState.load(conn, project)
+    assert head is not None
+    bad = Outcome(Verdict.SUCCEEDED, result={"stdout": "a\x00b"})
+    following, _ = drain._settle_or_fail(engine, settings, got.lease, ws, head, bad, None, True)
+    assert following is not None and following.id == ids[1]
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, error->>'code' AS code FROM actions WHERE id = :id"),
+            {"id": ids[0]},
+        ).one()
+    assert (row.status, row.code) == ("failed", "result_rejected")
