@@ -75,8 +75,10 @@ services:
 up: install services
 	$(BIN)/qai-jobs up
 
+# Three test processes side by side (each with its own database and Redis DB): the suite
+# mostly waits on real workers and sandboxes. PYTEST_ARGS=-n0 runs it in one process.
 test: install services lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS)
 
 bench: install services
 	$(BIN)/qai-jobs bench
