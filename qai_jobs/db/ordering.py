@@ -19,7 +19,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from qai_jobs.db.session import async_commit
 from qai_jobs.errors import LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
@@ -122,15 +121,29 @@ _RENEW = sa.text(
     """
 )
 _BEAT = sa.text("UPDATE actions SET heartbeat_at = now() WHERE id = :id AND status = 'running'")
+_BEAT_STAGE = sa.text(
+    "UPDATE actions SET heartbeat_at = now(), stage = CAST(:stage AS jsonb) "
+    "WHERE id = :id AND status = 'running'"
+)
 
 
-def renew(conn: Connection, lease: Lease, ttl: float, action_id: uuid.UUID | None) -> bool:
-    """Extend the lease (the heartbeat); False when it was lost to another holder."""
+def renew(
+    conn: Connection,
+    lease: Lease,
+    ttl: float,
+    action_id: uuid.UUID | None,
+    stage: dict[str, Any] | None = None,
+) -> bool:
+    """Extend the lease (the heartbeat), recording the running action's beat and, when given,
+    its current stage; False when the lease was lost to another holder."""
     held = conn.execute(
         _RENEW, {"p": lease.project_id, "g": lease.gen, "o": lease.owner, "ttl": ttl}
     ).first()
     if held is not None and action_id is not None:
-        conn.execute(_BEAT, {"id": action_id})
+        if stage is None:
+            conn.execute(_BEAT, {"id": action_id})
+        else:
+            conn.execute(_BEAT_STAGE, {"id": action_id, "stage": json.dumps(stage)})
     return held is not None
 
 
@@ -229,20 +242,6 @@ _RETRY = sa.text(
     WHERE id = :id AND status = 'running' AND lease_gen = :g
     """
 )
-
-
-_STAGE = sa.text(
-    "UPDATE actions SET stage = CAST(:stage AS jsonb) "
-    "WHERE id = :id AND status = 'running' AND lease_gen = :g"
-)
-
-
-def record_stage(
-    conn: Connection, lease: Lease, action_id: uuid.UUID, stage: dict[str, Any]
-) -> None:
-    """Record a running action's stage (advisory: a stage lost in a crash is harmless)."""
-    async_commit(conn)
-    conn.execute(_STAGE, {"id": action_id, "g": lease.gen, "stage": json.dumps(stage)})
 
 
 _SETTLED_BY = sa.text("SELECT status, lease_gen FROM actions WHERE id = :id")

@@ -124,7 +124,7 @@ def run_one(
         kind=action.kind,
         payload=payload,
         ws=ws,
-        progress=progress_writer(settings, engine, lease, action.id, still_ours),
+        progress=progress_writer(settings, action.id, beat.note_stage, still_ours),
         output=output_publisher(settings, action.id) if action.kind == "command" else None,
         history=changes_since,
         manifest=recorded_manifest,

@@ -22,7 +22,7 @@ from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import ActionStatus
 from qai_jobs.db import manifest, ordering, outbox, snapshots
-from qai_jobs.db.session import async_commit, db_retry, engine_for
+from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.db.workspace_state import MUTABLE, WorkspaceState, touch_activity, write_changes
 from qai_jobs.errors import DeadlineExceeded, ErrorCode, LeaseLost, WorkerLost
 from qai_jobs.events import error_event
@@ -64,7 +64,11 @@ def owner_name() -> str:
 
 
 def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
-    """Run the project's due actions while holding its lease; return how many ran."""
+    """Run the project's due actions while holding its lease; return how many ran.
+
+    The lease is taken together with starting the head action, and given back together with
+    settling the last one: a project with one action at a time pays two transactions for it.
+    """
     engine = engine_for(settings.database_url)
     began = time.monotonic()
     ran = 0
@@ -72,26 +76,31 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         got = _acquire(engine, settings, project_id, owner_name())
         if got is None:
             return ran
-        lease, ws, first, settled = got
-        beat = Heartbeat(
-            engine,
-            lease,
-            settings,
-            abandon=partial(_abandon, engine, settings, lease, dispatch=dispatch),
-        )
-        beat.start()
-        try:
-            # Redis and Celery I/O: only now, with the heartbeat keeping the lease, because
-            # nothing checks the lease again before the already started first action runs.
-            settled.announce(settings, dispatch)
-            done, cut = _run_batch(engine, settings, lease, ws, beat, dispatch, first, began)
-            ran += done
-        except LeaseLost:
-            for_project(project_id).warning("lease lost; a newer holder owns the project")
-            return ran
-        finally:
-            beat.stop()
-        delay = db_retry(_release)(engine, lease)
+        cut = False
+        if got.first is None:  # nothing due: the lease was given back in the same transaction
+            got.settled.announce(settings, dispatch)
+            delay = got.delay
+        else:
+            beat = Heartbeat(
+                engine,
+                got.lease,
+                settings,
+                abandon=partial(_abandon, engine, settings, got.lease, dispatch=dispatch),
+            )
+            beat.start()
+            try:
+                # Redis and Celery I/O only now, with the heartbeat keeping the lease: nothing
+                # checks the lease again before the already started first action runs.
+                got.settled.announce(settings, dispatch)
+                done, cut, delay = _run_batch(
+                    engine, settings, got.lease, got.ws, beat, dispatch, got.first, began
+                )
+                ran += done
+            except LeaseLost:
+                for_project(project_id).warning("lease lost; a newer holder owns the project")
+                return ran
+            finally:
+                beat.stop()
         if delay is None:
             return ran
         if delay > 0:  # not due yet (backoff)
@@ -100,18 +109,7 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         if cut or time.monotonic() - began >= settings.workspace_drain_budget_seconds:
             dispatch.give_turn(project_id)  # fairness: the rest waits its turn
             return ran
-        # Due now: an action committed while we were releasing. Take the lease again.
-
-
-def _release(engine: Engine, lease: ordering.Lease) -> float | None:
-    """Release the lease, then look for work that arrived meanwhile (seconds until due).
-
-    A lost release only leaves the lease to expire, so its commit need not wait for the disk.
-    """
-    with engine.begin() as conn:
-        async_commit(conn)
-        ordering.release(conn, lease)
-        return ordering.pending_delay(conn, lease.project_id)
+        # Due now: an action committed while the lease was being given back. Take it again.
 
 
 @dataclass
@@ -128,12 +126,26 @@ class _Settled:
             dispatch.deliver(self.event_ids)
 
 
+@dataclass
+class _Acquired:
+    lease: ordering.Lease
+    ws: WorkspaceState
+    first: ordering.Started | None  # the head action, started; None: the lease is given back
+    settled: _Settled
+    delay: float | None = None  # with no head: seconds until the next action is due
+
+
+@dataclass
+class _Settlement:
+    following: ordering.Started | None  # the next action, started; None: the lease is back
+    event_ids: list[str]
+    delay: float | None = None  # with no next action: seconds until one is due
+
+
 @db_retry
-def _acquire(
-    engine: Engine, settings: Settings, project_id: str, owner: str
-) -> tuple[ordering.Lease, WorkspaceState, ordering.Started | None, _Settled] | None:
+def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) -> _Acquired | None:
     """Take the lease, settle what a dead holder left running, and start the head action if it
-    is due: one transaction, so one commit waiting for the disk instead of two."""
+    is due, or give the lease back at once if none is: one transaction either way."""
     settled = _Settled()
     with engine.begin() as conn:
         got = ordering.acquire(
@@ -156,7 +168,11 @@ def _acquire(
             else:
                 alog.warning("worker lost while running a %s: queued to run again", row.kind)
         first = got.readopted or ordering.start_next(conn, lease)
-    return lease, ws, first, settled
+        delay = None
+        if first is None:
+            delay = ordering.pending_delay(conn, project_id)
+            ordering.release(conn, lease)
+    return _Acquired(lease, ws, first, settled, delay)
 
 
 def _run_batch(
@@ -166,14 +182,16 @@ def _run_batch(
     ws: WorkspaceState,
     beat: Heartbeat,
     dispatch: Dispatch,
-    first: ordering.Started | None,
+    first: ordering.Started,
     started_at: float,
-) -> tuple[int, bool]:
-    """Run due actions in order, from ``first`` (started with the lease); return how many ran
-    and whether the budget (counted from ``started_at``) cut it."""
-    current = first
+) -> tuple[int, bool, float | None]:
+    """Run due actions in order, from ``first`` (started with the lease), until none is due or
+    the budget (counted from ``started_at``) is used; the last settle gives the lease back.
+    Returns how many ran, whether the budget cut it, and the seconds until the next is due."""
+    current: ordering.Started | None = first
     ran = 0
     more = True
+    delay: float | None = None
     while current is not None:
         beat.check()
         cancel = Cancel()
@@ -183,16 +201,15 @@ def _run_batch(
         budget = settings.workspace_drain_budget_seconds
         more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < budget
         action = current
-        current, event_ids = _settle_or_fail(
-            engine, settings, lease, ws, action, outcome, ctx, more
-        )
+        settlement = _settle_or_fail(engine, settings, lease, ws, action, outcome, ctx, more)
         beat.done()
+        current, delay = settlement.following, settlement.delay
         publish(settings.redis_url, action.id, {"type": "done", "status": outcome.verdict})
-        if event_ids:
-            dispatch.deliver(event_ids)
+        if settlement.event_ids:
+            dispatch.deliver(settlement.event_ids)
         log_outcome(lease.project_id, action, outcome)
         ran += 1
-    return ran, not more
+    return ran, not more, delay
 
 
 def _settle_or_fail(
@@ -204,7 +221,7 @@ def _settle_or_fail(
     outcome: Outcome,
     ctx: ActionContext | None,
     start_another: bool,
-) -> tuple[ordering.Started | None, list[str]]:
+) -> _Settlement:
     """Settle; if Postgres refuses what the action produced (a value it cannot store, say),
     fail the action with result_rejected at once instead of leaving it running: first with
     the runner's changes to the workspace, then (if those are what it refuses) without."""
@@ -240,16 +257,17 @@ def _settle(
     outcome: Outcome,
     ctx: ActionContext | None,
     start_another: bool,
-) -> tuple[ordering.Started | None, list[str]]:
+) -> _Settlement:
     """One fenced transaction: workspace changes, the action's status, outbox rows, and the
-    start of the next action (saving a commit per action)."""
+    start of the next action, or, with none to start, the lease given back."""
     with engine.begin() as conn:
         ordering.fence(conn, lease, settings.lease_seconds)
         if ordering.already_settled(conn, lease, action.id):
             # A retry of this very transaction, whose first commit succeeded unseen: what it
             # did stands (its webhook deliveries are left to the sweep).
             ws.mark_clean()
-            return (ordering.own_running(conn, lease) if start_another else None), []
+            following = ordering.own_running(conn, lease) if start_another else None
+            return _Settlement(following, [], _give_back(conn, lease, following))
         write_changes(conn, ws)
         touch_activity(conn, lease.project_id)
         if ctx is not None and ctx.snapshots:
@@ -275,8 +293,22 @@ def _settle(
             conn, settings, lease.project_id, action.id, outcome.events
         )
         following = ordering.start_next(conn, lease) if start_another else None
+        delay = _give_back(conn, lease, following)
     ws.mark_clean()
-    return following, event_ids
+    return _Settlement(following, event_ids, delay)
+
+
+def _give_back(
+    conn: sa.Connection, lease: ordering.Lease, following: ordering.Started | None
+) -> float | None:
+    """With no next action started: give the lease back in this transaction (an action
+    enqueued meanwhile waits on the workspace row it holds, then finds the lease free), and
+    say when the next queued one is due."""
+    if following is not None:
+        return None
+    delay = ordering.pending_delay(conn, lease.project_id)
+    ordering.release(conn, lease)
+    return delay
 
 
 def _abandon(

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -65,6 +66,10 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._watched: Watched | None = None
         self._renewed = time.monotonic()
+        # The running action's latest stage, recorded by the next renewal (no transaction of
+        # its own), and what was recorded last.
+        self._stage: dict[str, Any] | None = None
+        self._stage_written: dict[str, Any] | None = ordering.START_STAGE
         name = f"qai-heartbeat-{lease.project_id}"
         self._renewer = threading.Thread(target=self._renew_loop, name=name, daemon=True)
         self._watchdog = threading.Thread(target=self._watch_loop, name=name + "-dog", daemon=True)
@@ -86,6 +91,13 @@ class Heartbeat:
     def done(self) -> None:
         with self._lock:
             self._watched = None
+            self._stage = None
+            self._stage_written = ordering.START_STAGE  # what start_next writes
+
+    def note_stage(self, stage: dict[str, Any]) -> None:
+        """The running action reached ``stage``: recorded with the next heartbeat."""
+        with self._lock:
+            self._stage = stage
 
     def check(self) -> None:
         """Raise LeaseLost if the lease is (or may be) gone: nothing more may be done."""
@@ -97,15 +109,20 @@ class Heartbeat:
         while not self._halt.wait(self.settings.workspace_heartbeat_seconds):
             with self._lock:
                 current = self._watched.action.id if self._watched else None
+                stage = self._stage if self._stage != self._stage_written else None
+            ttl = self.settings.lease_seconds
             try:
                 with self.engine.begin() as conn:
-                    held = ordering.renew(conn, self.lease, self.settings.lease_seconds, current)
+                    held = ordering.renew(conn, self.lease, ttl, current, stage)
             except sa.exc.SQLAlchemyError:
                 continue  # Postgres may be restarting: the watchdog decides when it is too long
             if not held:
                 self._lose()
                 return
             self._renewed = time.monotonic()
+            if stage is not None:
+                with self._lock:
+                    self._stage_written = stage
 
     def _watch_loop(self) -> None:
         beat = self.settings.workspace_heartbeat_seconds

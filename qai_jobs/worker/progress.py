@@ -7,28 +7,25 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-
 from qai_jobs.config import Settings
-from qai_jobs.db import ordering
 from qai_jobs.notify import publish
 from qai_jobs.providers.base import safe_text
 from qai_jobs.runner.context import OutputFn, ProgressFn
 
-STAGE_EVERY_SECONDS = 0.2  # at most this often a write of the same stage's counts
+STAGE_EVERY_SECONDS = 0.2  # at most this often a new count within one stage
 
 
 def progress_writer(
     settings: Settings,
-    engine: Engine,
-    lease: ordering.Lease,
     action_id: uuid.UUID,
+    note_stage: Callable[[dict[str, Any]], None],
     check_lease: Callable[[], None],
 ) -> ProgressFn:
-    """Record the action's stage (throttled) so get_action and the CLI can show progress."""
+    """Publish the action's stage to its watchers at once, and hand it to the heartbeat, which
+    records it in Postgres with its next renewal: a quick action costs no transaction for its
+    stages, a long one shows its stage within a heartbeat (get_action, the CLI)."""
     last = [0.0]
-    recorded: list[dict[str, Any]] = [ordering.START_STAGE]  # start_next wrote it
+    published: list[dict[str, Any] | None] = [None]
 
     def progress(stage: str, done: int | None, total: int | None) -> None:
         check_lease()  # between steps: stop before doing more if the lease is gone
@@ -38,13 +35,10 @@ def progress_writer(
             return
         last[0] = now
         value = {"stage": stage, "done": done, "total": total}
-        if value != recorded[0]:
-            try:
-                with engine.begin() as conn:
-                    ordering.record_stage(conn, lease, action_id, value)
-            except sa.exc.SQLAlchemyError:
-                return  # progress is advisory
-            recorded[0] = value
+        if value == published[0]:
+            return
+        published[0] = value
+        note_stage(value)
         publish(settings.redis_url, action_id, {"type": "progress", **value})
 
     return progress

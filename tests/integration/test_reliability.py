@@ -199,10 +199,10 @@ def test_a_retried_settle_after_an_unseen_commit_carries_on(env: dict[str, str])
         ws = WorkspaceState.load(conn, project)
     assert head is not None
     outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
-    following, _ = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
-    again, events = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
-    assert following is not None and again is not None
-    assert following.id == again.id == ids[1] and events == []
+    first = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
+    again = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
+    assert first.following is not None and again.following is not None
+    assert first.following.id == again.following.id == ids[1] and again.event_ids == []
 
 
 def test_limits_come_from_the_settings_in_the_worker_too(
@@ -319,8 +319,8 @@ def test_an_outcome_postgres_refuses_fails_the_action_at_once(env: dict[str, str
         ws = WorkspaceState.load(conn, project)
     assert head is not None
     bad = Outcome(Verdict.SUCCEEDED, result={"stdout": "a\x00b"})
-    following, _ = drain._settle_or_fail(engine, settings, got.lease, ws, head, bad, None, True)
-    assert following is not None and following.id == ids[1]
+    settled = drain._settle_or_fail(engine, settings, got.lease, ws, head, bad, None, True)
+    assert settled.following is not None and settled.following.id == ids[1]
     with engine.connect() as conn:
         row = conn.execute(
             sa.text("SELECT status, error->>'code' AS code FROM actions WHERE id = :id"),
