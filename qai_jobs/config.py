@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     workspace_max_action_bytes: PositiveInt = 100 * 1024 * 1024
     workspace_max_files: PositiveInt = 10_000
     workspace_max_output_bytes: PositiveInt = 1024 * 1024
+    # Files a sandbox made bigger than this (a sparse 50 GB file costs it nothing) are neither
+    # hashed nor kept in local snapshots: like build output, they are left where they are.
+    workspace_snapshot_max_file_bytes: PositiveInt = 1024 * 1024 * 1024
     workspace_max_timeout_s: PositiveFloat = 3600
     workspace_action_retention_days: PositiveFloat = 30
     workspace_dev_server_timeout_seconds: PositiveFloat = 120
@@ -203,6 +206,12 @@ class Settings(BaseSettings):
     @property
     def inactivity_seconds(self) -> float:
         return self.workspace_inactivity_minutes * 60
+
+    @property
+    def tracked_max_file_bytes(self) -> int:
+        """The largest file hashed and snapshotted: never below what a producer may send, whose
+        files must always be recognised and kept."""
+        return max(self.workspace_snapshot_max_file_bytes, self.workspace_max_file_bytes)
 
     @property
     def lease_seconds(self) -> float:

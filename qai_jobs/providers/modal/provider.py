@@ -227,7 +227,9 @@ class ModalProvider(ModalSdk):
                 code=ErrorCode.PROVIDER_ERROR,
             )
 
-    def _read_file(self, sb: Sandbox, path: str) -> bytes | None:
+    def _read_file(self, sb: Sandbox, path: str, max_bytes: int) -> bytes | None:
+        # No streamed read in the SDK: the size was checked just before, and Modal refuses
+        # files over its own limit (SandboxFilesystemFileTooLargeError).
         handle = self._handle(sb)
         fs_missing = self._sdk().exception.SandboxFilesystemNotFoundError
         try:
