@@ -59,7 +59,9 @@ class Workspace(Base):
     port: Mapped[int | None] = mapped_column(Integer)
     dev_command: Mapped[str | None] = mapped_column(Text)
     install_command: Mapped[str | None] = mapped_column(Text)
-    install_hash: Mapped[str | None] = mapped_column(String(64))
+    # The install inputs' fingerprint as the producer sent them and as the last good install
+    # left them ("<before> <after>", or one when the install changed none): runner/install.py
+    install_hash: Mapped[str | None] = mapped_column(String(160))
     # env for the dev server and install, encrypted (see secrets.py)
     env: Mapped[dict[str, Any] | None]
     dev_process: Mapped[dict[str, Any] | None]
