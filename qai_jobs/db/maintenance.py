@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 _IDLE = sa.text(
     """
     SELECT w.project_id, w.last_activity_at FROM workspaces w
-    WHERE w.status = 'ready' AND w.last_activity_at < now() - make_interval(secs => :idle)
+    WHERE w.status IN ('ready', 'error') AND w.sandbox_id IS NOT NULL
+      AND w.last_activity_at < now() - make_interval(secs => :idle)
       AND NOT EXISTS (SELECT 1 FROM actions a
                       WHERE a.project_id = w.project_id AND a.status IN ('queued', 'running'))
     ORDER BY w.last_activity_at LIMIT :limit
@@ -48,7 +49,9 @@ _BUSY = sa.text("SELECT DISTINCT project_id FROM actions WHERE status IN ('queue
 
 
 def idle_workspaces(engine: Engine, idle_seconds: float, limit: int) -> list[tuple[str, datetime]]:
-    """(project_id, last activity) of ready workspaces idle that long with nothing in flight."""
+    """(project_id, last activity) of workspaces with a sandbox, idle that long with nothing
+    in flight: ready ones, and those an action left in error (a failed first install, a lost
+    sandbox) whose sandbox may still run and bill; their sleep finds out."""
     with engine.connect() as conn:
         rows = conn.execute(_IDLE, {"idle": idle_seconds, "limit": limit}).all()
     return [(str(r.project_id), r.last_activity_at) for r in rows]

@@ -141,6 +141,9 @@ class Provider(abc.ABC):
     # Seconds between looks at a starting dev server's port: during its first 2 s, then after.
     # Each look is two sandbox commands on a cloud provider, a loopback connect on local.
     port_poll_seconds: ClassVar[tuple[float, float]] = (0.1, 0.5)
+    # Whether a sandbox's processes live through sleep and wake (E2B's pause keeps its memory):
+    # then a woken workspace's dev server is the one it had, not one to start again.
+    keeps_processes_asleep: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -316,7 +316,13 @@ def proc_record(sb: Sandbox, proc_id: str, pid: int, command: str) -> dict[str, 
 
 
 def proc_matches(sb: Sandbox, proc: Any) -> bool:
-    return bool(proc.get("pid")) and proc.get("sandbox_id", sb.sandbox_id) == sb.sandbox_id
+    """Whether ``proc`` was started in this sandbox since its processes last went away."""
+    since = float(sb.state.get("processes_since", 0))
+    return (
+        bool(proc.get("pid"))
+        and proc.get("sandbox_id", sb.sandbox_id) == sb.sandbox_id
+        and float(proc.get("started_at", since)) >= since
+    )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -138,22 +139,31 @@ def run_sweep(settings: Settings, name: str, work: Callable[[], dict[str, Any]])
 
 
 def idle(settings: Settings, limit: int = 500) -> dict[str, Any]:
-    """Sleep ready workspaces idle for WORKSPACE_INACTIVITY_MINUTES, as ordinary `sleep` actions
-    (so they queue behind anything enqueued meanwhile, like every other action).
-
-    The idempotency key names the idle spell (its last activity), so sweeps that overlap, or a
-    sweep that repeats before the sleep ran, enqueue one sleep per spell. An action enqueued
-    between this read and the sleep simply runs first; the sleep after it is harmless.
-    """
+    """Sleep workspaces idle for WORKSPACE_INACTIVITY_MINUTES, as ordinary `sleep` actions
+    (so they queue behind anything enqueued meanwhile, like every other action)."""
     from qai_jobs.client.direct import WorkspaceClient
 
     engine = engine_for(settings.database_url)
     rows = maintenance.idle_workspaces(engine, settings.inactivity_seconds, limit)
     client = WorkspaceClient(settings)
     for project_id, last_activity_at in rows:
-        key = f"idle-sleep:{last_activity_at.isoformat()}"
-        client.sleep(project_id, idempotency_key=key)
+        idle_sleep(client, project_id, last_activity_at)
     return {"slept": len(rows)}
+
+
+def idle_sleep(client: Any, project_id: str, idle_since: datetime) -> Any:
+    """The idle sweep's sleep of one workspace found idle since ``idle_since``.
+
+    The idempotency key names the idle spell, so sweeps that overlap, or a sweep that repeats
+    before the sleep ran, enqueue one sleep per spell. The sleep carries the spell too, and does
+    nothing if the workspace saw activity after it: an action may run between the sweep's
+    read and the sleep (starting a dev server the sleep would stop), a preview request may
+    arrive through the gateway."""
+    return client.sleep(
+        project_id,
+        idempotency_key=f"idle-sleep:{idle_since.isoformat()}",
+        idle_since=idle_since,
+    )
 
 
 def webhooks(settings: Settings, send: Callable[[list[str]], None]) -> dict[str, Any]:

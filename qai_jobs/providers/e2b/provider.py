@@ -45,6 +45,7 @@ WRITE_BATCH_BYTES = 16 * 1024 * 1024
 
 class E2BProvider(E2BSdk):
     name: ClassVar[str] = "e2b"
+    keeps_processes_asleep: ClassVar[bool] = True  # a full pause keeps memory and processes
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _new(self, state: dict[str, Any], template: str, *, from_snapshot: bool) -> Sandbox:
@@ -136,6 +137,8 @@ class E2BProvider(E2BSdk):
                 handle = sdk.Sandbox.connect(
                     sb.sandbox_id, timeout=self._lifetime(), on_resume="reboot", **self._opts()
                 )
+                # Its processes are gone, and their pids mean nothing any more.
+                sb.state = {**sb.state, "processes_since": time.time()}
         self._keep(sb.sandbox_id, handle)
         sb.state = {**sb.state, "created_at": time.time()}
         return sb
