@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -17,11 +19,15 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from qai_jobs.egress import INTERNET, Egress, parse_egress
 from qai_jobs.errors import ConfigurationError
 
 KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
+_DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Spellings of this machine that one deployment's processes may use for the same database.
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/qai_jobs"
 
 
@@ -66,6 +72,10 @@ class Settings(BaseSettings):
     workspace_egress: Annotated[Egress, NoDecode] = INTERNET
     workspace_host_address: str = "127.0.0.1"
     workspace_max_attempts: PositiveInt = 5
+    # Which deployment's sandboxes these are, on cloud accounts several deployments share
+    # (staging and production): sandboxes are tagged with it and the orphan sweeps touch only
+    # their own. Unset: derived from DATABASE_URL (see ``deployment_id``).
+    workspace_deployment_id: str | None = None
     # The Celery queue producers send to and workers consume; `qai-jobs bench` uses its own.
     workspace_queue: str = Field(default="celery", min_length=1)
     workspace_heartbeat_seconds: PositiveFloat = 10
@@ -170,6 +180,15 @@ class Settings(BaseSettings):
     def _egress(cls, value: object) -> object:
         return parse_egress(value)
 
+    @field_validator("workspace_deployment_id")
+    @classmethod
+    def _deployment_id(cls, value: str | None) -> str | None:
+        if value is not None and not _DEPLOYMENT_ID.match(value):
+            raise ValueError(
+                "1 to 63 letters, digits, '.', '_' or '-', starting with one of the first two"
+            )
+        return value
+
     @field_validator("workspace_host_address")
     @classmethod
     def _host_address(cls, value: str) -> str:
@@ -202,6 +221,20 @@ class Settings(BaseSettings):
         if self.workspace_local_isolation is not None:
             return self.workspace_local_isolation
         return "bwrap" if shutil.which("bwrap") else "none"
+
+    @cached_property
+    def deployment_id(self) -> str:
+        """WORKSPACE_DEPLOYMENT_ID, or one derived from the database this deployment keeps its
+        truth in (host, port and name: not the credentials, which rotate): every process of a
+        deployment shares that database, and two deployments never do. A copy of the database
+        restored elsewhere is another deployment."""
+        if self.workspace_deployment_id:
+            return self.workspace_deployment_id
+        url = make_url(self.database_url)
+        host = str(url.host or url.query.get("host") or "localhost").lower()
+        host = "localhost" if host in _LOOPBACK else host
+        where = f"{host}:{url.port or 5432}/{url.database or ''}"
+        return "db-" + hashlib.sha256(where.encode()).hexdigest()[:16]
 
     @property
     def inactivity_seconds(self) -> float:

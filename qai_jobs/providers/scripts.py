@@ -30,8 +30,20 @@ def abs_path(rel: str | None) -> str:
     return WORKDIR if not rel or rel == "." else f"{WORKDIR}/{rel}"
 
 
-def tags_for(project_id: str, workspace_id: str) -> dict[str, str]:
-    return {**TAG, "project_id": project_id, "workspace_id": workspace_id}
+def tags_for(project_id: str, workspace_id: str, deployment: str) -> dict[str, str]:
+    """What a sandbox is tagged with: ours, whose, and which deployment's (accounts may be
+    shared by several deployments, whose orphan sweeps must each keep to their own)."""
+    return {
+        **TAG,
+        "deployment": deployment,
+        "project_id": project_id,
+        "workspace_id": workspace_id,
+    }
+
+
+def own_tags(deployment: str) -> dict[str, str]:
+    """The tags a listing filters on: this deployment's sandboxes only."""
+    return {**TAG, "deployment": deployment}
 
 
 def tar_bytes(files: Sequence[tuple[str, bytes]]) -> bytes:
@@ -334,6 +346,7 @@ class TaggedSandbox:
     project_id: str
     workspace_id: str
     state: str = "running"
+    deployment: str = ""
 
 
 @runtime_checkable

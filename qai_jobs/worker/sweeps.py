@@ -7,10 +7,13 @@ fresh "project P has work" message; duplicates are harmless because only the lea
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -92,18 +95,25 @@ def once_per_period(settings: Settings, name: str, period: float) -> bool:
 
 def start_watchdog(settings: Settings, dispatch: Callable[[], Dispatch]) -> threading.Thread:
     """In every worker: run recovery every heartbeat, so a lost worker's projects move on
-    within a few heartbeats even when no beat process runs."""
+    within a few heartbeats even when no beat process runs; and, once per sweep period on each
+    host, the local provider's orphan sweep."""
     period = settings.workspace_heartbeat_seconds
 
     def loop() -> None:
         stop = threading.Event()
         while not stop.wait(period):
-            if not once_per_period(settings, "recover-watchdog", period):
-                continue
             try:
-                recover(settings, dispatch())
+                if once_per_period(settings, "recover-watchdog", period):
+                    recover(settings, dispatch())
             except (sa.exc.SQLAlchemyError, redis.RedisError, OSError) as exc:
                 log.warning("recovery watchdog: %s", type(exc).__name__)
+            try:
+                if "local" in settings.workspace_runtime:
+                    # Each host's own processes: no other host's worker can see them.
+                    name = local_sweep_name(settings)
+                    run_sweep(settings, name, lambda: local_orphans(settings))
+            except (sa.exc.SQLAlchemyError, redis.RedisError, OSError) as exc:
+                log.warning("local orphan sweep: %s", type(exc).__name__)
 
     thread = threading.Thread(target=loop, name="qai-watchdog", daemon=True)
     thread.start()
@@ -133,7 +143,8 @@ def run_sweep(settings: Settings, name: str, work: Callable[[], dict[str, Any]])
     except redis.RedisError:
         pass  # the record is for observation only
     result = work()
-    if any(result.get(k) for k in ("slept", "kicked", "sent", "actions", "events", "terminated")):
+    done = ("slept", "kicked", "sent", "actions", "events", "terminated", "stopped")
+    if any(result.get(k) for k in done):
         log.info("sweep %s: %s", name, result)
     return {"sweep": name, **result}
 
@@ -198,10 +209,11 @@ def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[
 
 
 def orphans(settings: Settings) -> dict[str, Any]:
-    """Terminate cloud sandboxes that qai-jobs tagged but no workspace owns (they keep billing).
+    """Terminate this deployment's cloud sandboxes that no workspace owns (they keep billing).
 
-    Owned ids are read after listing, and a project with work in flight owns every sandbox
-    tagged with it: an ensure creates its sandbox before the row that names it commits.
+    Owned ids are read after listing, in one snapshot with the projects that have work in
+    flight, which own every sandbox tagged with them: an ensure creates its sandbox before the
+    row that names it commits (read apart, an ensure committing in between would be in neither).
     """
     if not any(name in ("modal", "e2b") for name in settings.workspace_runtime):
         return {"skipped": "no cloud provider configured"}
@@ -211,10 +223,35 @@ def orphans(settings: Settings) -> dict[str, Any]:
     listed, failed = cloud.list_tagged(settings)
     owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
     owned |= {(sb.provider, sb.sandbox_id) for sb in listed if sb.project_id in busy}
-    report = cloud.SweepReport(cloud.find_orphans(listed, owned), failed_providers=failed)
+    orphans = cloud.find_orphans(listed, owned, settings.deployment_id)
+    report = cloud.SweepReport(orphans, failed_providers=failed)
     cloud.terminate(report, lambda name: get_provider(name, settings))
     return {
         "terminated": len(report.terminated),
         "failed_providers": failed,
         "errors": len(report.errors),
     }
+
+
+def local_sweep_name(settings: Settings) -> str:
+    """One local orphan sweep per period for each host and installation (WORKSPACE_ROOT)."""
+    root = str(Path(settings.workspace_root).expanduser().resolve())
+    return f"local-orphans:{socket.gethostname()}:{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+
+
+def local_orphans(settings: Settings) -> dict[str, Any]:
+    """Stop local sandbox processes that no workspace row owns, or whose tree is gone."""
+    from qai_jobs.providers.local import orphans as local
+    from qai_jobs.providers.local.store import PortRegistry
+
+    root = Path(settings.workspace_root).expanduser().resolve()
+    if not root.is_dir():
+        return {"stopped": 0}
+    found = local.sandbox_processes(root)  # first: a sandbox made after this is not in it
+    if not found:
+        return {"stopped": 0}
+    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
+    names = {sandbox_id for provider, sandbox_id in owned if provider == "local"}
+    ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
+    stopped = local.sweep(root, found, names, busy, ports, settings.deployment_id)
+    return {"stopped": len(stopped), "sandboxes": [s.sandbox for s in stopped]}

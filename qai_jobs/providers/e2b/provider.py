@@ -55,7 +55,9 @@ class E2BProvider(E2BSdk):
                 handle = sdk.Sandbox.create(
                     template=template,
                     timeout=self._lifetime(),
-                    metadata=remote.tags_for(state["project_id"], state["workspace_id"]),
+                    metadata=remote.tags_for(
+                        state["project_id"], state["workspace_id"], self.settings.deployment_id
+                    ),
                     envs=unseal_env(self.settings, state.get("env")),
                     lifecycle={"on_timeout": "pause", "auto_resume": False},
                     **self._opts(),
@@ -171,7 +173,8 @@ class E2BProvider(E2BSdk):
         found: list[remote.TaggedSandbox] = []
         with self._guard():
             pages = sdk.Sandbox.list(
-                query=sdk.SandboxQuery(metadata=dict(remote.TAG)), **self._opts()
+                query=sdk.SandboxQuery(metadata=remote.own_tags(self.settings.deployment_id)),
+                **self._opts(),
             )
             while pages.has_next:
                 for info in pages.next_items():
@@ -183,6 +186,7 @@ class E2BProvider(E2BSdk):
                             meta.get("project_id", ""),
                             meta.get("workspace_id", ""),
                             str(getattr(info.state, "value", info.state)),
+                            deployment=meta.get("deployment", ""),
                         )
                     )
         return found

@@ -136,6 +136,9 @@ class LocalProvider(Provider):
             "env": dict(spec.env),
             "egress": check_egress(self.settings, spec.egress),
             "created_at": time.time(),
+            # Whose rows own it (local/orphans.py): a root shared by two deployments is a
+            # mistake, but one whose sweep must not stop the other's sandboxes.
+            "deployment": self.settings.deployment_id,
         }
         atomic_write(layout.meta, json.dumps(meta).encode())
         layout.meta.chmod(0o600)  # env may hold the user's secrets
