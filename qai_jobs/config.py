@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     workspace_token: SecretStr | None = None
     workspace_callback_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workspace_webhook_secret: SecretStr | None = None
+    # Checks inbound provider hooks (/api/workspaces/events) in each provider's own format: for
+    # E2B the signature secret given when registering the webhook, else a Standard Webhooks
+    # whsec_ secret. Unset: WORKSPACE_WEBHOOK_SECRET, with a warning.
+    workspace_provider_hook_secret: SecretStr | None = None
     workspace_dev_command: str = "npm run dev -- --hostname 0.0.0.0 --port {port}"
     workspace_install_command: str | None = None
     workspace_preview_port: Annotated[int, Field(ge=1, le=65535)] = 3000

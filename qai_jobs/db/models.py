@@ -188,3 +188,14 @@ class WebhookEvent(Base):
             "ix_webhook_events_dead", "created_at", "id", postgresql_where=text("status = 'dead'")
         ),
     )
+
+
+class ProviderEvent(Base):
+    """An inbound provider hook already applied (``/api/workspaces/events``), by its own event
+    id: providers deliver at least once, and a redelivered event must change nothing twice."""
+
+    __tablename__ = "provider_events"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)  # e2b | standard
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)

@@ -205,7 +205,11 @@ def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[
         events += len(gone_events)
         if len(gone_actions) < batch and len(gone_events) < batch:
             break
-    return {"actions": actions, "events": events}
+    from qai_jobs.constants import PROVIDER_EVENTS_KEPT_SECONDS
+    from qai_jobs.db import inbound
+
+    seen = inbound.prune(engine, PROVIDER_EVENTS_KEPT_SECONDS)
+    return {"actions": actions, "events": events, "provider_events": seen}
 
 
 def orphans(settings: Settings) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""install fingerprints before and after the install
+"""install fingerprints before and after the install; inbound provider events seen
 
 Revision ID: 0006
 Revises: 0005
@@ -25,9 +25,26 @@ def upgrade() -> None:
         type_=sa.String(length=160),
         existing_nullable=True,
     )
+    op.create_table(
+        "provider_events",
+        sa.Column("source", sa.String(length=32), nullable=False),
+        sa.Column("event_id", sa.String(length=255), nullable=False),
+        sa.Column(
+            "received_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("source", "event_id", name=op.f("pk_provider_events")),
+    )
+    op.create_index(
+        op.f("ix_provider_events_received_at"), "provider_events", ["received_at"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_provider_events_received_at"), table_name="provider_events")
+    op.drop_table("provider_events")
     op.alter_column(
         "workspaces",
         "install_hash",
