@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -17,11 +19,15 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from qai_jobs.egress import INTERNET, Egress, parse_egress
 from qai_jobs.errors import ConfigurationError
 
 KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
+_DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Spellings of this machine that one deployment's processes may use for the same database.
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/qai_jobs"
 
 
@@ -44,6 +50,10 @@ class Settings(BaseSettings):
     workspace_token: SecretStr | None = None
     workspace_callback_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workspace_webhook_secret: SecretStr | None = None
+    # Checks inbound provider hooks (/api/workspaces/events) in each provider's own format: for
+    # E2B the signature secret given when registering the webhook, else a Standard Webhooks
+    # whsec_ secret. Unset: WORKSPACE_WEBHOOK_SECRET, with a warning.
+    workspace_provider_hook_secret: SecretStr | None = None
     workspace_dev_command: str = "npm run dev -- --hostname 0.0.0.0 --port {port}"
     workspace_install_command: str | None = None
     workspace_preview_port: Annotated[int, Field(ge=1, le=65535)] = 3000
@@ -66,6 +76,10 @@ class Settings(BaseSettings):
     workspace_egress: Annotated[Egress, NoDecode] = INTERNET
     workspace_host_address: str = "127.0.0.1"
     workspace_max_attempts: PositiveInt = 5
+    # Which deployment's sandboxes these are, on cloud accounts several deployments share
+    # (staging and production): sandboxes are tagged with it and the orphan sweeps touch only
+    # their own. Unset: derived from DATABASE_URL (see ``deployment_id``).
+    workspace_deployment_id: str | None = None
     # The Celery queue producers send to and workers consume; `qai-jobs bench` uses its own.
     workspace_queue: str = Field(default="celery", min_length=1)
     workspace_heartbeat_seconds: PositiveFloat = 10
@@ -82,6 +96,9 @@ class Settings(BaseSettings):
     workspace_max_action_bytes: PositiveInt = 100 * 1024 * 1024
     workspace_max_files: PositiveInt = 10_000
     workspace_max_output_bytes: PositiveInt = 1024 * 1024
+    # Files a sandbox made bigger than this (a sparse 50 GB file costs it nothing) are neither
+    # hashed nor kept in local snapshots: like build output, they are left where they are.
+    workspace_snapshot_max_file_bytes: PositiveInt = 1024 * 1024 * 1024
     workspace_max_timeout_s: PositiveFloat = 3600
     workspace_action_retention_days: PositiveFloat = 30
     workspace_dev_server_timeout_seconds: PositiveFloat = 120
@@ -167,6 +184,15 @@ class Settings(BaseSettings):
     def _egress(cls, value: object) -> object:
         return parse_egress(value)
 
+    @field_validator("workspace_deployment_id")
+    @classmethod
+    def _deployment_id(cls, value: str | None) -> str | None:
+        if value is not None and not _DEPLOYMENT_ID.match(value):
+            raise ValueError(
+                "1 to 63 letters, digits, '.', '_' or '-', starting with one of the first two"
+            )
+        return value
+
     @field_validator("workspace_host_address")
     @classmethod
     def _host_address(cls, value: str) -> str:
@@ -200,9 +226,29 @@ class Settings(BaseSettings):
             return self.workspace_local_isolation
         return "bwrap" if shutil.which("bwrap") else "none"
 
+    @cached_property
+    def deployment_id(self) -> str:
+        """WORKSPACE_DEPLOYMENT_ID, or one derived from the database this deployment keeps its
+        truth in (host, port and name: not the credentials, which rotate): every process of a
+        deployment shares that database, and two deployments never do. A copy of the database
+        restored elsewhere is another deployment."""
+        if self.workspace_deployment_id:
+            return self.workspace_deployment_id
+        url = make_url(self.database_url)
+        host = str(url.host or url.query.get("host") or "localhost").lower()
+        host = "localhost" if host in _LOOPBACK else host
+        where = f"{host}:{url.port or 5432}/{url.database or ''}"
+        return "db-" + hashlib.sha256(where.encode()).hexdigest()[:16]
+
     @property
     def inactivity_seconds(self) -> float:
         return self.workspace_inactivity_minutes * 60
+
+    @property
+    def tracked_max_file_bytes(self) -> int:
+        """The largest file hashed and snapshotted: never below what a producer may send, whose
+        files must always be recognised and kept."""
+        return max(self.workspace_snapshot_max_file_bytes, self.workspace_max_file_bytes)
 
     @property
     def lease_seconds(self) -> float:

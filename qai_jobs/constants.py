@@ -68,3 +68,7 @@ SWEEPS_LAST_KEY = "qai:sweeps:last"  # hash: sweep name -> last run (epoch secon
 SWEEP_RUNS_KEY = "qai:sweeps:runs:"  # + sweep name: recent runs, newest first
 TURN_KEY = "qai:turn:"  # + project: it gave its slot up and waits at the back of the queue
 BENCH_KEY = "qai:bench:"
+
+# How long an inbound provider hook's event id is remembered (deduplication); an E2B event
+# older than that, whose signature has no time in it, is a replay and is ignored.
+PROVIDER_EVENTS_KEPT_SECONDS = 7 * 86400

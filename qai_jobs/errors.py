@@ -49,6 +49,8 @@ class ErrorCode(enum.StrEnum):
     PATH_OUTSIDE_WORKSPACE = "path_outside_workspace"
     INVALID_PATH = "invalid_path"
     NOT_A_FILE = "not_a_file"
+    FILE_TOO_LARGE = "file_too_large"  # a read file over WORKSPACE_MAX_FILE_BYTES
+    READ_TOO_LARGE = "read_too_large"  # a read's files together over WORKSPACE_MAX_ACTION_BYTES
     FILESYSTEM_ERROR = "filesystem_error"
     FILE_ERROR = "file_error"
     INVALID_ENV = "invalid_env"

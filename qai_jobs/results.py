@@ -6,7 +6,7 @@ typed dict lets an editor and mypy know ``result["preview_url"]`` without any co
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 
 class EnsureResult(TypedDict):
@@ -58,6 +58,9 @@ class LogsResult(TypedDict):
 
 class SleepResult(TypedDict):
     snapshot_id: str | None
+    # An idle sweep's sleep that found the workspace active since, or with nothing to put to
+    # sleep: it did nothing.
+    skipped: NotRequired[bool]
 
 
 class WakeResult(TypedDict):

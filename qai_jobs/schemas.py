@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -260,6 +261,12 @@ class EmptyPayload(_Strict):
     pass
 
 
+class SleepPayload(_Strict):
+    # Set by the idle sweep: sleep only if the workspace saw no activity after this one (an
+    # action, a preview request) between the sweep's look and this sleep running.
+    idle_since: AwareDatetime | None = None
+
+
 class RestorePayload(_Strict):
     snapshot_id: Annotated[str, Field(min_length=1, max_length=255)]
 
@@ -271,7 +278,7 @@ PAYLOAD_MODELS: dict[str, type[BaseModel]] = {
     "command": CommandPayload,
     "preview": PreviewPayload,
     "logs": LogsPayload,
-    "sleep": EmptyPayload,
+    "sleep": SleepPayload,
     "wake": EmptyPayload,
     "snapshot": EmptyPayload,
     "restore": RestorePayload,

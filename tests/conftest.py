@@ -21,6 +21,7 @@ from tests.support.procs import Proc, start_beat, start_worker
 @pytest.fixture(scope="session", autouse=True)
 def _release_sandbox_networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
+    netns.stop_processes_under(tmp_path_factory.getbasetemp())
     netns.release_under(tmp_path_factory.getbasetemp())
 
 

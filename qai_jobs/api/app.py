@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from qai_jobs.api import events as api_events
 from qai_jobs.api import legacy as api_legacy
 from qai_jobs.api import preview as api_preview
+from qai_jobs.api import provider_events
 from qai_jobs.api import ui as api_ui
 from qai_jobs.api.errors import error_body, install_error_handlers
 from qai_jobs.api.gate import GateMiddleware, read_json_object
@@ -90,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        provider_events.hook_secret(settings)  # says so at start-up when it falls back
         yield
         await waiter.close()
 

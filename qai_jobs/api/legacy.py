@@ -164,48 +164,42 @@ def _workspace(client: WorkspaceClient, project_id: str) -> dict[str, Any]:
 
 @router.post(
     "/api/workspaces/events",
-    summary="Provider lifecycle hook (Standard Webhooks signature with WORKSPACE_WEBHOOK_SECRET)",
+    summary="Provider lifecycle hook (E2B's e2b-signature, or Standard Webhooks), applied once",
     responses={
-        200: {"description": "Accepted (applied or ignored)"},
+        200: {"description": "Accepted (applied, ignored, or a duplicate)"},
         **{c: {"model": ErrorBody} for c in (401, 413, 422)},
     },
 )
 async def provider_event(request: Request) -> Response:
-    from standardwebhooks import Webhook, WebhookVerificationError
-
     settings: Settings = request.app.state.settings
     raw = await request.body()
-    if settings.workspace_webhook_secret is None:
+    secret = provider_events.hook_secret(settings)
+    if secret is None:
         return error_response(
             401,
             ErrorCode.UNAUTHORIZED,
-            "WORKSPACE_WEBHOOK_SECRET is not set; provider hooks are refused",
+            "WORKSPACE_PROVIDER_HOOK_SECRET is not set; provider hooks are refused",
         )
     try:
-        Webhook(settings.workspace_webhook_secret.get_secret_value()).verify(
-            raw, {k: v for k, v in request.headers.items()}, json_parse=False
-        )
-    except (WebhookVerificationError, ValueError):
-        return error_response(401, ErrorCode.BAD_SIGNATURE, "missing or invalid webhook signature")
+        source = provider_events.verify(secret, request.headers, raw)
+    except provider_events.BadSignature as exc:
+        return error_response(401, ErrorCode.BAD_SIGNATURE, str(exc))
     try:
         body = json.loads(raw)
         if not isinstance(body, dict):
             raise ValueError("body: must be a JSON object")
-        parsed = provider_events.parse(body)
+        hook = provider_events.parse(source, request.headers, body)
     except ValueError as exc:
-        message = (
-            str(exc)
-            if str(exc).split(":")[0] in ("body", "data", "data.sandbox_id")
-            else "body: not valid JSON"
-        )
+        named = str(exc).split(":")[0] in ("body", "data", "id", "sandboxId", "data.sandbox_id")
+        message = str(exc) if named else "body: not valid JSON"
         return error_response(
             422, ErrorCode.INVALID_REQUEST, message, {"field": message.split(":")[0]}
         )
-    if parsed is None:
-        return JSONResponse({"applied": False, "projects": []})
-    change, sandbox_id, project_id = parsed
+    reason = provider_events.ignored_because(settings, hook)
+    if reason is not None:
+        return JSONResponse({"applied": False, "projects": [], "ignored": reason})
     client: WorkspaceClient = request.app.state.client
-    projects = await run_in_threadpool(
-        provider_events.apply, client.engine, change, sandbox_id, project_id
-    )
+    first, projects = await run_in_threadpool(provider_events.apply, client.engine, hook)
+    if not first:
+        return JSONResponse({"applied": False, "projects": [], "duplicate": True})
     return JSONResponse({"applied": bool(projects), "projects": projects})

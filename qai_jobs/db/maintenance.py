@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 _IDLE = sa.text(
     """
     SELECT w.project_id, w.last_activity_at FROM workspaces w
-    WHERE w.status = 'ready' AND w.last_activity_at < now() - make_interval(secs => :idle)
+    WHERE w.status IN ('ready', 'error') AND w.sandbox_id IS NOT NULL
+      AND w.last_activity_at < now() - make_interval(secs => :idle)
       AND NOT EXISTS (SELECT 1 FROM actions a
                       WHERE a.project_id = w.project_id AND a.status IN ('queued', 'running'))
     ORDER BY w.last_activity_at LIMIT :limit
@@ -40,15 +41,22 @@ _PRUNE_EVENTS = sa.text(
 )
 
 
-_OWNED = sa.text(
-    "SELECT provider, sandbox_id FROM workspaces "
-    "WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL"
+# One statement, so one snapshot: read apart, an ensure that commits in between (its sandbox
+# recorded, its action finished) would be neither owned nor busy, and its sandbox terminated.
+_OWNED_AND_BUSY = sa.text(
+    """
+    SELECT provider, sandbox_id, NULL AS busy FROM workspaces
+    WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT NULL, NULL, project_id FROM actions WHERE status IN ('queued', 'running')
+    """
 )
-_BUSY = sa.text("SELECT DISTINCT project_id FROM actions WHERE status IN ('queued', 'running')")
 
 
 def idle_workspaces(engine: Engine, idle_seconds: float, limit: int) -> list[tuple[str, datetime]]:
-    """(project_id, last activity) of ready workspaces idle that long with nothing in flight."""
+    """(project_id, last activity) of workspaces with a sandbox, idle that long with nothing
+    in flight: ready ones, and those an action left in error (a failed first install, a lost
+    sandbox) whose sandbox may still run and bill; their sleep finds out."""
     with engine.connect() as conn:
         rows = conn.execute(_IDLE, {"idle": idle_seconds, "limit": limit}).all()
     return [(str(r.project_id), r.last_activity_at) for r in rows]
@@ -65,8 +73,14 @@ def prune_batch(engine: Engine, keep_seconds: float, batch: int) -> tuple[list[A
 
 
 def owned_sandboxes(engine: Engine) -> tuple[set[tuple[str, str]], set[str]]:
-    """((provider, sandbox_id) of every workspace's sandbox, projects with work in flight)."""
+    """((provider, sandbox_id) of every workspace's sandbox, projects with work in flight),
+    as of one moment."""
+    owned: set[tuple[str, str]] = set()
+    busy: set[str] = set()
     with engine.connect() as conn:
-        owned = {(str(r.provider), str(r.sandbox_id)) for r in conn.execute(_OWNED)}
-        busy = {str(p) for p in conn.execute(_BUSY).scalars()}
+        for row in conn.execute(_OWNED_AND_BUSY):
+            if row.busy is not None:
+                busy.add(str(row.busy))
+            else:
+                owned.add((str(row.provider), str(row.sandbox_id)))
     return owned, busy

@@ -59,7 +59,9 @@ class Workspace(Base):
     port: Mapped[int | None] = mapped_column(Integer)
     dev_command: Mapped[str | None] = mapped_column(Text)
     install_command: Mapped[str | None] = mapped_column(Text)
-    install_hash: Mapped[str | None] = mapped_column(String(64))
+    # The install inputs' fingerprint as the producer sent them and as the last good install
+    # left them ("<before> <after>", or one when the install changed none): runner/install.py
+    install_hash: Mapped[str | None] = mapped_column(String(160))
     # env for the dev server and install, encrypted (see secrets.py)
     env: Mapped[dict[str, Any] | None]
     dev_process: Mapped[dict[str, Any] | None]
@@ -186,3 +188,14 @@ class WebhookEvent(Base):
             "ix_webhook_events_dead", "created_at", "id", postgresql_where=text("status = 'dead'")
         ),
     )
+
+
+class ProviderEvent(Base):
+    """An inbound provider hook already applied (``/api/workspaces/events``), by its own event
+    id: providers deliver at least once, and a redelivered event must change nothing twice."""
+
+    __tablename__ = "provider_events"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)  # e2b | standard
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)

@@ -10,6 +10,7 @@ import copy
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -114,6 +115,15 @@ _TOUCH = sa.text("UPDATE workspaces SET last_activity_at = now() WHERE project_i
 def touch_activity(conn: Connection, project_id: str) -> None:
     """An action ran: the idle sweep counts from now."""
     conn.execute(_TOUCH, {"p": project_id})
+
+
+_ACTIVITY = sa.text("SELECT last_activity_at FROM workspaces WHERE project_id = :p")
+
+
+def last_activity(conn: Connection, project_id: str) -> datetime | None:
+    """The workspace's last activity (actions, and preview requests through the gateway)."""
+    value: datetime | None = conn.execute(_ACTIVITY, {"p": project_id}).scalar()
+    return value
 
 
 def write_changes(conn: Connection, state: WorkspaceState) -> None:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.egress import Egress
-from qai_jobs.errors import ErrorCode
+from qai_jobs.errors import ErrorCode, PermanentError
 from qai_jobs.results import CommandResult
 
 
@@ -29,6 +29,45 @@ def safe_text(data: bytes) -> str:
     """Bytes a sandbox produced, as text any JSON column can hold: decoded as UTF-8 with
     invalid bytes and NUL replaced (Postgres' jsonb cannot store NUL)."""
     return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+class ReadBudget:
+    """What a ``read`` may bring into the worker: each file up to WORKSPACE_MAX_FILE_BYTES, all
+    together up to WORKSPACE_MAX_ACTION_BYTES. A sandbox decides its files' sizes, so they are
+    checked before a byte is read (``sizes``, from a stat), and every read is bounded again
+    (``cap`` + 1 bytes at most) in case a file grew since."""
+
+    def __init__(self, settings: Settings, sizes: Mapping[str, int]) -> None:
+        self.file = settings.workspace_max_file_bytes
+        self.total = settings.workspace_max_action_bytes
+        for path, size in sizes.items():
+            self._check_file(path, size)
+        if sum(sizes.values()) > self.total:
+            raise self._too_much(sum(sizes.values()))
+        self.left = self.total
+
+    def cap(self) -> int:
+        """The most the next file may hold (read one byte more to notice a bigger one)."""
+        return min(self.file, self.left)
+
+    def spend(self, path: str, size: int) -> None:
+        self._check_file(path, size)
+        if size > self.left:
+            raise self._too_much(self.total - self.left + size)
+        self.left -= size
+
+    def _check_file(self, path: str, size: int) -> None:
+        if size > self.file:
+            raise PermanentError(
+                f"{path!r} holds {size} bytes, over the limit of {self.file} a file",
+                code=ErrorCode.FILE_TOO_LARGE,
+            )
+
+    def _too_much(self, total: int) -> PermanentError:
+        return PermanentError(
+            f"the files hold {total} bytes together, over the limit of {self.total} a read",
+            code=ErrorCode.READ_TOO_LARGE,
+        )
 
 
 OutputCallback = Callable[[str, bytes], None]
@@ -102,6 +141,9 @@ class Provider(abc.ABC):
     # Seconds between looks at a starting dev server's port: during its first 2 s, then after.
     # Each look is two sandbox commands on a cloud provider, a loopback connect on local.
     port_poll_seconds: ClassVar[tuple[float, float]] = (0.1, 0.5)
+    # Whether a sandbox's processes live through sleep and wake (E2B's pause keeps its memory):
+    # then a woken workspace's dev server is the one it had, not one to start again.
+    keeps_processes_asleep: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -161,11 +203,15 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
-        """Read files; None for a missing one."""
+        """Read files; None for a missing one. Within a :class:`ReadBudget`: file_too_large or
+        read_too_large before anything is read."""
 
     @abc.abstractmethod
     def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
-        """sha256 of the given files that exist, or of the whole tree minus ignored paths."""
+        """sha256 of the given files that exist, or of the whole tree minus ignored paths.
+
+        A file over ``settings.tracked_max_file_bytes`` counts as absent either way: it cannot
+        be one a producer sent, and hashing it is not worth its cost."""
 
     # -- processes ---------------------------------------------------------------------------
     @abc.abstractmethod

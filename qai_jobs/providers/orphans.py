@@ -1,8 +1,8 @@
 """The orphan sweep's provider half: list what qai-jobs tagged, terminate what nobody owns.
 
-A sandbox is an orphan when a provider lists it with qai-jobs' tag but no workspace row holds
-its id (a crash between create and commit, a workspace destroyed while the provider was down).
-Orphans keep billing, so beat terminates them; ``dry_run`` only reports.
+A sandbox is an orphan when a provider lists it with qai-jobs' tag and this deployment's id but
+no workspace row holds its id (a crash between create and commit, a workspace destroyed while
+the provider was down). Orphans keep billing, so beat terminates them; ``dry_run`` only reports.
 """
 
 from __future__ import annotations
@@ -46,17 +46,25 @@ def list_tagged(
 
 
 def find_orphans(
-    listed: Iterable[TaggedSandbox], owned: Collection[tuple[str, str]] | Collection[str]
+    listed: Iterable[TaggedSandbox],
+    owned: Collection[tuple[str, str]] | Collection[str],
+    deployment: str | None = None,
 ) -> list[TaggedSandbox]:
     """The listed sandboxes whose id no workspace owns.
 
     ``owned`` holds sandbox ids, or (provider, sandbox_id) pairs to be exact across providers.
+    With ``deployment``, only that deployment's sandboxes can be orphans: the listing asks the
+    provider for those alone, and this holds even if a provider answered with more. Another
+    deployment's sandbox (a paused E2B sandbox may be the only copy of its sleeping
+    workspace) is never ours to judge, nor one tagged before deployments were.
     """
     owned_set = set(owned)
     return [
         sb
         for sb in listed
-        if sb.sandbox_id not in owned_set and (sb.provider, sb.sandbox_id) not in owned_set
+        if sb.sandbox_id not in owned_set
+        and (sb.provider, sb.sandbox_id) not in owned_set
+        and (deployment is None or sb.deployment == deployment)
     ]
 
 
@@ -84,7 +92,8 @@ def sweep_orphans(
     """
     get = providers or (lambda name: get_provider(name, settings))
     listed, failed = list_tagged(settings, get)
-    report = SweepReport(find_orphans(listed, owned), failed_providers=failed, dry_run=dry_run)
+    orphans = find_orphans(listed, owned, settings.deployment_id)
+    report = SweepReport(orphans, failed_providers=failed, dry_run=dry_run)
     if not dry_run:
         terminate(report, get)
     return report

@@ -12,7 +12,7 @@ import shlex
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,8 +30,20 @@ def abs_path(rel: str | None) -> str:
     return WORKDIR if not rel or rel == "." else f"{WORKDIR}/{rel}"
 
 
-def tags_for(project_id: str, workspace_id: str) -> dict[str, str]:
-    return {**TAG, "project_id": project_id, "workspace_id": workspace_id}
+def tags_for(project_id: str, workspace_id: str, deployment: str) -> dict[str, str]:
+    """What a sandbox is tagged with: ours, whose, and which deployment's (accounts may be
+    shared by several deployments, whose orphan sweeps must each keep to their own)."""
+    return {
+        **TAG,
+        "deployment": deployment,
+        "project_id": project_id,
+        "workspace_id": workspace_id,
+    }
+
+
+def own_tags(deployment: str) -> dict[str, str]:
+    """The tags a listing filters on: this deployment's sandboxes only."""
+    return {**TAG, "deployment": deployment}
 
 
 def tar_bytes(files: Sequence[tuple[str, bytes]]) -> bytes:
@@ -64,18 +76,23 @@ def tar_bytes(files: Sequence[tuple[str, bytes]]) -> bytes:
 UNTAR_SCRIPT = f"mkdir -p {WORKDIR} && tar -x --no-same-owner -m -C {WORKDIR} -f -"
 
 
-def hash_script(paths: Sequence[str] | None) -> str:
-    """sha256 of files, NUL-terminated ``<hex>  ./<path>`` records (``-z`` disables escaping)."""
+def hash_script(paths: Sequence[str] | None, max_bytes: int) -> str:
+    """sha256 of files, NUL-terminated ``<hex>  ./<path>`` records (``-z`` disables escaping).
+
+    Files over ``max_bytes`` are left out (find's ``-size -<n>c`` is "fewer than n bytes"):
+    hashing a 50 GB file a sandbox made would take minutes for nothing."""
+    small = f"-size -{int(max_bytes) + 1}c"
     if paths is not None:
         quoted = " ".join(shlex.quote(f"./{p}") for p in paths)
+        # find examines a starting point that is a symlink as the link itself: never a file.
         return (
-            f"cd {WORKDIR} && for p in {quoted}; do "
-            '[ -f "$p" ] && [ ! -L "$p" ] && sha256sum -z -- "$p"; done; true'
+            f"cd {WORKDIR} && {{ find {quoted} -maxdepth 0 -type f {small} -print0 "
+            "2>/dev/null | xargs -0 -r sha256sum -z --; }; true"
         )
     prune = " -o ".join(f"-name {shlex.quote(d)}" for d in sorted(IGNORED_DIRS))
     return (
         f"mkdir -p {WORKDIR} && cd {WORKDIR} && "
-        f"find . \\( {prune} \\) -prune -o -type f -print0 | xargs -0 -r sha256sum -z --"
+        f"find . \\( {prune} \\) -prune -o -type f {small} -print0 | xargs -0 -r sha256sum -z --"
     )
 
 
@@ -94,13 +111,34 @@ def parse_hashes(output: bytes | str, *, filter_ignored: bool) -> dict[str, str]
 
 
 def safe_files_script(paths: Sequence[str]) -> str:
-    """Print (NUL-separated) those paths that are regular files really inside the workspace."""
+    """Print ``<size> <path>`` (NUL-separated) for those paths that are regular files really
+    inside the workspace: a read is judged by the sizes before anything is read."""
     quoted = " ".join(shlex.quote(p) for p in paths)
     return (
         f"cd {WORKDIR} && for p in {quoted}; do "
         '[ -f "$p" ] && [ ! -L "$p" ] || continue; r=$(realpath -e -- "$p") || continue; '
-        f'case "$r" in {WORKDIR}/*) printf "%s\\0" "$p";; esac; done; true'
+        's=$(stat -c %s -- "$p") || continue; '
+        f'case "$r" in {WORKDIR}/*) printf "%s %s\\0" "$s" "$p";; esac; done; true'
     )
+
+
+def parse_sizes(records: Sequence[str]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for record in records:
+        size, sep, path = record.partition(" ")
+        if sep and size.isdigit():
+            sizes[path] = int(size)
+    return sizes
+
+
+def bounded_read(chunks: Iterable[bytes], max_bytes: int) -> bytes:
+    """At most ``max_bytes`` + 1 bytes of a stream: enough to tell that it holds too many."""
+    out = bytearray()
+    for chunk in chunks:
+        out += chunk[: max_bytes + 1 - len(out)]
+        if len(out) > max_bytes:
+            break
+    return bytes(out)
 
 
 def symlinks_script() -> str:
@@ -218,6 +256,41 @@ def port_script(port: int) -> str:
     return f"timeout 3 bash -c {shlex.quote(probe)} 2>/dev/null | grep -q HTTP"
 
 
+# What a helper script of ours may print (hashes of 10,000 files are about 1 MB); a sandbox
+# that makes one print more (millions of files) fails the call instead of filling the worker.
+SCRIPT_OUTPUT_MAX = 64 * 1024 * 1024
+
+
+class Collected:
+    """One output stream of a sandbox command, kept up to ``limit`` bytes: the rest is only
+    noticed (``over``), so whatever the sandbox prints, the worker holds no more than that."""
+
+    def __init__(self, limit: int, forward: Callable[[bytes], None] | None = None) -> None:
+        self.limit = limit
+        self.forward = forward
+        self.over = False
+        self._kept = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        if self.forward is not None:
+            self.forward(chunk)
+        room = self.limit - len(self._kept)
+        if len(chunk) > room:
+            self.over = True
+        if room > 0:
+            self._kept += chunk[:room]
+
+    def add_text(self, chunk: str) -> None:
+        """For an SDK that hands out decoded text (E2B)."""
+        self.add(chunk.encode("utf-8", "surrogateescape"))
+
+    def data(self) -> bytes:
+        return bytes(self._kept)
+
+    def text(self) -> str:
+        return self._kept.decode("utf-8", "replace")
+
+
 def truncate(text: str, limit: int) -> tuple[str, bool]:
     data = text.encode("utf-8", "surrogateescape")
     if len(data) <= limit:
@@ -255,7 +328,13 @@ def proc_record(sb: Sandbox, proc_id: str, pid: int, command: str) -> dict[str, 
 
 
 def proc_matches(sb: Sandbox, proc: Any) -> bool:
-    return bool(proc.get("pid")) and proc.get("sandbox_id", sb.sandbox_id) == sb.sandbox_id
+    """Whether ``proc`` was started in this sandbox since its processes last went away."""
+    since = float(sb.state.get("processes_since", 0))
+    return (
+        bool(proc.get("pid"))
+        and proc.get("sandbox_id", sb.sandbox_id) == sb.sandbox_id
+        and float(proc.get("started_at", since)) >= since
+    )
 
 
 @dataclass(frozen=True)
@@ -267,6 +346,7 @@ class TaggedSandbox:
     project_id: str
     workspace_id: str
     state: str = "running"
+    deployment: str = ""
 
 
 @runtime_checkable

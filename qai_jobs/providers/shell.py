@@ -16,7 +16,7 @@ from typing import Any
 
 from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone
 from qai_jobs.providers import scripts
-from qai_jobs.providers.base import Provider, Sandbox, safe_text
+from qai_jobs.providers.base import Provider, ReadBudget, Sandbox, safe_text
 
 HANDLES_KEPT = 256  # SDK handles cached per process (a connection cache only)
 
@@ -39,8 +39,9 @@ class ShellProvider(Provider):
         """Run a bash script of ours in the sandbox's workspace: (exit code, stdout, stderr)."""
 
     @abc.abstractmethod
-    def _read_file(self, sb: Sandbox, path: str) -> bytes | None:
-        """One file's bytes (a path already checked to be a regular file), None if missing."""
+    def _read_file(self, sb: Sandbox, path: str, max_bytes: int) -> bytes | None:
+        """One file's bytes (a path already checked to be a regular file), None if missing;
+        at most ``max_bytes`` + 1 of them where the SDK can stream."""
 
     def _asleep(self, sb: Sandbox) -> bool:
         """Whether the recorded state already says the sandbox sleeps (no call needed)."""
@@ -89,21 +90,26 @@ class ShellProvider(Provider):
 
     def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
         result: dict[str, bytes | None] = dict.fromkeys(paths)
-        safe: list[str] = []
-        for part in scripts.chunks(paths):
+        sizes: dict[str, int] = {}
+        for part in scripts.chunks(list(result)):
             # Regular files inside the workspace only: never a symlink out of it.
-            safe += self._paths(sb, scripts.safe_files_script(part))
-        for path in safe:
-            result[path] = self._read_file(sb, path)
+            sizes |= scripts.parse_sizes(self._paths(sb, scripts.safe_files_script(part)))
+        budget = ReadBudget(self.settings, sizes)  # refused here, before a byte is read
+        for path in sizes:
+            data = self._read_file(sb, path, budget.cap())
+            if data is not None:
+                budget.spend(path, len(data))
+            result[path] = data
         return result
 
     def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
+        cap = self.settings.tracked_max_file_bytes
         if paths is None:
-            out = self._checked(sb, scripts.hash_script(None), timeout_s=600)
+            out = self._checked(sb, scripts.hash_script(None, cap), timeout_s=600)
             return scripts.parse_hashes(out, filter_ignored=True)
         result: dict[str, str] = {}
         for part in scripts.chunks(paths):
-            out = self._checked(sb, scripts.hash_script(part), timeout_s=600)
+            out = self._checked(sb, scripts.hash_script(part, cap), timeout_s=600)
             result.update(scripts.parse_hashes(out, filter_ignored=False))
         return result
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydantic import BaseModel
 
@@ -55,6 +56,10 @@ def _no_manifest() -> Manifest:
     return Manifest(None, {})
 
 
+def _no_activity() -> datetime | None:
+    return None
+
+
 @dataclass
 class ActionContext:
     settings: Settings
@@ -73,6 +78,10 @@ class ActionContext:
     # changes in it.
     manifest: Callable[[], Manifest] = _no_manifest
     manifest_update: ManifestUpdate | None = None
+    # The workspace's last activity as Postgres has it now (an idle sleep checks it again).
+    last_activity: Callable[[], datetime | None] = _no_activity
+    # Whether finishing this action counts as activity: the idle sweep's own sleep does not.
+    counts_as_activity: bool = True
     # Where providers and the fallback breaker come from (the process's own unless a test
     # hands in others).
     providers: Callable[[str], Provider] | None = None

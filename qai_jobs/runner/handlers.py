@@ -200,14 +200,30 @@ def logs(ctx: ActionContext, p: s.LogsPayload) -> LogsResult:
         return {"text": ""}
 
 
-def sleep(ctx: ActionContext, p: s.EmptyPayload) -> SleepResult:
+def sleep(ctx: ActionContext, p: s.SleepPayload) -> SleepResult:
     ws = ctx.ws
+    sweeping = p.idle_since is not None
+    if sweeping:
+        ctx.counts_as_activity = False  # the idle sweep's own sleep is nobody's activity
+        last = ctx.last_activity()
+        if last is not None and p.idle_since is not None and last > p.idle_since:
+            # Enqueued just after something happened (an action that started the dev server, a
+            # preview request): the workspace is no longer idle.
+            return {"snapshot_id": None, "skipped": True}
     if not has_sandbox(ws) or ws.status == WorkspaceStatus.SLEEPING:
         return {"snapshot_id": ws.last_snapshot_id if has_sandbox(ws) else None}
     sb = ws.sb
     assert sb is not None
     provider = ctx.provider
-    if provider.status(sb) is SandboxStatus.GONE:
+    found = provider.status(sb)
+    if found is SandboxStatus.SLEEPING:  # asleep already (paused behind our back)
+        ws.status = WorkspaceStatus.SLEEPING
+        if not provider.keeps_processes_asleep:
+            ws.dev_process = None
+        return {"snapshot_id": ws.last_snapshot_id}
+    if found is SandboxStatus.GONE:
+        if sweeping:  # nothing to put to sleep; the next action rebuilds it
+            return {"snapshot_id": None, "skipped": True}
         sb, _ = running_sandbox(ctx)
     ctx.progress("sleeping", None, None)
     manifest = provider.hashes(sb)
@@ -215,7 +231,8 @@ def sleep(ctx: ActionContext, p: s.EmptyPayload) -> SleepResult:
     ws.set_sandbox(outcome.sandbox)
     if ws.sandbox is not None:
         ws.sandbox = {**ws.sandbox, "sleep_manifest": manifest}
-    ws.dev_process = None
+    if not provider.keeps_processes_asleep:
+        ws.dev_process = None
     ws.status = WorkspaceStatus.SLEEPING
     if outcome.snapshot_id:
         ws.last_snapshot_id = outcome.snapshot_id
@@ -301,7 +318,7 @@ _HANDLERS: dict[str, Handler] = {
     "command": _bind(s.CommandPayload, command),
     "preview": _bind(s.PreviewPayload, preview),
     "logs": _bind(s.LogsPayload, logs),
-    "sleep": _bind(s.EmptyPayload, sleep),
+    "sleep": _bind(s.SleepPayload, sleep),
     "wake": _bind(s.EmptyPayload, wake),
     "snapshot": _bind(s.EmptyPayload, snapshot),
     "restore": _bind(s.RestorePayload, restore),

@@ -57,9 +57,10 @@ def running_sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
     status = provider.status(sb)
     if status is SandboxStatus.RUNNING:
         if ws.status == WorkspaceStatus.SLEEPING:
-            # Resumed behind our back: its processes did not survive.
+            # Resumed behind our back: its processes survived only where sleep keeps them.
             ws.status = WorkspaceStatus.READY
-            ws.dev_process = None
+            if not provider.keeps_processes_asleep:
+                ws.dev_process = None
             if wanted(ws):
                 after_start(ctx, sb)
         if provider.needs_recycle(sb):
@@ -68,7 +69,8 @@ def running_sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
             ctx.progress("recycling sandbox", None, None)
             sb = provider.recycle(sb)
             ws.set_sandbox(sb)
-            ws.dev_process = None
+            if not provider.keeps_processes_asleep:  # E2B recycles by a pause and resume
+                ws.dev_process = None
             if wanted(ws):
                 after_start(ctx, sb)
         return sb, False
@@ -77,9 +79,10 @@ def running_sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
         sb = provider.wake(sb)
         ws.set_sandbox(sb)
         ws.status = WorkspaceStatus.READY
-        ws.dev_process = None
+        if not provider.keeps_processes_asleep:
+            ws.dev_process = None
         _verify_after_wake(ctx, sb)
-        if wanted(ws):  # any action wakes the workspace whole, preview included
+        if wanted(ws):  # any action wakes the workspace whole: a live dev server is reused
             after_start(ctx, sb)
         return sb, False
     return _recreate(ctx), True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -21,7 +22,7 @@ from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import WorkspaceStatus
 from qai_jobs.db import history, manifest, ordering
-from qai_jobs.db.workspace_state import WorkspaceState
+from qai_jobs.db.workspace_state import WorkspaceState, last_activity
 from qai_jobs.errors import (
     DeadlineExceeded,
     ErrorCode,
@@ -114,6 +115,10 @@ def run_one(
         with engine.connect() as conn:
             return manifest.read(conn, lease.project_id)
 
+    def activity() -> datetime | None:
+        with engine.connect() as conn:
+            return last_activity(conn, lease.project_id)
+
     def still_ours() -> None:  # between steps: stop before doing more
         beat.check()
         cancel.check()
@@ -128,6 +133,7 @@ def run_one(
         output=output_publisher(settings, action.id) if action.kind == "command" else None,
         history=changes_since,
         manifest=recorded_manifest,
+        last_activity=activity,
         cancel=cancel,
     )
     alog.info("%s started (attempt %d)", action.kind, action.attempts)

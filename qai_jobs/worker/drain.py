@@ -269,7 +269,8 @@ def _settle(
             following = ordering.own_running(conn, lease) if start_another else None
             return _Settlement(following, [], _give_back(conn, lease, following))
         write_changes(conn, ws)
-        touch_activity(conn, lease.project_id)
+        if ctx is None or ctx.counts_as_activity:
+            touch_activity(conn, lease.project_id)
         if ctx is not None and ctx.snapshots:
             taken = [(t.snapshot_id, t.kind, t.manifest) for t in ctx.snapshots]
             snapshots.record(conn, lease.project_id, ws.provider or "", taken)

@@ -7,9 +7,13 @@ fresh "project P has work" message; duplicates are harmless because only the lea
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -91,18 +95,25 @@ def once_per_period(settings: Settings, name: str, period: float) -> bool:
 
 def start_watchdog(settings: Settings, dispatch: Callable[[], Dispatch]) -> threading.Thread:
     """In every worker: run recovery every heartbeat, so a lost worker's projects move on
-    within a few heartbeats even when no beat process runs."""
+    within a few heartbeats even when no beat process runs; and, once per sweep period on each
+    host, the local provider's orphan sweep."""
     period = settings.workspace_heartbeat_seconds
 
     def loop() -> None:
         stop = threading.Event()
         while not stop.wait(period):
-            if not once_per_period(settings, "recover-watchdog", period):
-                continue
             try:
-                recover(settings, dispatch())
+                if once_per_period(settings, "recover-watchdog", period):
+                    recover(settings, dispatch())
             except (sa.exc.SQLAlchemyError, redis.RedisError, OSError) as exc:
                 log.warning("recovery watchdog: %s", type(exc).__name__)
+            try:
+                if "local" in settings.workspace_runtime:
+                    # Each host's own processes: no other host's worker can see them.
+                    name = local_sweep_name(settings)
+                    run_sweep(settings, name, lambda: local_orphans(settings))
+            except (sa.exc.SQLAlchemyError, redis.RedisError, OSError) as exc:
+                log.warning("local orphan sweep: %s", type(exc).__name__)
 
     thread = threading.Thread(target=loop, name="qai-watchdog", daemon=True)
     thread.start()
@@ -132,28 +143,38 @@ def run_sweep(settings: Settings, name: str, work: Callable[[], dict[str, Any]])
     except redis.RedisError:
         pass  # the record is for observation only
     result = work()
-    if any(result.get(k) for k in ("slept", "kicked", "sent", "actions", "events", "terminated")):
+    done = ("slept", "kicked", "sent", "actions", "events", "terminated", "stopped")
+    if any(result.get(k) for k in done):
         log.info("sweep %s: %s", name, result)
     return {"sweep": name, **result}
 
 
 def idle(settings: Settings, limit: int = 500) -> dict[str, Any]:
-    """Sleep ready workspaces idle for WORKSPACE_INACTIVITY_MINUTES, as ordinary `sleep` actions
-    (so they queue behind anything enqueued meanwhile, like every other action).
-
-    The idempotency key names the idle spell (its last activity), so sweeps that overlap, or a
-    sweep that repeats before the sleep ran, enqueue one sleep per spell. An action enqueued
-    between this read and the sleep simply runs first; the sleep after it is harmless.
-    """
+    """Sleep workspaces idle for WORKSPACE_INACTIVITY_MINUTES, as ordinary `sleep` actions
+    (so they queue behind anything enqueued meanwhile, like every other action)."""
     from qai_jobs.client.direct import WorkspaceClient
 
     engine = engine_for(settings.database_url)
     rows = maintenance.idle_workspaces(engine, settings.inactivity_seconds, limit)
     client = WorkspaceClient(settings)
     for project_id, last_activity_at in rows:
-        key = f"idle-sleep:{last_activity_at.isoformat()}"
-        client.sleep(project_id, idempotency_key=key)
+        idle_sleep(client, project_id, last_activity_at)
     return {"slept": len(rows)}
+
+
+def idle_sleep(client: Any, project_id: str, idle_since: datetime) -> Any:
+    """The idle sweep's sleep of one workspace found idle since ``idle_since``.
+
+    The idempotency key names the idle spell, so sweeps that overlap, or a sweep that repeats
+    before the sleep ran, enqueue one sleep per spell. The sleep carries the spell too, and does
+    nothing if the workspace saw activity after it: an action may run between the sweep's
+    read and the sleep (starting a dev server the sleep would stop), a preview request may
+    arrive through the gateway."""
+    return client.sleep(
+        project_id,
+        idempotency_key=f"idle-sleep:{idle_since.isoformat()}",
+        idle_since=idle_since,
+    )
 
 
 def webhooks(settings: Settings, send: Callable[[list[str]], None]) -> dict[str, Any]:
@@ -184,14 +205,19 @@ def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[
         events += len(gone_events)
         if len(gone_actions) < batch and len(gone_events) < batch:
             break
-    return {"actions": actions, "events": events}
+    from qai_jobs.constants import PROVIDER_EVENTS_KEPT_SECONDS
+    from qai_jobs.db import inbound
+
+    seen = inbound.prune(engine, PROVIDER_EVENTS_KEPT_SECONDS)
+    return {"actions": actions, "events": events, "provider_events": seen}
 
 
 def orphans(settings: Settings) -> dict[str, Any]:
-    """Terminate cloud sandboxes that qai-jobs tagged but no workspace owns (they keep billing).
+    """Terminate this deployment's cloud sandboxes that no workspace owns (they keep billing).
 
-    Owned ids are read after listing, and a project with work in flight owns every sandbox
-    tagged with it: an ensure creates its sandbox before the row that names it commits.
+    Owned ids are read after listing, in one snapshot with the projects that have work in
+    flight, which own every sandbox tagged with them: an ensure creates its sandbox before the
+    row that names it commits (read apart, an ensure committing in between would be in neither).
     """
     if not any(name in ("modal", "e2b") for name in settings.workspace_runtime):
         return {"skipped": "no cloud provider configured"}
@@ -201,10 +227,35 @@ def orphans(settings: Settings) -> dict[str, Any]:
     listed, failed = cloud.list_tagged(settings)
     owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
     owned |= {(sb.provider, sb.sandbox_id) for sb in listed if sb.project_id in busy}
-    report = cloud.SweepReport(cloud.find_orphans(listed, owned), failed_providers=failed)
+    orphans = cloud.find_orphans(listed, owned, settings.deployment_id)
+    report = cloud.SweepReport(orphans, failed_providers=failed)
     cloud.terminate(report, lambda name: get_provider(name, settings))
     return {
         "terminated": len(report.terminated),
         "failed_providers": failed,
         "errors": len(report.errors),
     }
+
+
+def local_sweep_name(settings: Settings) -> str:
+    """One local orphan sweep per period for each host and installation (WORKSPACE_ROOT)."""
+    root = str(Path(settings.workspace_root).expanduser().resolve())
+    return f"local-orphans:{socket.gethostname()}:{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+
+
+def local_orphans(settings: Settings) -> dict[str, Any]:
+    """Stop local sandbox processes that no workspace row owns, or whose tree is gone."""
+    from qai_jobs.providers.local import orphans as local
+    from qai_jobs.providers.local.store import PortRegistry
+
+    root = Path(settings.workspace_root).expanduser().resolve()
+    if not root.is_dir():
+        return {"stopped": 0}
+    found = local.sandbox_processes(root)  # first: a sandbox made after this is not in it
+    if not found:
+        return {"stopped": 0}
+    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
+    names = {sandbox_id for provider, sandbox_id in owned if provider == "local"}
+    ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
+    stopped = local.sweep(root, found, names, busy, ports, settings.deployment_id)
+    return {"stopped": len(stopped), "sandboxes": [s.sandbox for s in stopped]}

@@ -99,6 +99,29 @@ def test_whole_tree_hashes_skip_ignored_paths(h: Harness) -> None:
     assert h.provider.read_files(sb, ["node_modules/x/index.js"])["node_modules/x/index.js"] == b"x"
 
 
+def test_reads_are_refused_by_size_before_reading(h: Harness) -> None:
+    sb = h.create()
+    settings = h.provider.settings
+    settings.workspace_max_file_bytes, settings.workspace_max_action_bytes = 1000, 1500
+    h.provider.write_files(sb, [("a", b"a" * 800), ("b", b"b" * 800), ("big", b"x" * 1001)])
+    with pytest.raises(PermanentError) as info:
+        h.provider.read_files(sb, ["a", "big"])
+    assert info.value.code == "file_too_large" and "'big'" in info.value.message
+    with pytest.raises(PermanentError) as info:
+        h.provider.read_files(sb, ["a", "b"])
+    assert info.value.code == "read_too_large"
+    assert h.provider.read_files(sb, ["a", "nope"]) == {"a": b"a" * 800, "nope": None}
+
+
+def test_hashes_leave_out_files_over_the_cap(h: Harness) -> None:
+    sb = h.create()
+    settings = h.provider.settings
+    settings.workspace_max_file_bytes, settings.workspace_snapshot_max_file_bytes = 500, 1000
+    h.provider.write_files(sb, [("small", b"s" * 1000), ("big", b"x" * 1001)])
+    assert h.provider.hashes(sb) == {"small": sha256(b"s" * 1000)}
+    assert h.provider.hashes(sb, ["small", "big"]) == {"small": sha256(b"s" * 1000)}
+
+
 # -- commands --------------------------------------------------------------------------------
 @pytest.mark.parametrize(("cmd", "code"), [("true", 0), ("false", 1), ("exit 7", 7)])
 def test_run_exit_codes(h: Harness, cmd: str, code: int) -> None:

@@ -146,7 +146,8 @@ class Commands:
         def pump(pipe: Any, sink: list[str], cb: Callable[[str], None] | None) -> None:
             for chunk in iter(lambda: pipe.read1(65536), b""):
                 text = box.unmap(chunk.decode("utf-8", "replace"))
-                sink.append(text)
+                if retain_output:
+                    sink.append(text)
                 if cb:
                     cb(text)
 
@@ -168,7 +169,8 @@ class Commands:
             ) from None
         for t in threads:
             t.join()
-        stdout, stderr = "".join(out), "".join(err)
+        # Like the SDK: without retain_output the result carries no output at all.
+        stdout, stderr = ("".join(out), "".join(err)) if retain_output else (None, None)
         code = 128 - code if code < 0 else code
         if code != 0:
             raise CommandExitException(stderr=stderr, stdout=stdout, exit_code=code, error=None)
@@ -213,8 +215,36 @@ class Filesystem:
         host = self._box().host_path(path)
         if not host.is_file():
             raise FileNotFoundException(f"file {path} not found")
+        if format == "stream":
+            return _FileStream(host)
         data = host.read_bytes()
         return bytearray(data) if format == "bytes" else data.decode()
+
+
+class _FileStream:
+    """Like e2b's FileStreamReader: an iterator of byte chunks, and a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close() / __exit__
+
+    def __iter__(self) -> _FileStream:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = self._fh.read(65536)
+        if not chunk:
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> _FileStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Paginator:

@@ -23,3 +23,15 @@ def release_under(root: Path) -> int:
             with contextlib.suppress(Exception):
                 SandboxNet(path.parent.parent).down()
     return found
+
+
+def stop_processes_under(root: Path) -> int:
+    """Stop every sandbox process (bwrap and what runs in it, pasta, dnsmasq) whose arguments
+    name a path below ``root``: dev servers outlive workers by design, and a test that ends
+    with a workspace awake would leave them running after the run; how many there were."""
+    from qai_jobs.providers.local.orphans import sandbox_processes
+    from qai_jobs.providers.local.proc import stop_tree
+
+    found = [proc for procs in sandbox_processes(root.resolve()).values() for proc in procs]
+    stop_tree(found, grace=1.0)
+    return len(found)

@@ -15,7 +15,10 @@ import pytest
 from qai_jobs.errors import SandboxGone, TransientError
 from qai_jobs.providers import credentials as doctor
 from qai_jobs.providers.base import CreateSpec, Provider, SandboxStatus
+from qai_jobs.providers.e2b.provider import E2BProvider
+from qai_jobs.providers.modal.provider import ModalProvider
 from qai_jobs.providers.orphans import find_orphans, sweep_orphans
+from qai_jobs.providers.scripts import TaggedSandbox
 from tests.fakes.cloud import e2b_provider, modal_provider, settings
 
 MAKERS = {"modal": modal_provider, "e2b": e2b_provider}
@@ -105,8 +108,6 @@ def test_orphan_sweep_terminates_exactly_the_untracked(tmp_path: Path) -> None:
 
 
 def test_find_orphans_accepts_bare_ids() -> None:
-    from qai_jobs.providers.scripts import TaggedSandbox
-
     listed = [TaggedSandbox("modal", "sb-1", "p", "w"), TaggedSandbox("e2b", "i2", "p", "w")]
     assert find_orphans(listed, {"sb-1"}) == [listed[1]]
 
@@ -146,3 +147,47 @@ def test_env_values_are_sealed_in_the_persisted_state(cloud: tuple[Provider, Any
     assert "sk-live-123" not in json.dumps(woken.to_json())
     out = provider.run(woken, ["bash", "-lc", 'printf %s "$API_KEY"'])
     assert out.stdout == "sk-live-123"
+
+
+def test_deployments_sharing_an_account_sweep_only_their_own(tmp_path: Path) -> None:
+    """Staging's orphan sweep on the account production uses too: production's sandboxes,
+    the paused E2B one above all (the only copy of a sleeping workspace), are not staging's to
+    judge, nor are sandboxes tagged before deployments were; staging's own orphans go."""
+    from tests.fakes import fake_e2b, fake_modal
+
+    for part in ("e", "m"):
+        (tmp_path / part).mkdir()
+    e2b_sdk, modal_sdk = fake_e2b.build(tmp_path / "e"), fake_modal.build(tmp_path / "m")
+    try:
+
+        def deployment(name: str) -> tuple[Any, dict[str, Provider]]:
+            s = settings(workspace_deployment_id=name)
+            return s, {"e2b": E2BProvider(s, sdk=e2b_sdk), "modal": ModalProvider(s, sdk=modal_sdk)}
+
+        prod_settings, prod = deployment("prod")
+        staging_settings, staging = deployment("staging")
+        asleep = prod["e2b"].create(CreateSpec("shop", "w1", 3000))
+        prod["e2b"].sleep(asleep)
+        prod_modal = prod["modal"].create(CreateSpec("shop2", "w2", 3000))
+        mine = [staging[name].create(CreateSpec("old", "w3", 3000)) for name in ("e2b", "modal")]
+        legacy = e2b_sdk.Sandbox.create(template="base", metadata={"qai": "1", "project_id": "x"})
+
+        # Staging owns none of them: only its own two are orphans.
+        report = sweep_orphans(staging_settings, set(), providers=staging.__getitem__)
+        assert sorted(report.terminated) == sorted(sb.sandbox_id for sb in mine)
+        assert e2b_sdk.world.sandboxes[asleep.sandbox_id].state == "paused"
+        assert not e2b_sdk.world.sandboxes[asleep.sandbox_id].killed
+        assert legacy.sandbox_id in e2b_sdk.world.running()
+        assert modal_sdk.world.running() == [prod_modal.sandbox_id]
+        # And production's sweep, owning both of its own, terminates nothing of staging's.
+        owned = {("e2b", asleep.sandbox_id), ("modal", prod_modal.sandbox_id)}
+        assert sweep_orphans(prod_settings, owned, providers=prod.__getitem__).orphans == []
+        # A provider that answered with more than it was asked for changes nothing.
+        listed = [
+            TaggedSandbox("e2b", asleep.sandbox_id, "shop", "w1", "paused", deployment="prod"),
+            TaggedSandbox("e2b", legacy.sandbox_id, "x", ""),
+        ]
+        assert find_orphans(listed, set(), "staging") == []
+    finally:
+        fake_e2b.cleanup(e2b_sdk)
+        fake_modal.cleanup(modal_sdk)

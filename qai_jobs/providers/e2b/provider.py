@@ -13,6 +13,7 @@ import shlex
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 from qai_jobs.cancel import Cancel
@@ -44,6 +45,7 @@ WRITE_BATCH_BYTES = 16 * 1024 * 1024
 
 class E2BProvider(E2BSdk):
     name: ClassVar[str] = "e2b"
+    keeps_processes_asleep: ClassVar[bool] = True  # a full pause keeps memory and processes
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _new(self, state: dict[str, Any], template: str, *, from_snapshot: bool) -> Sandbox:
@@ -53,7 +55,9 @@ class E2BProvider(E2BSdk):
                 handle = sdk.Sandbox.create(
                     template=template,
                     timeout=self._lifetime(),
-                    metadata=remote.tags_for(state["project_id"], state["workspace_id"]),
+                    metadata=remote.tags_for(
+                        state["project_id"], state["workspace_id"], self.settings.deployment_id
+                    ),
                     envs=unseal_env(self.settings, state.get("env")),
                     lifecycle={"on_timeout": "pause", "auto_resume": False},
                     **self._opts(),
@@ -135,6 +139,8 @@ class E2BProvider(E2BSdk):
                 handle = sdk.Sandbox.connect(
                     sb.sandbox_id, timeout=self._lifetime(), on_resume="reboot", **self._opts()
                 )
+                # Its processes are gone, and their pids mean nothing any more.
+                sb.state = {**sb.state, "processes_since": time.time()}
         self._keep(sb.sandbox_id, handle)
         sb.state = {**sb.state, "created_at": time.time()}
         return sb
@@ -167,7 +173,8 @@ class E2BProvider(E2BSdk):
         found: list[remote.TaggedSandbox] = []
         with self._guard():
             pages = sdk.Sandbox.list(
-                query=sdk.SandboxQuery(metadata=dict(remote.TAG)), **self._opts()
+                query=sdk.SandboxQuery(metadata=remote.own_tags(self.settings.deployment_id)),
+                **self._opts(),
             )
             while pages.has_next:
                 for info in pages.next_items():
@@ -179,6 +186,7 @@ class E2BProvider(E2BSdk):
                             meta.get("project_id", ""),
                             meta.get("workspace_id", ""),
                             str(getattr(info.state, "value", info.state)),
+                            deployment=meta.get("deployment", ""),
                         )
                     )
         return found
@@ -214,12 +222,15 @@ class E2BProvider(E2BSdk):
             with self._guard(sb.sandbox_id):
                 handle.files.write_files(batch)
 
-    def _read_file(self, sb: Sandbox, path: str) -> bytes | None:
+    def _read_file(self, sb: Sandbox, path: str, max_bytes: int) -> bytes | None:
         handle = self._handle(sb)
         sdk = self._sdk()
         with self._guard(sb.sandbox_id):
             try:
-                return bytes(handle.files.read(remote.abs_path(path), format="bytes"))
+                # Streamed, and left after max_bytes + 1: the file may have grown since its
+                # size was checked.
+                with handle.files.read(remote.abs_path(path), format="stream") as stream:
+                    return remote.bounded_read(stream, max_bytes)
             except sdk.FileNotFoundException:
                 return None
 
@@ -236,20 +247,11 @@ class E2BProvider(E2BSdk):
         cancel: Cancel | None = None,
     ) -> ExecResult:
         limit = self.settings.workspace_max_output_bytes
-        on_output = remote.capped(on_output, limit)
-        out: list[str] = []
-        err: list[str] = []
-
-        def _out(chunk: str) -> None:
-            out.append(chunk)
-            if on_output is not None:
-                on_output("stdout", chunk.encode())
-
-        def _err(chunk: str) -> None:
-            err.append(chunk)
-            if on_output is not None:
-                on_output("stderr", chunk.encode())
-
+        live = remote.capped(on_output, limit)
+        # One byte past the limit is kept, to know it was passed: the sandbox caps each stream
+        # too, but code in it can write around that cap (to its parent's descriptors).
+        out = remote.Collected(limit + 1, None if live is None else partial(live, "stdout"))
+        err = remote.Collected(limit + 1, None if live is None else partial(live, "stderr"))
         run_id = uuid.uuid4().hex
         # The SDK's stream timeout (60 s by default, for the whole command!) is set well past
         # the `timeout` the command runs under, as a backstop. Output is capped in the sandbox.
@@ -261,19 +263,19 @@ class E2BProvider(E2BSdk):
         )
         started = time.monotonic()
         try:
-            code, stdout, stderr = self._sh(
+            code, _, _ = self._sh(
                 sb,
                 cmd,
                 timeout_s=timeout_s + 15,
                 envs=env,
                 cwd=remote.abs_path(cwd),
-                on_stdout=_out,
-                on_stderr=_err,
+                out=out,
+                err=err,
             )
         except TransientError as exc:
             if exc.code != ErrorCode.PROVIDER_TIMEOUT:
                 raise
-            code, stdout, stderr = -1, "".join(out), "".join(err)
+            code = -1
         finally:
             unregister()
         if cancel is not None:
@@ -281,8 +283,8 @@ class E2BProvider(E2BSdk):
         elapsed = time.monotonic() - started
         timed_out = code == -1 or (code in (124, 137) and elapsed >= timeout_s - 0.5)
         # Cut first, then make safe: the limit counts the sandbox's bytes.
-        stdout, t1 = remote.truncate(stdout or "".join(out), limit)
-        stderr, t2 = remote.truncate(stderr or "".join(err), limit)
+        stdout, t1 = remote.truncate(out.text(), limit)
+        stderr, t2 = remote.truncate(err.text(), limit)
         stdout, stderr = _clean(stdout), _clean(stderr)
         return ExecResult(
             124 if timed_out else code, stdout, stderr, int(elapsed * 1000), timed_out, t1 or t2

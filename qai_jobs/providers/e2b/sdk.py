@@ -114,29 +114,42 @@ class E2BSdk(ShellProvider):
         envs: Mapping[str, str] | None = None,
         cwd: str = remote.WORKDIR,
         user: str | None = None,
-        on_stdout: Any = None,
-        on_stderr: Any = None,
+        out: remote.Collected | None = None,
+        err: remote.Collected | None = None,
     ) -> tuple[int, str, str]:
-        """Run a script; a non-zero exit is a result here (the SDK raises it as an exception)."""
+        """Run a script; a non-zero exit is a result here (the SDK raises it as an exception).
+
+        The SDK keeps no copy of the output (``retain_output=False``): ``out`` and ``err``
+        keep what they may, a helper's at most SCRIPT_OUTPUT_MAX."""
         handle = self._handle(sb)
         sdk = self._sdk()
-        kwargs: dict[str, Any] = {"cwd": cwd, "envs": dict(envs or {}), "timeout": timeout_s}
+        out = out or remote.Collected(remote.SCRIPT_OUTPUT_MAX)
+        err = err or remote.Collected(remote.SCRIPT_OUTPUT_MAX)
+        kwargs: dict[str, Any] = {
+            "cwd": cwd,
+            "envs": dict(envs or {}),
+            "timeout": timeout_s,
+            "on_stdout": out.add_text,
+            "on_stderr": err.add_text,
+            "retain_output": False,
+        }
         if user:
             kwargs["user"] = user
-        if on_stdout is not None:
-            kwargs.update(on_stdout=on_stdout, on_stderr=on_stderr)
-        try:
-            with self._guard(sb.sandbox_id):
-                try:
-                    res = handle.commands.run(script, **kwargs)
-                except sdk.CommandExitException as exc:
-                    return int(exc.exit_code), exc.stdout or "", exc.stderr or ""
-        except SandboxGone:
-            raise
-        return int(res.exit_code), res.stdout or "", res.stderr or ""
+        with self._guard(sb.sandbox_id):
+            try:
+                res = handle.commands.run(script, **kwargs)
+            except sdk.CommandExitException as exc:
+                return int(exc.exit_code), out.text(), err.text()
+        return int(res.exit_code), out.text(), err.text()
 
     def script(
         self, sb: Sandbox, script: str, *, timeout_s: float = 120
     ) -> tuple[int, bytes, bytes]:
-        code, out, err = self._sh(sb, script, timeout_s=timeout_s)
-        return code, out.encode("utf-8", "surrogateescape"), err.encode("utf-8", "surrogateescape")
+        out = remote.Collected(remote.SCRIPT_OUTPUT_MAX)
+        code, _, _ = self._sh(sb, script, timeout_s=timeout_s, out=out)
+        if out.over:
+            raise PermanentError(
+                f"a qai-jobs helper printed over {remote.SCRIPT_OUTPUT_MAX} bytes in the sandbox",
+                code=ErrorCode.PROVIDER_ERROR,
+            )
+        return code, out.data(), b""

@@ -28,6 +28,7 @@ from qai_jobs.providers.base import (
     ExecResult,
     OutputCallback,
     Provider,
+    ReadBudget,
     Sandbox,
     SandboxStatus,
     SleepOutcome,
@@ -188,15 +189,18 @@ class FakeProvider(Provider):
     def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
         _, started = self._live("read_files", sb)
         existing = self.store.hgetall(f"files:{sb.sandbox_id}")
+        found = {p: existing.get(p) for p in paths}
+        ReadBudget(self.settings, {p: len(d) for p, d in found.items() if d is not None})
         self._done("read_files", sb, started)
-        return {p: existing.get(p) for p in paths}
+        return found
 
     def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
         _, started = self._live("hashes", sb)
         existing = self.store.hgetall(f"files:{sb.sandbox_id}")
         wanted = paths if paths is not None else [p for p in existing if not is_ignored(p)]
         self._done("hashes", sb, started)
-        return {p: sha256(existing[p]) for p in wanted if p in existing}
+        cap = self.settings.tracked_max_file_bytes
+        return {p: sha256(existing[p]) for p in wanted if p in existing and len(existing[p]) <= cap}
 
     # -- processes ---------------------------------------------------------------------------
     def run(

@@ -18,9 +18,11 @@ import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO, BinaryIO
 
 from qai_jobs.errors import ErrorCode, PermanentError, ProviderError, TransientError
-from qai_jobs.sync import IGNORED_DIRS, is_ignored, sha256
+from qai_jobs.providers.local.streams import CHUNK, TreeFile
+from qai_jobs.sync import IGNORED_DIRS, is_ignored
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted by the sandbox must not hang the worker on open.
@@ -115,7 +117,29 @@ class SafeTree:
             raise _outside(path)
         raise PermanentError(f"{path!r}: a parent is not a directory", code=ErrorCode.INVALID_PATH)
 
-    def read(self, path: str) -> bytes | None:
+    def size(self, path: str) -> int | None:
+        """The size of regular file ``path`` (from a stat, nothing read); None if missing."""
+        parts, name = _split(path)
+        dfd = self._parent(path, parts, create=False)
+        if dfd is None:
+            return None
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise os_error(exc, "read", path) from None
+        finally:
+            os.close(dfd)
+        if stat.S_ISLNK(st.st_mode):
+            raise _outside(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermanentError(f"{path!r} is not a regular file", code=ErrorCode.NOT_A_FILE)
+        return st.st_size
+
+    def read(self, path: str, max_bytes: int | None = None) -> bytes | None:
+        """The file's bytes; with ``max_bytes``, never more than one byte past it (the caller
+        refuses a file that has more: the sandbox decides how big its files are)."""
         parts, name = _split(path)
         dfd = self._parent(path, parts, create=False)
         if dfd is None:
@@ -134,14 +158,17 @@ class SafeTree:
                     raise PermanentError(
                         f"{path!r} is not a regular file", code=ErrorCode.NOT_A_FILE
                     )
-                return fh.read()
+                return fh.read() if max_bytes is None else fh.read(max_bytes + 1)
         except OSError as exc:
             raise os_error(exc, "read", path) from None
         finally:
             os.close(dfd)
 
-    def write(self, path: str, data: bytes, mode: int | None = None) -> os.stat_result | None:
+    def write(
+        self, path: str, data: bytes | IO[bytes], mode: int | None = None
+    ) -> os.stat_result | None:
         """Atomically replace ``path`` (temp file + rename), keeping an existing file's mode.
+        ``data`` may be a binary stream (a snapshot's member), copied in chunks.
 
         Returns the file's lstat when it is still the inode we wrote, unmodified since (for
         the hash cache); None if something in the sandbox replaced or rewrote it meanwhile."""
@@ -167,7 +194,10 @@ class SafeTree:
             fd = os.open(tmp, _CREATE_FLAGS, mode, dir_fd=dfd)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
+                    if isinstance(data, bytes):
+                        fh.write(data)
+                    else:
+                        shutil.copyfileobj(data, fh, CHUNK)
                     os.fchmod(fh.fileno(), mode)  # the umask must not narrow a kept mode
                     fh.flush()  # the size and mtime compared below are those of the data
                     ours = os.fstat(fh.fileno())
@@ -237,8 +267,13 @@ class SafeTree:
         return True
 
     # -- whole-tree operations -------------------------------------------------------------
-    def files(self) -> Iterator[tuple[str, bytes, int]]:
-        """(path, content, mode) of every regular file minus ignored paths; no symlinks."""
+    def walk_files(
+        self, max_bytes: int | None = None, omitted: dict[str, int] | None = None
+    ) -> Iterator[TreeFile]:
+        """Every regular file minus ignored paths (no symlinks), each open for reading until
+        the next one is asked for: nothing is read here, so a file of any size costs no memory.
+        Files over ``max_bytes`` are left out (see Settings.tracked_max_file_bytes), and their
+        sizes put in ``omitted``."""
         try:
             walker = os.fwalk(self.root, follow_symlinks=False)
             for dirpath, dirnames, filenames, dirfd in walker:
@@ -248,20 +283,28 @@ class SafeTree:
                     rel = name if rel_dir == "." else f"{rel_dir}/{name}"
                     if is_ignored(rel):
                         continue
-                    item = _read_regular(dirfd, name)
-                    if item is not None:
-                        yield rel, item[0], item[1]
+                    fh = _open_regular(dirfd, name)
+                    if fh is None:
+                        continue
+                    with fh:
+                        st = os.fstat(fh.fileno())
+                        if max_bytes is not None and st.st_size > max_bytes:
+                            if omitted is not None:
+                                omitted[rel] = st.st_size
+                            continue
+                        yield TreeFile(rel, fh, st.st_size, stat.S_IMODE(st.st_mode))
         except OSError as exc:
             raise os_error(exc, "walk", ".") from None
 
-    def manifest(self) -> dict[str, str]:
-        return {path: sha256(data) for path, data, _ in self.files()}
+    def manifest(self, max_bytes: int | None = None) -> dict[str, str]:
+        return {f.path: f.sha256() for f in self.walk_files(max_bytes)}
 
-    def prune(self, keep: Iterable[str]) -> None:
+    def prune(self, keep: Iterable[str], max_bytes: int | None = None) -> None:
         """Remove every non-ignored entry not in ``keep``: files, symlinks, emptied dirs.
 
         Ignored directories (node_modules, .git, build outputs...) are left alone: they are
         derived from the kept files, and reinstalling is keyed on the manifest and lock file.
+        So are files over ``max_bytes``, which no snapshot or manifest holds either.
         """
         keep = set(keep)
         ancestors = {"/".join(p.split("/")[:i]) for p in keep for i in range(1, p.count("/") + 1)}
@@ -280,8 +323,13 @@ class SafeTree:
                         dirs.append(prefix + name)
                 for name in filenames:
                     rel = prefix + name
-                    if rel not in keep and not is_ignored(rel):
-                        os.unlink(name, dir_fd=dirfd)
+                    if rel in keep or is_ignored(rel):
+                        continue
+                    if max_bytes is not None:
+                        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
+                            continue
+                    os.unlink(name, dir_fd=dirfd)
             for rel in reversed(dirs):
                 if rel not in ancestors:
                     self._rmdir_if_empty(rel)
@@ -304,15 +352,15 @@ class SafeTree:
             os.close(dfd)
 
 
-def _read_regular(dirfd: int, name: str) -> tuple[bytes, int] | None:
+def _open_regular(dirfd: int, name: str) -> BinaryIO | None:
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dirfd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO):
             return None  # a symlink, or gone since listed
         raise
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return fh.read(), stat.S_IMODE(st.st_mode)
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh.close()
+        return None
+    return fh

@@ -11,7 +11,6 @@ directory is opened once per call, without following symlinks, and a file is loo
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from qai_jobs.errors import ErrorCode, PermanentError
 from qai_jobs.providers.local.fs import SafeTree
+from qai_jobs.providers.local.streams import hash_stream
 
 log = logging.getLogger("qai_jobs.local")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -89,7 +89,10 @@ class HashCache:
     def forget(cls, path: Path) -> None:
         _open.pop(path, None)
 
-    def hashes(self, tree: SafeTree, paths: Sequence[str]) -> dict[str, str]:
+    def hashes(
+        self, tree: SafeTree, paths: Sequence[str], max_bytes: int | None = None
+    ) -> dict[str, str]:
+        """The hashes of those ``paths`` that are regular files of at most ``max_bytes``."""
         found: dict[str, str] = {}
         by_parent: dict[str, list[tuple[str, str]]] = {}
         for path in paths:
@@ -108,7 +111,7 @@ class HashCache:
                 continue
             try:
                 for name, path in names:
-                    digest = self._hash(dfd, name, path)
+                    digest = self._hash(dfd, name, path, max_bytes)
                     if digest is not None:
                         found[path] = digest
             finally:
@@ -124,13 +127,15 @@ class HashCache:
         self.entries[path] = [_identity(st), digest]
         self.unsaved += 1
 
-    def _hash(self, dfd: int, name: str, path: str) -> str | None:
+    def _hash(self, dfd: int, name: str, path: str, max_bytes: int | None) -> str | None:
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None  # a symlink or a directory is not a file we synced
+        if max_bytes is not None and st.st_size > max_bytes:
+            return None  # not a file a producer sent, whatever it holds
         identity = _identity(st)
         cached = self.entries.get(path)
         if cached is not None and cached[0] == identity:
@@ -143,9 +148,9 @@ class HashCache:
             raise
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode) or (max_bytes is not None and st.st_size > max_bytes):
                 return None
-            digest = hashlib.sha256(fh.read()).hexdigest()
+            digest = hash_stream(fh, st.st_size)
         # Git's "racily clean" case: a file changed within a timestamp tick of being read here
         # could change again with the same size and times. Remember only settled files.
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:

@@ -26,6 +26,7 @@ from qai_jobs.providers.base import (
     ExecResult,
     OutputCallback,
     Provider,
+    ReadBudget,
     Sandbox,
     SandboxStatus,
     SleepOutcome,
@@ -74,7 +75,9 @@ class LocalProvider(Provider):
         self.ports = PortRegistry(
             self.root, settings.workspace_local_port_min, settings.workspace_local_port_max
         )
-        self.snapshots = SnapshotStore(self.root, settings.workspace_local_snapshots_kept)
+        self.snapshots = SnapshotStore(
+            self.root, settings.workspace_local_snapshots_kept, settings.tracked_max_file_bytes
+        )
         if (why := refusal(settings)) is not None:
             raise ConfigurationError(why)
         if settings.isolation == "none" and "none" not in _warned:
@@ -133,6 +136,9 @@ class LocalProvider(Provider):
             "env": dict(spec.env),
             "egress": check_egress(self.settings, spec.egress),
             "created_at": time.time(),
+            # Whose rows own it (local/orphans.py): a root shared by two deployments is a
+            # mistake, but one whose sweep must not stop the other's sandboxes.
+            "deployment": self.settings.deployment_id,
         }
         atomic_write(layout.meta, json.dumps(meta).encode())
         layout.meta.chmod(0o600)  # env may hold the user's secrets
@@ -212,7 +218,7 @@ class LocalProvider(Provider):
         if snapshot_id:
             tree = SafeTree(layout.tree)
             # Files can vanish or change while asleep: verify against the manifest, repair.
-            if tree.manifest() != self.snapshots.manifest(snapshot_id):
+            if tree.manifest(self.snapshots.max_file_bytes) != self.snapshots.manifest(snapshot_id):
                 self.snapshots.restore_into(tree, snapshot_id)
         layout.sleeping.unlink(missing_ok=True)
         sb.state.pop("sleep_snapshot", None)
@@ -264,15 +270,25 @@ class LocalProvider(Provider):
 
     def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
         tree = SafeTree(self._existing(sb).tree)
-        return {path: tree.read(path) for path in paths}
+        wanted = list(dict.fromkeys(paths))
+        sizes = {path: size for path in wanted if (size := tree.size(path)) is not None}
+        budget = ReadBudget(self.settings, sizes)  # refused here, before a byte is read
+        found: dict[str, bytes | None] = {}
+        for path in wanted:
+            data = tree.read(path, budget.cap()) if path in sizes else None
+            if data is not None:
+                budget.spend(path, len(data))
+            found[path] = data
+        return found
 
     def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
         layout = self._existing(sb)
         tree = SafeTree(layout.tree)
+        cap = self.settings.tracked_max_file_bytes
         if paths is None:
-            return tree.manifest()
+            return tree.manifest(cap)
         cache = HashCache.at(layout.base / "hashcache.json")
-        found = cache.hashes(tree, paths)
+        found = cache.hashes(tree, paths, cap)
         cache.save()
         return found
 

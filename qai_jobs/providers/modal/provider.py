@@ -68,7 +68,11 @@ class ModalProvider(ModalSdk):
                     workdir=remote.WORKDIR,
                     encrypted_ports=ports,
                     env=unseal_env(self.settings, spec_state.get("env")),
-                    tags=remote.tags_for(spec_state["project_id"], spec_state["workspace_id"]),
+                    tags=remote.tags_for(
+                        spec_state["project_id"],
+                        spec_state["workspace_id"],
+                        self.settings.deployment_id,
+                    ),
                 )
         except SandboxGone as exc:
             if image_id:  # NotFoundError on create from an image id: the snapshot is unknown
@@ -101,7 +105,9 @@ class ModalProvider(ModalSdk):
         with self._guard(sandbox_id=sandbox_id):
             if handle.poll() is not None:
                 raise SandboxGone(f"Modal sandbox {sandbox_id} has finished")
-            handle.set_tags(remote.tags_for(spec.project_id, spec.workspace_id))
+            handle.set_tags(
+                remote.tags_for(spec.project_id, spec.workspace_id, self.settings.deployment_id)
+            )
         # Its real age is unknown: count from now, the 24 h cap is Modal's backstop anyway.
         sb.state.update(
             project_id=spec.project_id,
@@ -187,7 +193,7 @@ class ModalProvider(ModalSdk):
         found: list[remote.TaggedSandbox] = []
         with self._guard():
             for handle in self._sdk().Sandbox.list(
-                app_id=app.app_id, tags=dict(remote.TAG), client=client
+                app_id=app.app_id, tags=remote.own_tags(self.settings.deployment_id), client=client
             ):
                 tags = handle.get_tags()
                 found.append(
@@ -196,6 +202,7 @@ class ModalProvider(ModalSdk):
                         str(handle.object_id),
                         tags.get("project_id", ""),
                         tags.get("workspace_id", ""),
+                        deployment=tags.get("deployment", ""),
                     )
                 )
         return found
@@ -227,7 +234,9 @@ class ModalProvider(ModalSdk):
                 code=ErrorCode.PROVIDER_ERROR,
             )
 
-    def _read_file(self, sb: Sandbox, path: str) -> bytes | None:
+    def _read_file(self, sb: Sandbox, path: str, max_bytes: int) -> bytes | None:
+        # No streamed read in the SDK: the size was checked just before, and Modal refuses
+        # files over its own limit (SandboxFilesystemFileTooLargeError).
         handle = self._handle(sb)
         fs_missing = self._sdk().exception.SandboxFilesystemNotFoundError
         try:

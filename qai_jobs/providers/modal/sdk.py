@@ -142,11 +142,22 @@ class ModalSdk(ShellProvider):
                     proc.stdin.drain()
                 proc.stdin.write_eof()
                 proc.stdin.drain()
-            out, err = proc.stdout.read(), proc.stderr.read()
+            # Bounded: what a helper prints depends on the tree, which the sandbox controls.
+            out = remote.Collected(remote.SCRIPT_OUTPUT_MAX)
+            err = remote.Collected(remote.SCRIPT_OUTPUT_MAX)
+            for chunk in proc.stdout:
+                out.add(bytes(chunk))
+            for chunk in proc.stderr:
+                err.add(bytes(chunk))
             code = proc.wait()
         if code == -1:
             raise TransientError("a qai-jobs helper command timed out in the Modal sandbox")
-        return int(code), bytes(out), bytes(err)
+        if out.over:
+            raise PermanentError(
+                f"a qai-jobs helper printed over {remote.SCRIPT_OUTPUT_MAX} bytes in the sandbox",
+                code=ErrorCode.PROVIDER_ERROR,
+            )
+        return int(code), out.data(), err.data()
 
     def script(
         self, sb: Sandbox, script: str, *, timeout_s: float = 120
