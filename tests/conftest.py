@@ -69,7 +69,8 @@ def _port_range() -> dict[str, str]:
     (pytest-xdist) on one host, and each keeps its own port registry."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     n = int(worker.removeprefix("gw") or 0) % 4
-    low = 41000 + n * 250
+    # QAI_TEST_PORT_BASE keeps test runs of two checkouts on one host apart.
+    low = int(os.environ.get("QAI_TEST_PORT_BASE", "41000")) + n * 250
     return {"WORKSPACE_LOCAL_PORT_MIN": str(low), "WORKSPACE_LOCAL_PORT_MAX": str(low + 249)}
 
 
