@@ -107,6 +107,13 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     show_default=True,
     help="Comma list: pipeline (and any added by providers).",
 )
+@click.option(
+    "--history",
+    type=click.IntRange(1, 100_000_000),
+    default=None,
+    help="Load N actions of synthetic history into the bench database and time the "
+    "operator queries against it (instead of the throughput run).",
+)
 @json_opt
 @click.pass_context
 @guarded
@@ -116,9 +123,19 @@ def bench(
     projects: int,
     concurrency: int,
     scenarios: str,
+    history: int | None,
     as_json: bool,
 ) -> None:
     """Measure action throughput and latency on the fake provider beside bare Celery."""
+    if history is not None:
+        from qai_jobs.bench.history import format_history, run_history
+
+        found = run_history(settings_from(ctx), history, lambda m: click.echo(m, err=True))
+        if as_json:
+            echo_json(found)
+        else:
+            click.echo(format_history(found))
+        return
     from qai_jobs.bench.run import run_bench
 
     report = run_bench(
