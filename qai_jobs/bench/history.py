@@ -62,6 +62,8 @@ def measure(settings: Settings, log: Log) -> dict[str, float]:
     client = WorkspaceClient(settings)
     some = f"{'hist-'}{0:08d}"
     out: dict[str, float] = {}
+    # What a provider's listing would hand the orphan sweep: a thousand running sandboxes.
+    listed = [f"fake-hist-{w}" for w in range(1, 5000, 5)]
 
     def ui_page() -> None:
         with engine.connect() as conn:
@@ -77,7 +79,7 @@ def measure(settings: Settings, log: Log) -> dict[str, float]:
         "webhooks list": lambda: outbox.list_events(engine),
         "webhooks list --dead": lambda: outbox.list_events(engine, dead=True),
         "webhooks list --project": lambda: outbox.list_events(engine, project_id=some),
-        "orphan sweep SQL": lambda: maintenance.owned_sandboxes(engine),
+        "orphan sweep SQL (1,000 listed)": lambda: maintenance.owned_sandboxes(engine, listed),
         "GET /v1/projects/{p}/actions": lambda: client.list_actions(some, 100, None),
         "GET /v1/projects/{p}": lambda: client.get_workspace(some),
         "/ui pages": ui_page,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from qai_jobs.cli.common import (
@@ -26,12 +28,34 @@ def webhooks() -> None:
 @click.option("--dead", is_flag=True, help="Only events that exhausted their retries.")
 @click.option("--project", default=None, help="Only this project's events.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option(
+    "--before",
+    default=None,
+    metavar="CURSOR",
+    help="The next page: the cursor the previous page printed (on stderr).",
+)
 @json_opt
 @click.pass_context
 @guarded
-def list_(ctx: click.Context, dead: bool, project: str | None, limit: int, as_json: bool) -> None:
-    """List recent webhook events and their delivery state."""
-    rows = outbox.list_events(client_of(ctx).engine, dead=dead, project_id=project, limit=limit)
+def list_(
+    ctx: click.Context,
+    dead: bool,
+    project: str | None,
+    limit: int,
+    before: str | None,
+    as_json: bool,
+) -> None:
+    """List recent webhook events and their delivery state, newest first."""
+    rows = outbox.list_events(
+        client_of(ctx).engine,
+        dead=dead,
+        project_id=project,
+        limit=limit,
+        before=_cursor(before) if before else None,
+    )
+    if len(rows) == limit:
+        last = rows[-1]
+        click.echo(f"next page: --before '{last['created_at'].isoformat()}|{last['id']}'", err=True)
     for row in rows:
         for key, value in row.items():
             if value is not None and not isinstance(value, str | int):
@@ -44,6 +68,15 @@ def list_(ctx: click.Context, dead: bool, project: str | None, limit: int, as_js
             f"{r['id']}  {r['type']:20} {r['status']:9} attempts={r['attempts']} "
             f"{r['project_id']} seq={r['sequence']} {r['last_error'] or ''}"
         )
+
+
+def _cursor(value: str) -> tuple[datetime, str]:
+    at, _, event_id = value.partition("|")
+    try:
+        return datetime.fromisoformat(at), event_id
+    except ValueError:
+        fail(f"--before: not a cursor this command printed: {value!r}")
+        raise
 
 
 @webhooks.command()

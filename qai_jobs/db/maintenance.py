@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from qai_jobs.db.models import PRUNABLE
 
 _IDLE = sa.text(
     """
@@ -20,21 +23,28 @@ _IDLE = sa.text(
 )
 
 
+# Through ix_actions_prunable (its predicate, word for word): what a rebuild replays, the
+# succeeded ensure/write actions since the last destroy, and that destroy, are never in it, so
+# a sandbox recreated after months asleep still gets its files back.
 _PRUNE_ACTIONS = sa.text(
-    """
+    f"""
     DELETE FROM actions WHERE id IN (
         SELECT id FROM actions
-        WHERE status IN ('succeeded', 'failed', 'cancelled')
+        WHERE ({PRUNABLE})
           AND finished_at < now() - make_interval(secs => :keep)
+        ORDER BY finished_at
         LIMIT :batch)
     RETURNING kind, status, extract(epoch FROM finished_at - started_at) AS duration
     """
 )
+# Oldest first through ix_webhook_events_created: a run with nothing due reads a few entries.
 _PRUNE_EVENTS = sa.text(
     """
     DELETE FROM webhook_events WHERE id IN (
         SELECT id FROM webhook_events
-        WHERE status IN ('delivered', 'dead') AND created_at < now() - make_interval(secs => :keep)
+        WHERE created_at < now() - make_interval(secs => :keep)
+          AND status IN ('delivered', 'dead')
+        ORDER BY created_at
         LIMIT :batch)
     RETURNING status, attempts
     """
@@ -46,7 +56,7 @@ _PRUNE_EVENTS = sa.text(
 _OWNED_AND_BUSY = sa.text(
     """
     SELECT provider, sandbox_id, NULL AS busy FROM workspaces
-    WHERE sandbox_id IS NOT NULL AND provider IS NOT NULL
+    WHERE sandbox_id = ANY(:ids) AND provider IS NOT NULL
     UNION ALL
     SELECT DISTINCT NULL, NULL, project_id FROM actions WHERE status IN ('queued', 'running')
     """
@@ -72,13 +82,16 @@ def prune_batch(engine: Engine, keep_seconds: float, batch: int) -> tuple[list[A
     return list(actions), list(events)
 
 
-def owned_sandboxes(engine: Engine) -> tuple[set[tuple[str, str]], set[str]]:
-    """((provider, sandbox_id) of every workspace's sandbox, projects with work in flight),
-    as of one moment."""
+def owned_sandboxes(
+    engine: Engine, sandbox_ids: Collection[str]
+) -> tuple[set[tuple[str, str]], set[str]]:
+    """((provider, sandbox_id) of the workspaces holding one of ``sandbox_ids``, the sandboxes
+    a sweep found; projects with work in flight), as of one moment. Only the found ids are
+    looked up (ix_workspaces_sandbox), not every workspace."""
     owned: set[tuple[str, str]] = set()
     busy: set[str] = set()
     with engine.connect() as conn:
-        for row in conn.execute(_OWNED_AND_BUSY):
+        for row in conn.execute(_OWNED_AND_BUSY, {"ids": sorted(set(sandbox_ids))}):
             if row.busy is not None:
                 busy.add(str(row.busy))
             else:

@@ -14,10 +14,12 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -84,7 +86,15 @@ class Workspace(Base):
         Index("ix_workspaces_status_activity", "status", "last_activity_at"),
         # The operator's page lists workspaces by last activity, keyset-paginated.
         Index("ix_workspaces_activity", "last_activity_at", "project_id"),
+        # The orphan sweeps look up the sandboxes they found, not every workspace.
+        Index("ix_workspaces_sandbox", "sandbox_id"),
     )
+
+
+PRUNABLE = (
+    "status IN ('failed', 'cancelled') "
+    "OR (status = 'succeeded' AND kind NOT IN ('ensure', 'write', 'destroy'))"
+)
 
 
 class Action(Base):
@@ -126,6 +136,13 @@ class Action(Base):
         ),
         Index("ix_actions_status_created", "status", "created_at"),
         Index("ix_actions_finished", "finished_at"),
+        # What the prune sweep may delete, oldest first; a rebuild replays the succeeded
+        # ensure/write actions since the last destroy, so those (and it) are not in it.
+        Index(
+            "ix_actions_prunable",
+            "finished_at",
+            postgresql_where=text(PRUNABLE),
+        ),
         # A workspace's last error, found without walking its successes.
         Index("ix_actions_failed", "project_id", "seq", postgresql_where=text("status = 'failed'")),
     )
@@ -187,6 +204,8 @@ class WebhookEvent(Base):
         Index(
             "ix_webhook_events_dead", "created_at", "id", postgresql_where=text("status = 'dead'")
         ),
+        # Newest first for the list, oldest first for the prune sweep.
+        Index("ix_webhook_events_created", "created_at", "id"),
     )
 
 
@@ -199,3 +218,18 @@ class ProviderEvent(Base):
     source: Mapped[str] = mapped_column(String(32), primary_key=True)  # e2b | standard
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+
+
+class FleetCount(Base):
+    """Counters kept by triggers as rows change (see migration 0009), so the metrics cost the
+    same at any amount of history: sum ``n``/``total`` over ``shard`` per (metric, kind, label).
+    """
+
+    __tablename__ = "fleet_counts"
+
+    metric: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    total: Mapped[float] = mapped_column(Float, default=0, server_default="0")

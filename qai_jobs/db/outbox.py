@@ -160,9 +160,16 @@ _LIST = (
 
 
 def list_events(
-    engine: Engine, *, dead: bool = False, project_id: str | None = None, limit: int = 50
+    engine: Engine,
+    *,
+    dead: bool = False,
+    project_id: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest ``limit`` events (dead ones, one project's), newest first."""
+    """The newest ``limit`` events (dead ones, one project's), newest first; ``before`` is the
+    (created_at, id) of the last row of the previous page (keyset: a page reads its own rows
+    through ix_webhook_events_created, however deep it is)."""
     query = _LIST
     params: dict[str, Any] = {"limit": limit}
     if dead:
@@ -170,7 +177,10 @@ def list_events(
     if project_id:
         query += " AND project_id = :p"
         params["p"] = project_id
-    query += " ORDER BY created_at DESC LIMIT :limit"
+    if before is not None:
+        query += " AND (created_at, id) < (:at, :id)"
+        params.update(at=before[0], id=before[1])
+    query += " ORDER BY created_at DESC, id DESC LIMIT :limit"
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
 

@@ -1,8 +1,11 @@
 """Fleet figures from Postgres, shared by `qai-jobs status` and the metrics endpoint.
 
-Workers are separate processes (often on separate hosts), so nothing is counted in memory:
-every figure is read from the rows at the moment it is asked for. History that the prune sweep
-deleted is carried in Redis (see ``metrics.carry_pruned``) so totals never go backwards.
+Workers are separate processes (often on separate hosts), so nothing is counted in memory.
+Counts by status, outcome and duration are kept in ``fleet_counts`` by triggers, in the
+transaction that changes the rows (migration 0009): a scrape sums a few hundred counter rows
+instead of scanning history, and costs the same at a thousand actions or ten million. They
+mirror the rows on record; history that the prune sweep deleted is carried in Redis (see
+``metrics.carry_pruned``) so totals never go backwards.
 """
 
 from __future__ import annotations
@@ -10,69 +13,58 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from qai_jobs.constants import TERMINAL
 
-# Upper bounds (seconds) of the action duration histogram; +Inf is implied.
+# Upper bounds (seconds) of the action duration histogram; +Inf is implied. The trigger's
+# qai_duration_bucket() uses the same bounds.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
-_DURATIONS = sa.text(
+_COUNTS = sa.text(
     """
-    SELECT kind, width_bucket(extract(epoch FROM finished_at - started_at)::float8, :bounds) AS b,
-           count(*) AS n, sum(extract(epoch FROM finished_at - started_at))::float8 AS s
-    FROM actions
-    WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL AND finished_at IS NOT NULL
-    GROUP BY kind, b
+    SELECT metric, kind, label, sum(n)::bigint AS n, sum(total)::float8 AS total
+    FROM fleet_counts WHERE metric = ANY(:m) GROUP BY metric, kind, label
     """
 )
-# Every attempt but the last of a settled row failed and was retried; a pending row's attempts
-# all failed (or one is in flight).
-_DELIVERIES = sa.text(
-    """
-    SELECT count(*) FILTER (WHERE status = 'delivered') AS ok,
-           count(*) FILTER (WHERE status = 'dead') AS dead,
-           coalesce(sum(CASE WHEN status = 'pending' THEN attempts
-                             ELSE greatest(attempts - 1, 0) END), 0) AS retried
-    FROM webhook_events
-    """
+# Through ix_actions_status_created: the first queued row by age.
+_OLDEST = sa.text(
+    "SELECT extract(epoch FROM now() - min(created_at)) FROM actions WHERE status = 'queued'"
 )
+
+
+def counters(conn: Connection, *metrics: str) -> list[Any]:
+    """(metric, kind, label, n, total) summed over shards; counters at zero left out."""
+    rows = conn.execute(_COUNTS, {"m": list(metrics)}).all()
+    return [r for r in rows if r.n or r.total]
 
 
 def summary(engine: Engine) -> dict[str, Any]:
-    workspaces: dict[Any, Any]
-    actions: dict[Any, Any]
-    webhooks: dict[Any, Any]
+    workspaces: dict[str, int] = {}
+    actions: dict[str, int] = {}
+    webhooks: dict[str, int] = {}
+    retried = 0.0
     with engine.connect() as conn:
-        workspaces = dict(
-            conn.execute(sa.text("SELECT status, count(*) FROM workspaces GROUP BY status")).all()
-        )
-        actions = dict(
-            conn.execute(sa.text("SELECT status, count(*) FROM actions GROUP BY status")).all()
-        )
-        webhooks = dict(
-            conn.execute(
-                sa.text("SELECT status, count(*) FROM webhook_events GROUP BY status")
-            ).all()
-        )
-        oldest = conn.execute(
-            sa.text(
-                "SELECT extract(epoch FROM now() - min(created_at)) FROM actions "
-                "WHERE status = 'queued'"
-            )
-        ).scalar()
-        deliveries = conn.execute(_DELIVERIES).one()
+        for row in counters(conn, "workspace", "action", "webhook"):
+            if row.metric == "workspace":
+                workspaces[row.label] = workspaces.get(row.label, 0) + int(row.n)
+            elif row.metric == "action":
+                actions[row.label] = actions.get(row.label, 0) + int(row.n)
+            else:
+                webhooks[row.label] = webhooks.get(row.label, 0) + int(row.n)
+                retried += float(row.total)
+        oldest = conn.execute(_OLDEST).scalar()
     return {
-        "workspaces_by_status": {str(k): int(v) for k, v in workspaces.items()},
-        "actions_by_status": {str(k): int(v) for k, v in actions.items()},
-        "webhooks_by_status": {str(k): int(v) for k, v in webhooks.items()},
+        "workspaces_by_status": {k: v for k, v in workspaces.items() if v},
+        "actions_by_status": {k: v for k, v in actions.items() if v},
+        "webhooks_by_status": {k: v for k, v in webhooks.items() if v},
         "webhook_deliveries": {
-            "ok": int(deliveries.ok),
-            "retried": int(deliveries.retried),
-            "dead": int(deliveries.dead),
+            "ok": webhooks.get("delivered", 0),
+            "retried": round(retried),
+            "dead": webhooks.get("dead", 0),
         },
-        "queued": int(actions.get("queued", 0)),
-        "running": int(actions.get("running", 0)),
+        "queued": actions.get("queued", 0),
+        "running": actions.get("running", 0),
         "oldest_queued_age_seconds": float(oldest) if oldest is not None else None,
     }
 
@@ -80,14 +72,8 @@ def summary(engine: Engine) -> dict[str, Any]:
 def action_outcomes(engine: Engine) -> dict[tuple[str, str], int]:
     """Finished actions still on record, by (kind, status)."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT kind, status, count(*) FROM actions "
-                "WHERE status = ANY(:s) GROUP BY kind, status"
-            ),
-            {"s": sorted(TERMINAL)},
-        ).all()
-    return {(str(k), str(s)): int(n) for k, s, n in rows}
+        rows = counters(conn, "action")
+    return {(str(r.kind), str(r.label)): int(r.n) for r in rows if r.label in TERMINAL and r.n}
 
 
 def duration_buckets(engine: Engine) -> dict[str, tuple[list[int], float]]:
@@ -95,10 +81,11 @@ def duration_buckets(engine: Engine) -> dict[str, tuple[list[int], float]]:
     +Inf) and the sum of durations, over finished actions still on record."""
     out: dict[str, tuple[list[int], float]] = {}
     with engine.connect() as conn:
-        for row in conn.execute(_DURATIONS, {"bounds": [float(b) for b in DURATION_BUCKETS]}):
-            counts, total = out.get(row.kind, ([0] * (len(DURATION_BUCKETS) + 1), 0.0))
-            counts[bucket_index(int(row.b))] += int(row.n)
-            out[row.kind] = (counts, total + float(row.s or 0.0))
+        rows = counters(conn, "duration")
+    for row in rows:
+        counts, total = out.get(row.kind, ([0] * (len(DURATION_BUCKETS) + 1), 0.0))
+        counts[bucket_index(int(row.label))] += int(row.n)
+        out[row.kind] = (counts, total + float(row.total or 0.0))
     return out
 
 

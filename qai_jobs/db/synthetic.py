@@ -86,7 +86,7 @@ _ACTIONS = sa.text(
     """
 )
 
-# One outbox row per action: the workspace event it decided, almost all delivered.
+# One outbox row per action: the workspace event it decided, all delivered but 1 in 1000.
 _WEBHOOKS = sa.text(
     """
     INSERT INTO webhook_events (id, project_id, action_id, type, sequence, target, body, status,
@@ -98,12 +98,13 @@ _WEBHOOKS = sa.text(
                              'data', json_build_object('project_id', a.project_id,
                                                        'action_id', a.id,
                                                        'sequence', a.seq))::text,
-           CASE WHEN a.seq % 1000 = 999 THEN 'dead' ELSE 'delivered' END,
-           CASE WHEN a.seq % 1000 = 999 THEN 8 WHEN a.seq % 7 = 0 THEN 2 ELSE 1 END,
+           CASE WHEN dead THEN 'dead' ELSE 'delivered' END,
+           CASE WHEN dead THEN 8 WHEN a.seq % 7 = 0 THEN 2 ELSE 1 END,
            a.finished_at,
-           CASE WHEN a.seq % 1000 = 999 THEN 'connection refused' END,
-           a.finished_at, CASE WHEN a.seq % 1000 <> 999 THEN a.finished_at END
-    FROM actions a
+           CASE WHEN dead THEN 'connection refused' END,
+           a.finished_at, CASE WHEN NOT dead THEN a.finished_at END
+    FROM actions a,
+         LATERAL (SELECT a.seq = 50 AND right(a.project_id, 1) = '3' AS dead) d
     WHERE a.project_id >= :p0 AND a.project_id < :p1
     """
 )

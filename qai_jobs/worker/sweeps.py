@@ -225,7 +225,8 @@ def orphans(settings: Settings) -> dict[str, Any]:
     from qai_jobs.providers.select import get_provider
 
     listed, failed = cloud.list_tagged(settings)
-    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
+    engine = engine_for(settings.database_url)
+    owned, busy = maintenance.owned_sandboxes(engine, [sb.sandbox_id for sb in listed])
     owned |= {(sb.provider, sb.sandbox_id) for sb in listed if sb.project_id in busy}
     orphans = cloud.find_orphans(listed, owned, settings.deployment_id)
     report = cloud.SweepReport(orphans, failed_providers=failed)
@@ -254,7 +255,7 @@ def local_orphans(settings: Settings) -> dict[str, Any]:
     found = local.sandbox_processes(root)  # first: a sandbox made after this is not in it
     if not found:
         return {"stopped": 0}
-    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
+    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url), list(found))
     names = {sandbox_id for provider, sandbox_id in owned if provider == "local"}
     ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
     stopped = local.sweep(root, found, names, busy, ports, settings.deployment_id)

@@ -146,7 +146,7 @@ def test_owned_and_busy_are_read_as_of_one_moment(isolated_env: dict[str, str]) 
 
     sa.event.listen(engine, "after_cursor_execute", ensure_commits)
     try:
-        owned, busy = maintenance.owned_sandboxes(engine)
+        owned, busy = maintenance.owned_sandboxes(engine, ["sb-race"])
     finally:
         engine.dispose()
         lc.engine.dispose()
