@@ -46,15 +46,6 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
         15)::text
 $$
 """
-ADD = """
-CREATE FUNCTION qai_count(m text, k text, l text, d bigint, t float8) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO fleet_counts (metric, kind, label, shard, n, total)
-    VALUES (m, k, l, qai_counter_shard(), d, t)
-    ON CONFLICT (metric, kind, label, shard)
-    DO UPDATE SET n = fleet_counts.n + excluded.n, total = fleet_counts.total + excluded.total
-$$
-"""
 # Each table's rows, as counter deltas (sign +1 for inserted rows, -1 for deleted ones).
 ACTION_ROWS = """
     SELECT 'action' AS m, kind AS k, status AS l, count(*) AS n, 0::float8 AS t
@@ -108,18 +99,26 @@ END $$
 
 def _update_function(table: str) -> str:
     body = TABLES[table]
+    old, new = body.format(rows="(SELECT OLD.*) o"), body.format(rows="(SELECT NEW.*) o")
+    # One statement (plpgsql keeps its plan): the row's old contribution out, its new one in,
+    # merged per counter so a change within one counter is a single update.
     return f"""
 CREATE FUNCTION qai_count_{table}_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM qai_count(m, k, l, -n, -t) FROM ({body.format(rows="(SELECT OLD.*) o")}) d;
-    PERFORM qai_count(m, k, l, n, t) FROM ({body.format(rows="(SELECT NEW.*) o")}) d;
+    INSERT INTO fleet_counts (metric, kind, label, shard, n, total)
+    SELECT m, k, l, qai_counter_shard(), sum(n), sum(t)
+    FROM (SELECT m, k, l, -n AS n, -t AS t FROM ({old}) o
+          UNION ALL SELECT m, k, l, n, t FROM ({new}) n) d
+    GROUP BY m, k, l HAVING sum(n) <> 0 OR sum(t) <> 0
+    ON CONFLICT (metric, kind, label, shard)
+    DO UPDATE SET n = fleet_counts.n + excluded.n, total = fleet_counts.total + excluded.total;
     RETURN NULL;
 END $$
 """
 
 
 def _install() -> list[str]:
-    out = [SHARD, BUCKET, ADD]
+    out = [SHARD, BUCKET]
     for table, watched in WATCHED.items():
         out.append(_statement_function(table, "insert", "new_rows", 1))
         out.append(_statement_function(table, "delete", "old_rows", -1))
@@ -163,7 +162,6 @@ DROP_SQL = [
         for table in TABLES
         for op_name in ("insert", "delete", "update", "truncate")
     ),
-    "DROP FUNCTION IF EXISTS qai_count(text, text, text, bigint, float8)",
     "DROP FUNCTION IF EXISTS qai_duration_bucket(timestamptz, timestamptz)",
     "DROP FUNCTION IF EXISTS qai_counter_shard()",
 ]
