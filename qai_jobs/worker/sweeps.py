@@ -97,11 +97,22 @@ def start_watchdog(settings: Settings, dispatch: Callable[[], Dispatch]) -> thre
     """In every worker: run recovery every heartbeat, so a lost worker's projects move on
     within a few heartbeats even when no beat process runs; and, once per sweep period on each
     host, the local provider's orphan sweep."""
+    from qai_jobs.worker import fleet
+
     period = settings.workspace_heartbeat_seconds
 
     def loop() -> None:
         stop = threading.Event()
+        fleet.report(settings, fresh=True)
+        if "local" in settings.workspace_runtime:
+            try:
+                # First of all: a host coming back stops what it still runs of workspaces
+                # that moved away while it was gone.
+                local_orphans(settings)
+            except (sa.exc.SQLAlchemyError, OSError) as exc:
+                log.warning("local orphan sweep at start: %s", type(exc).__name__)
         while not stop.wait(period):
+            fleet.report(settings)
             try:
                 if once_per_period(settings, "recover-watchdog", period):
                     recover(settings, dispatch())
@@ -254,8 +265,14 @@ def local_orphans(settings: Settings) -> dict[str, Any]:
     found = local.sandbox_processes(root)  # first: a sandbox made after this is not in it
     if not found:
         return {"stopped": 0}
-    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url))
-    names = {sandbox_id for provider, sandbox_id in owned if provider == "local"}
+    from qai_jobs.db import hosts
+
+    engine = engine_for(settings.database_url)
+    owned, busy = maintenance.owned_sandboxes(engine)
+    with engine.connect() as conn:
+        moved, elsewhere = hosts.elsewhere(conn, settings.workspace_host_id)
+    names = {sandbox_id for provider, sandbox_id in owned if provider == "local"} - elsewhere
+    busy = set(busy) - moved
     ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
     stopped = local.sweep(root, found, names, busy, ports, settings.deployment_id)
     return {"stopped": len(stopped), "sandboxes": [s.sandbox for s in stopped]}
