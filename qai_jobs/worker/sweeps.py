@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -251,7 +250,8 @@ def orphans(settings: Settings) -> dict[str, Any]:
 def local_sweep_name(settings: Settings) -> str:
     """One local orphan sweep per period for each host and installation (WORKSPACE_ROOT)."""
     root = str(Path(settings.workspace_root).expanduser().resolve())
-    return f"local-orphans:{socket.gethostname()}:{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(root.encode()).hexdigest()[:12]
+    return f"local-orphans:{settings.workspace_host_id}:{digest}"
 
 
 def local_orphans(settings: Settings) -> dict[str, Any]:
