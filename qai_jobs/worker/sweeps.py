@@ -39,7 +39,16 @@ def ensure_bindings(settings: Settings) -> bool:
     from qai_jobs.celery_app import app
 
     r = redis_client(settings.redis_url)
-    missing = [q for q in app.amqp.queues if not r.exists(f"_kombu.binding.{q}")]
+    queues = app.amqp.queues
+    # kombu keeps one set per exchange, of "<routing key>\x06\x16<pattern>\x06\x16<queue>".
+    missing = [
+        name
+        for name, q in queues.items()
+        if not r.sismember(
+            f"_kombu.binding.{q.exchange.name if q.exchange else ''}",
+            "\x06\x16".join([q.routing_key or "", "", name]),
+        )
+    ]
     if not missing:
         return False
     with app.connection_for_write() as conn:

@@ -74,6 +74,7 @@ def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
     try:
         for host in roots:
             procs[host] = start_worker(host_env(host), log_dir, concurrency=2, name=host)
+            assert f".host.{host}" in procs[host].log()  # it consumes its host's queue
         lc = WorkspaceClient(settings_for(env))
         project = f"fl-{uuid.uuid4().hex[:10]}"
         files = {p.name: p.read_text() for p in HELLO.iterdir() if p.is_file()}
