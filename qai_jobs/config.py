@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     workspace_gateway_wake_seconds: PositiveFloat = 30
     workspace_gateway_activity_seconds: PositiveFloat = 5
     workspace_gateway_route_seconds: PositiveFloat = 1
+    # auto: HAProxy serves running previews when installed; aiohttp: the Python side alone.
+    workspace_gateway_data_plane: Literal["auto", "haproxy", "aiohttp"] = "auto"
 
     @field_validator("workspace_preview_domain")
     @classmethod
