@@ -10,6 +10,7 @@ import click
 from qai_jobs.cli.common import EXIT_USAGE, fail, guarded, settings_from
 from qai_jobs.cli.supervise import GRACE_SECONDS
 from qai_jobs.config import Settings
+from qai_jobs.sealing import load_key
 
 
 @click.command()
@@ -48,6 +49,7 @@ def worker(
     settings = settings_from(ctx)
     _warn_isolation(settings)
     _refuse_without_containment(settings)
+    guarded(load_key)(settings)
     from qai_jobs.celery_app import app
 
     argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "--events"]
@@ -80,7 +82,7 @@ def _refuse_without_containment(settings: Settings) -> None:
 @click.pass_context
 def beat(ctx: click.Context, loglevel: str) -> None:
     """Run Celery beat: idle sleep, recovery, webhook retries and the other sweeps."""
-    settings_from(ctx)
+    guarded(load_key)(settings_from(ctx))
     from qai_jobs.celery_app import app
 
     # Every sweep takes a per-period lock, so beat needs no schedule file: the in-memory
@@ -133,6 +135,7 @@ def gateway(ctx: click.Context, host: str, port: int | None, access_log: bool) -
         fail("WORKSPACE_PREVIEW_DOMAIN: set it to run the gateway (e.g. preview.localhost:8080)")
     from qai_jobs.gateway.serve import serve
 
+    guarded(load_key)(settings)  # preview tokens are signed with a key derived from it
     serve(settings, host, port or domain_port(settings) or 8080, access_log)
 
 
