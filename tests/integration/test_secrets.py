@@ -30,9 +30,9 @@ def keyless_env(
 ) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("secrets-workspaces")
     for env in isolated_env(base_env):
-        env = {**env, "WORKSPACE_RUNTIME": "local", "WORKSPACE_ROOT": str(root)}
-        env.pop("WORKSPACE_SECRET_KEY")
-        yield env
+        keyless = {**env, "WORKSPACE_RUNTIME": "local", "WORKSPACE_ROOT": str(root)}
+        keyless.pop("WORKSPACE_SECRET_KEY")
+        yield keyless
 
 
 def _cmdlines() -> Iterator[bytes]:
