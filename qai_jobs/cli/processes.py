@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 
@@ -59,6 +60,15 @@ def worker(
     app.worker_main(argv)
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
 def _warn_isolation(settings: Settings) -> None:
     if "local" in settings.workspace_runtime and settings.isolation == "none":
         click.echo(
@@ -105,7 +115,7 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 def api(ctx: click.Context, host: str, port: int, log_level: str, workers: int) -> None:
     """Serve the HTTP API (FastAPI on uvicorn)."""
     settings = settings_from(ctx)
-    if settings.workspace_token is None and host not in ("127.0.0.1", "localhost", "::1"):
+    if settings.workspace_token is None and not _loopback(host):
         fail(
             f"refusing to listen on {host} without WORKSPACE_TOKEN: "
             "set a token, or bind to 127.0.0.1",
@@ -152,6 +162,17 @@ def flower(ctx: click.Context, address: str, port: int, flower_args: tuple[str, 
     Flower's REST API answers only with auth or FLOWER_UNAUTHENTICATED_API=true.
     """
     settings_from(ctx)
+    auth_flags = ("--basic-auth", "--basic_auth", "--auth")
+    has_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip() or any(
+        arg.startswith(auth_flags) for arg in flower_args
+    )
+    if not has_auth and not _loopback(address):
+        # Flower shows every task's arguments and can revoke tasks and shut workers down.
+        fail(
+            f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH=user:password "
+            "(or --auth): set it, or bind to 127.0.0.1",
+            EXIT_USAGE,
+        )
     from qai_jobs.celery_app import app
 
     app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])
