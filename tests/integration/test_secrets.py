@@ -155,3 +155,42 @@ def test_env_is_sealed_under_one_key_and_never_on_a_command_line(
         engine.dispose()
     assert len(keys) == 1 and len(keys[0]) >= 32
     assert stored == 0  # sealed at rest
+
+
+def test_migrate_imports_an_existing_key_file_so_old_sealed_env_still_opens(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+
+    from cryptography.fernet import Fernet
+
+    from qai_jobs.sealing import seal_env, unseal_env
+    from tests.conftest import settings_for
+    from tests.support import services
+
+    legacy = Fernet.generate_key().decode()
+    (tmp_path / ".qai").mkdir()
+    (tmp_path / ".qai" / "secret.key").write_text(legacy)
+    url = services.PG_ADMIN_URL.rsplit("/", 1)[0] + f"/qai_key_{secrets.token_hex(5)}"
+    env = {k: v for k, v in base_env.items() if k != "WORKSPACE_SECRET_KEY"}
+    try:
+        for _ in range(2):  # a second migrate keeps the key it found
+            done = subprocess.run(
+                [*QAI, "migrate"],
+                env={**env, "DATABASE_URL": url},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+        # Sealed before the upgrade, with the key file; opened after it, with the database's.
+        old = seal_env(settings_for({**env, "WORKSPACE_SECRET_KEY": legacy}), {"K": "v"})
+        assert unseal_env(settings_for({**env, "DATABASE_URL": url}), old) == {"K": "v"}
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            keys = conn.execute(sa.text("SELECT value FROM deployment_secrets")).scalars().all()
+        engine.dispose()
+        assert keys == [legacy]
+    finally:
+        services.drop_database(url)
