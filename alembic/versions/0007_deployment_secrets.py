@@ -1,7 +1,7 @@
 """deployment-wide secrets: the key that seals env values, shared by every process
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-02 07:30:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0006"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
