@@ -190,6 +190,14 @@ class Settings(BaseSettings):
             raise ValueError("must look like whsec_<base64>")
         return value
 
+    @field_validator("workspace_secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would seal everything under a key anyone can guess.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (e.g. `openssl rand -base64 32`), or unset")
+        return value
+
     @field_validator("workspace_egress", mode="before")
     @classmethod
     def _egress(cls, value: object) -> object:

@@ -9,6 +9,7 @@ so a thousand long-polls hold no threads. The original QAI routes live in ``api_
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -44,6 +45,9 @@ from qai_jobs.constants import TERMINAL, ActionStatus
 from qai_jobs.db.session import ping
 from qai_jobs.errors import ErrorCode, ValidationFailed
 from qai_jobs.schemas import check_project_id
+from qai_jobs.sealing import load_key
+
+log = logging.getLogger(__name__)
 
 # Longest ``?wait=`` we hold a request open for (seconds); clients loop for longer waits.
 MAX_WAIT_SECONDS = 3600.0
@@ -86,6 +90,11 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
+def _key_loaded(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        log.warning("cannot read the sealing key yet: %s", exc)
+
+
 def create_app(settings: Settings) -> FastAPI:
     client = WorkspaceClient(settings)
     waiter = Waiter(client, settings.redis_url)
@@ -93,6 +102,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         provider_events.hook_secret(settings)  # says so at start-up when it falls back
+        # The sealing key, read once before the first request needs it; a database that is
+        # not up yet is the health check's business, and the first enqueue reads it again.
+        preload = asyncio.get_running_loop().run_in_executor(None, load_key, settings)
+        preload.add_done_callback(_key_loaded)
         yield
         await waiter.close()
 

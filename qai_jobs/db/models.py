@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -216,3 +217,16 @@ class ProviderEvent(Base):
     source: Mapped[str] = mapped_column(String(32), primary_key=True)  # e2b | standard
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+
+
+class DeploymentSecret(Base):
+    """Secrets every process of the deployment shares without a file of its own: the key that
+    seals ``env`` values when WORKSPACE_SECRET_KEY is unset (name ``sealing``)."""
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint("length(value) >= 32", name="value_not_short"),)

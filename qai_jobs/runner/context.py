@@ -60,6 +60,10 @@ def _no_manifest() -> Manifest:
     return Manifest(None, {})
 
 
+def _no_owner(snapshot_id: str) -> str | None:
+    return None
+
+
 def _no_activity() -> datetime | None:
     return None
 
@@ -86,6 +90,8 @@ class ActionContext:
     manifest_update: ManifestUpdate | None = None
     # The workspace's last activity as Postgres has it now (an idle sleep checks it again).
     last_activity: Callable[[], datetime | None] = _no_activity
+    # Which project took a snapshot, as Postgres recorded it (None: not one of ours).
+    snapshot_owner: Callable[[str], str | None] = _no_owner
     # Whether finishing this action counts as activity: the idle sweep's own sleep does not.
     counts_as_activity: bool = True
     # Where providers and the fallback breaker come from (the process's own unless a test

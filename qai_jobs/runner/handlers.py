@@ -260,6 +260,12 @@ def snapshot(ctx: ActionContext, p: s.EmptyPayload) -> SnapshotResult:
 
 
 def restore(ctx: ActionContext, p: s.RestorePayload) -> RestoreResult:
+    owner = ctx.snapshot_owner(p.snapshot_id)
+    if owner is not None and owner != ctx.ws.project_id:
+        # Another project's files: refused as if unknown, before anything changes.
+        raise PermanentError(
+            f"snapshot {p.snapshot_id} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
+        )
     sb = prepare(ctx)
     ctx.progress("restoring", None, None)
     if ctx.ws.dev_process:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import WorkspaceStatus
-from qai_jobs.db import history, manifest, ordering
+from qai_jobs.db import history, manifest, ordering, snapshots
 from qai_jobs.db.workspace_state import WorkspaceState, last_activity
 from qai_jobs.errors import (
     DeadlineExceeded,
@@ -122,6 +122,10 @@ def run_one(
         with engine.connect() as conn:
             return last_activity(conn, lease.project_id)
 
+    def snapshot_owner(snapshot_id: str) -> str | None:
+        with engine.connect() as conn:
+            return snapshots.owner(conn, snapshot_id)
+
     def still_ours() -> None:  # between steps: stop before doing more
         beat.check()
         cancel.check()
@@ -138,6 +142,7 @@ def run_one(
         lost=lost_since,
         manifest=recorded_manifest,
         last_activity=activity,
+        snapshot_owner=snapshot_owner,
         cancel=cancel,
     )
     alog.info("%s started (attempt %d)", action.kind, action.attempts)

@@ -23,6 +23,7 @@ from qai_jobs.errors import (
     QaiJobsError,
     SandboxGone,
     TransientError,
+    not_owned,
 )
 from qai_jobs.providers import scripts as remote
 from qai_jobs.providers.base import (
@@ -102,11 +103,18 @@ class E2BProvider(E2BSdk):
     def adopt(self, sandbox_id: str, spec: CreateSpec) -> Sandbox:
         sb = Sandbox(self.name, sandbox_id, {})
         self._handle(sb)  # SandboxGone when E2B does not know it
+        with self._guard(sandbox_id):
+            info = self._sdk().Sandbox.get_info(sandbox_id, **self._opts())
+        if not remote.may_adopt(
+            dict(info.metadata or {}), spec.project_id, self.settings.deployment_id
+        ):
+            raise not_owned(sandbox_id, spec.project_id)
         sb.state.update(
             project_id=spec.project_id,
             workspace_id=spec.workspace_id,
             port=spec.port,
-            env=dict(spec.env),
+            # Sealed like create's: a recycle or rebuild creates the new sandbox with it.
+            env=seal_env(self.settings, dict(spec.env)),
             created_at=time.time(),
         )
         return sb

@@ -20,7 +20,14 @@ from typing import Any, ClassVar
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.egress import Egress
-from qai_jobs.errors import ConfigurationError, ErrorCode, PermanentError, QaiJobsError, SandboxGone
+from qai_jobs.errors import (
+    ConfigurationError,
+    ErrorCode,
+    PermanentError,
+    QaiJobsError,
+    SandboxGone,
+    not_owned,
+)
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
@@ -184,6 +191,9 @@ class LocalProvider(Provider):
         meta = layout.read_meta()
         if not meta or not layout.tree.is_dir():
             raise SandboxGone(f"no local workspace {sandbox_id!r}")
+        if meta.get("project_id") != spec.project_id:
+            # Another project's tree: sharing it would let either read, and destroy, the other.
+            raise not_owned(sandbox_id, spec.project_id)
         meta["port"] = self.ports.allocate(sandbox_id)
         return self._sandbox(layout, meta)
 

@@ -20,6 +20,7 @@ from qai_jobs.errors import (
     PermanentError,
     SandboxGone,
     TransientError,
+    not_owned,
 )
 from qai_jobs.providers import scripts as remote
 from qai_jobs.providers.base import (
@@ -105,6 +106,10 @@ class ModalProvider(ModalSdk):
         with self._guard(sandbox_id=sandbox_id):
             if handle.poll() is not None:
                 raise SandboxGone(f"Modal sandbox {sandbox_id} has finished")
+            if not remote.may_adopt(
+                handle.get_tags(), spec.project_id, self.settings.deployment_id
+            ):
+                raise not_owned(sandbox_id, spec.project_id)
             handle.set_tags(
                 remote.tags_for(spec.project_id, spec.workspace_id, self.settings.deployment_id)
             )
@@ -113,7 +118,9 @@ class ModalProvider(ModalSdk):
             project_id=spec.project_id,
             workspace_id=spec.workspace_id,
             port=spec.port,
-            env=dict(spec.env),
+            # Sealed like create's: this state is stored on the workspace row, and a wake
+            # after sleep creates the new sandbox with it.
+            env=seal_env(self.settings, dict(spec.env)),
             created_at=time.time(),
             sleeping=False,
             ports=[spec.port],
