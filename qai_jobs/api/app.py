@@ -32,6 +32,7 @@ from qai_jobs.api.models import (
     ActionList,
     ErrorBody,
     Health,
+    HostList,
     Manifest,
     Workspace,
     action_request_schema,
@@ -185,6 +186,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def get_project(project_id: ProjectParam) -> Response:
         return JSONResponse(await run_in_threadpool(client.get_workspace, project_id))
+
+    @app.get(
+        "/v1/hosts",
+        summary="The worker hosts of the fleet",
+        responses={200: {"model": HostList}, **_errors(401, 503)},
+    )
+    async def list_hosts() -> Response:
+        return JSONResponse({"hosts": await run_in_threadpool(client.list_hosts)})
 
     @app.get(
         "/v1/projects/{project_id}/manifest",

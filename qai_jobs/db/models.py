@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -69,6 +70,8 @@ class Workspace(Base):
     # {"egress": ...} from the last ensure that set it; null follows WORKSPACE_EGRESS
     network: Mapped[dict[str, Any] | None]
     last_snapshot_id: Mapped[str | None] = mapped_column(String(255))
+    # The host holding a local workspace (hosts.host_id); null for cloud providers.
+    host_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # seq of the ensure/write that last recorded workspace_files (see manifest.py)
     manifest_seq: Mapped[int | None] = mapped_column(BigInteger)
     next_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -85,6 +88,20 @@ class Workspace(Base):
         # The operator's page lists workspaces by last activity, keyset-paginated.
         Index("ix_workspaces_activity", "last_activity_at", "project_id"),
     )
+
+
+class Host(Base):
+    """A worker host of the fleet, as its workers last reported it (their heartbeat)."""
+
+    __tablename__ = "hosts"
+
+    host_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64))
+    capacity: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # An operator's `hosts drain`: no new workspaces, and its sleeping ones move away.
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Action(Base):

@@ -52,6 +52,10 @@ def _no_history(snapshot_id: str | None) -> list[FileChanges]:
     return []
 
 
+def _nothing_lost(snapshot_id: str | None) -> list[dict[str, object]]:
+    return []
+
+
 def _no_manifest() -> Manifest:
     return Manifest(None, {})
 
@@ -74,6 +78,8 @@ class ActionContext:
     snapshots: list[TakenSnapshot] = field(default_factory=list)
     # Read only when a sandbox must be rebuilt (it can be large).
     history: HistoryFn = _no_history
+    # The commands that ran since a snapshot (a rebuild from it loses what they changed).
+    lost: Callable[[str | None], list[dict[str, object]]] = _nothing_lost
     # The project's synced-files manifest as this action finds it, and what a successful sync
     # changes in it.
     manifest: Callable[[], Manifest] = _no_manifest

@@ -111,6 +111,9 @@ def run_one(
     def changes_since(snapshot_id: str | None) -> list[FileChanges]:
         return history.file_changes(engine, lease.project_id, action.seq, snapshot_id)
 
+    def lost_since(snapshot_id: str | None) -> list[dict[str, object]]:
+        return history.lost_since(engine, lease.project_id, action.seq, snapshot_id)
+
     def recorded_manifest() -> manifest.Manifest:
         with engine.connect() as conn:
             return manifest.read(conn, lease.project_id)
@@ -132,6 +135,7 @@ def run_one(
         progress=progress_writer(settings, action.id, beat.note_stage, still_ours),
         output=output_publisher(settings, action.id) if action.kind == "command" else None,
         history=changes_since,
+        lost=lost_since,
         manifest=recorded_manifest,
         last_activity=activity,
         cancel=cancel,

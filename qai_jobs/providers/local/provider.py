@@ -80,7 +80,9 @@ class LocalProvider(Provider):
             self.root, settings.workspace_local_port_min, settings.workspace_local_port_max
         )
         self.snapshots = SnapshotStore(
-            self.root, settings.workspace_local_snapshots_kept, settings.tracked_max_file_bytes
+            settings.snapshot_dir,
+            settings.workspace_local_snapshots_kept,
+            settings.tracked_max_file_bytes,
         )
         if (why := refusal(settings) or enforce.refusal(settings)) is not None:
             raise ConfigurationError(why)
@@ -147,6 +149,8 @@ class LocalProvider(Provider):
             "project_id": meta["project_id"],
             "workspace_id": meta["workspace_id"],
             "isolation": self.settings.isolation,
+            # The host holding it: another host's worker rebuilds it instead of using it.
+            "host": self.settings.workspace_host_id,
         }
         return Sandbox(self.name, layout.base.name, state)
 
