@@ -63,10 +63,17 @@ class Settings(BaseSettings):
     workspace_root: Path = Path("./.qai/workspaces")
     workspace_local_isolation: Literal["bwrap", "none"] | None = None
     # Per-sandbox limits of the local provider, so one runaway workspace cannot starve the host
-    # (processes and memory through a cgroup where one is writable, open files through rlimit).
+    # or the other workspaces: processes, memory and CPU through a cgroup, disk through a
+    # filesystem of its own, /tmp and /var/tmp as sized tmpfs, open files through rlimit.
     workspace_local_max_processes: PositiveInt = 512
     workspace_local_max_memory_mb: PositiveInt = 4096
     workspace_local_max_open_files: PositiveInt = 8192
+    workspace_local_max_cpus: PositiveFloat = 2.0
+    workspace_local_max_disk_mb: Annotated[int, Field(ge=32)] = 10240
+    workspace_local_tmp_mb: PositiveInt = 1024  # each of /tmp and /var/tmp
+    # Start the local provider even where some of those limits cannot be enforced (no
+    # writable cgroup, no loop devices): the ones that can still apply.
+    workspace_local_unlimited: bool = False
     # Sleep snapshots each local sandbox keeps (newest; wake needs only the last). Snapshots a
     # `snapshot` action took, and those a sandbox was restored from, stay until it is destroyed.
     workspace_local_snapshots_kept: PositiveInt = 10

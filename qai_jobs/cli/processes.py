@@ -79,11 +79,13 @@ def _warn_isolation(settings: Settings) -> None:
 
 
 def _refuse_without_containment(settings: Settings) -> None:
-    """A worker that would run local sandboxes without their own network does not start."""
+    """A worker that would run local sandboxes without their own network, or without the
+    limits it cannot enforce (unless allowed), does not start."""
     if "local" in settings.workspace_runtime:
+        from qai_jobs.providers.local import enforce
         from qai_jobs.providers.local.net import refusal
 
-        if (why := refusal(settings)) is not None:
+        if (why := refusal(settings) or enforce.refusal(settings)) is not None:
             fail(why, EXIT_USAGE)
 
 

@@ -271,9 +271,11 @@ def local_orphans(settings: Settings) -> dict[str, Any]:
     root = Path(settings.workspace_root).expanduser().resolve()
     if not root.is_dir():
         return {"stopped": 0}
+    ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
+    disks = local.sweep_disks(root, ports)
     found = local.sandbox_processes(root)  # first: a sandbox made after this is not in it
     if not found:
-        return {"stopped": 0}
+        return {"stopped": 0, "disks": len(disks)}
     from qai_jobs.db import hosts
 
     engine = engine_for(settings.database_url)
@@ -282,6 +284,5 @@ def local_orphans(settings: Settings) -> dict[str, Any]:
         moved, elsewhere = hosts.elsewhere(conn, settings.workspace_host_id)
     names = {sandbox_id for provider, sandbox_id in owned if provider == "local"} - elsewhere
     busy = set(busy) - moved
-    ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
     stopped = local.sweep(root, found, names, busy, ports, settings.deployment_id)
-    return {"stopped": len(stopped), "sandboxes": [s.sandbox for s in stopped]}
+    return {"stopped": len(stopped), "sandboxes": [s.sandbox for s in stopped], "disks": len(disks)}

@@ -72,6 +72,8 @@ class Jail:
     # The workspace's network namespace (net.py) and the resolv.conf that points into it.
     netns: Path | None = None
     resolv: Path | None = None
+    # Size of each of /tmp and /var/tmp; None: bubblewrap's default, half the RAM.
+    tmp_mb: int | None = None
 
     def command(
         self,
@@ -108,8 +110,11 @@ class Jail:
         if os.path.isdir("/opt"):
             args += ["--ro-bind", "/opt", "/opt"]
         args += ["--bind", str(self.tree), "/workspace", "--bind", str(self.home), SANDBOX_HOME]
-        # Fresh tmpfs mounts: nothing of the host's /tmp is visible.
-        args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]  # noqa: S108
+        # Fresh tmpfs mounts: nothing of the host's /tmp is visible. Sized, as each would
+        # otherwise take up to half the host's RAM (charged to the sandbox's memory cgroup).
+        for tmp in ("/tmp", "/var/tmp"):  # noqa: S108
+            size = ["--size", str(self.tmp_mb * 1024 * 1024)] if self.tmp_mb else []
+            args += [*size, "--tmpfs", tmp]
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--chdir", f"/workspace/{cwd}" if cwd else "/workspace", "--clearenv"]
         etc, fds = _etc(self.resolv)
