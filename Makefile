@@ -10,7 +10,7 @@ PG_VERSION := $(shell ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
 
 .PHONY: install lock netns-tools services up test bench lint format clean
 
-install: $(STAMP) /usr/bin/bwrap netns-tools /usr/bin/chromium
+install: $(STAMP) /usr/bin/bwrap netns-tools /usr/bin/chromium /usr/sbin/haproxy
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ lock:
 	  echo "installing bubblewrap (Debian package) for the local provider"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
+
+# The preview gateway serves running previews through HAProxy (Debian package `haproxy`).
+/usr/sbin/haproxy:
+	@PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null || { \
+	  echo "installing haproxy (Debian package) for the preview gateway's data plane"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq haproxy >/dev/null; }
 
 # The browser tests (the gateway's Next.js preview, the operator page) drive a real headless
 # Chromium from Debian's package.

@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import re
 import shutil
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -62,10 +63,17 @@ class Settings(BaseSettings):
     workspace_root: Path = Path("./.qai/workspaces")
     workspace_local_isolation: Literal["bwrap", "none"] | None = None
     # Per-sandbox limits of the local provider, so one runaway workspace cannot starve the host
-    # (processes and memory through a cgroup where one is writable, open files through rlimit).
+    # or the other workspaces: processes, memory and CPU through a cgroup, disk through a
+    # filesystem of its own, /tmp and /var/tmp as sized tmpfs, open files through rlimit.
     workspace_local_max_processes: PositiveInt = 512
     workspace_local_max_memory_mb: PositiveInt = 4096
     workspace_local_max_open_files: PositiveInt = 8192
+    workspace_local_max_cpus: PositiveFloat = 2.0
+    workspace_local_max_disk_mb: Annotated[int, Field(ge=32)] = 10240
+    workspace_local_tmp_mb: PositiveInt = 1024  # each of /tmp and /var/tmp
+    # Start the local provider even where some of those limits cannot be enforced (no
+    # writable cgroup, no loop devices): the ones that can still apply.
+    workspace_local_unlimited: bool = False
     # Sleep snapshots each local sandbox keeps (newest; wake needs only the last). Snapshots a
     # `snapshot` action took, and those a sandbox was restored from, stay until it is destroyed.
     workspace_local_snapshots_kept: PositiveInt = 10
@@ -75,6 +83,14 @@ class Settings(BaseSettings):
     # What sandboxed code may reach (egress.py), and where this host's previews are reached.
     workspace_egress: Annotated[Egress, NoDecode] = INTERNET
     workspace_host_address: str = "127.0.0.1"
+    # This worker's host in a fleet: a local workspace lives on one host, and only that host's
+    # workers (consuming its own queue) run its actions. A host silent for the dead period is
+    # dead and its workspaces move, through the snapshot store every host reaches.
+    workspace_host_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    workspace_host_dead_seconds: PositiveFloat = 60
+    # A directory (shared between hosts, e.g. NFS) or s3://bucket/prefix; unset: a
+    # `snapshots` directory beside WORKSPACE_ROOT.
+    workspace_snapshot_store: str | None = None
     workspace_max_attempts: PositiveInt = 5
     # Which deployment's sandboxes these are, on cloud accounts several deployments share
     # (staging and production): sandboxes are tagged with it and the orphan sweeps touch only
@@ -122,6 +138,8 @@ class Settings(BaseSettings):
     workspace_gateway_wake_seconds: PositiveFloat = 30
     workspace_gateway_activity_seconds: PositiveFloat = 5
     workspace_gateway_route_seconds: PositiveFloat = 1
+    # auto: HAProxy serves running previews when installed; aiohttp: the Python side alone.
+    workspace_gateway_data_plane: Literal["auto", "haproxy", "aiohttp"] = "auto"
 
     @field_validator("workspace_preview_domain")
     @classmethod
@@ -179,6 +197,14 @@ class Settings(BaseSettings):
             raise ValueError("must look like whsec_<base64>")
         return value
 
+    @field_validator("workspace_secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would seal everything under a key anyone can guess.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (e.g. `openssl rand -base64 32`), or unset")
+        return value
+
     @field_validator("workspace_egress", mode="before")
     @classmethod
     def _egress(cls, value: object) -> object:
@@ -192,6 +218,38 @@ class Settings(BaseSettings):
                 "1 to 63 letters, digits, '.', '_' or '-', starting with one of the first two"
             )
         return value
+
+    @field_validator("workspace_root")
+    @classmethod
+    def _absolute_root(cls, value: Path) -> Path:
+        # Made absolute once, at start-up: a worker started in another directory must find
+        # the same workspaces, not a fresh empty root beside it.
+        return value.expanduser().resolve()
+
+    @field_validator("workspace_host_id")
+    @classmethod
+    def _host_id(cls, value: str) -> str:
+        if not _DEPLOYMENT_ID.match(value):
+            raise ValueError(
+                "1 to 63 letters, digits, '.', '_' or '-', starting with one of the first two"
+            )
+        return value
+
+    @field_validator("workspace_snapshot_store")
+    @classmethod
+    def _snapshot_store(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.startswith("s3://"):
+            raise ValueError("s3:// stores are not supported yet; use a shared directory")
+        return str(Path(value).expanduser().resolve())
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """Where local snapshots live (every host of a fleet must reach the same one)."""
+        if self.workspace_snapshot_store:
+            return Path(self.workspace_snapshot_store)
+        return self.workspace_root / "snapshots"
 
     @field_validator("workspace_host_address")
     @classmethod

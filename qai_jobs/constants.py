@@ -72,3 +72,8 @@ BENCH_KEY = "qai:bench:"
 # How long an inbound provider hook's event id is remembered (deduplication); an E2B event
 # older than that, whose signature has no time in it, is a replay and is ignored.
 PROVIDER_EVENTS_KEPT_SECONDS = 7 * 86400
+
+
+def host_queue(queue: str, host_id: str) -> str:
+    """The queue only ``host_id``'s workers consume: the drains of the local workspaces it holds."""
+    return f"{queue}.host.{host_id}"

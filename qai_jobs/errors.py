@@ -65,6 +65,7 @@ class ErrorCode(enum.StrEnum):
     PROVIDER_AUTH = "provider_auth"
     PROVIDER_NO_SPACE = "provider_no_space"
     SANDBOX_GONE = "sandbox_gone"
+    SANDBOX_NOT_FOUND = "sandbox_not_found"  # adopt: unknown, or another project's
     SANDBOX_SLEEPING = "sandbox_sleeping"
     SANDBOX_UNRESPONSIVE = "sandbox_unresponsive"
     TEMPLATE_INCOMPATIBLE = "template_incompatible"
@@ -176,6 +177,17 @@ class SandboxGone(PermanentError):
     """The sandbox no longer exists at the provider."""
 
     code = ErrorCode.SANDBOX_GONE
+
+
+class SandboxNotFound(PermanentError):
+    """Adopt named a sandbox this project does not own (another project's, say): nothing is
+    changed, and the answer does not say whether it exists at all."""
+
+    code = ErrorCode.SANDBOX_NOT_FOUND
+
+
+def not_owned(sandbox_id: str, project_id: str) -> SandboxNotFound:
+    return SandboxNotFound(f"no sandbox {sandbox_id!r} belongs to project {project_id!r}")
 
 
 class WorkerLost(QaiJobsError):

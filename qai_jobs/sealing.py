@@ -1,8 +1,9 @@
 """Environment values are secrets: they are sealed before they reach a Postgres row.
 
 Payload ``env`` mappings (API keys for the user's app, mostly) are encrypted with Fernet under
-``WORKSPACE_SECRET_KEY``; without it, a random key is kept in ``.qai/secret.key`` (mode 0600)
-beside the working directory, which suits one machine. Several machines must share the key.
+one secret for the whole deployment: ``WORKSPACE_SECRET_KEY`` when set, else a random key that
+``qai-jobs migrate`` keeps in Postgres (``qai_jobs.db.secrets``), read once per process. Never
+a file per working directory: api, workers and beat must all open what any of them sealed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -22,45 +21,43 @@ from qai_jobs.config import Settings
 from qai_jobs.errors import ConfigurationError
 
 SEALED = "sealed"
-KEY_FILE = Path(".qai/secret.key")
 
 
 @lru_cache(maxsize=8)
-def _fernet(secret: str | None) -> Fernet:
-    if secret is None:
-        secret = _key_file_secret()
+def _fernet(secret: str) -> Fernet:
     key = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
     return Fernet(key)
 
 
-def _key_file_secret() -> str:
-    path = KEY_FILE.resolve()
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    candidate = base64.urlsafe_b64encode(os.urandom(32)).decode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race: use its key
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(candidate)
-    return candidate
+@lru_cache(maxsize=8)
+def _stored_secret(database_url: str) -> str:
+    from qai_jobs.db.secrets import sealing_secret
+
+    return sealing_secret(database_url)
+
+
+def deployment_secret(settings: Settings) -> str:
+    """The secret every process of this deployment shares (cached after the first call)."""
+    secret = settings.workspace_secret_key
+    if secret is not None:
+        return secret.get_secret_value()
+    return _stored_secret(settings.database_url)
+
+
+def load_key(settings: Settings) -> None:
+    """Read the key at start-up, so a process that cannot fails at once, not mid-action."""
+    deployment_secret(settings)
 
 
 def derived_key(settings: Settings, purpose: str) -> bytes:
     """A key of its own for ``purpose`` (e.g. signing preview tokens), from the deployment's
-    shared secret: every process that shares WORKSPACE_SECRET_KEY derives the same one."""
-    secret = settings.workspace_secret_key
-    raw = secret.get_secret_value() if secret is not None else _key_file_secret()
+    shared secret: every process of the deployment derives the same one."""
+    raw = deployment_secret(settings)
     return hmac.new(raw.encode(), f"qai-jobs {purpose}".encode(), hashlib.sha256).digest()
 
 
 def _box(settings: Settings) -> Fernet:
-    secret = settings.workspace_secret_key
-    return _fernet(secret.get_secret_value() if secret is not None else None)
+    return _fernet(deployment_secret(settings))
 
 
 def seal_env(settings: Settings, env: dict[str, str] | None) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ def _release_sandbox_networks(tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield
     netns.stop_processes_under(tmp_path_factory.getbasetemp())
     netns.release_under(tmp_path_factory.getbasetemp())
+    netns.release_disks_under(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ so a thousand long-polls hold no threads. The original QAI routes live in ``api_
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from qai_jobs.api.models import (
     ActionList,
     ErrorBody,
     Health,
+    HostList,
     Manifest,
     Workspace,
     action_request_schema,
@@ -43,6 +45,9 @@ from qai_jobs.constants import TERMINAL, ActionStatus
 from qai_jobs.db.session import ping
 from qai_jobs.errors import ErrorCode, ValidationFailed
 from qai_jobs.schemas import check_project_id
+from qai_jobs.sealing import load_key
+
+log = logging.getLogger(__name__)
 
 # Longest ``?wait=`` we hold a request open for (seconds); clients loop for longer waits.
 MAX_WAIT_SECONDS = 3600.0
@@ -85,6 +90,11 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
+def _key_loaded(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        log.warning("cannot read the sealing key yet: %s", exc)
+
+
 def create_app(settings: Settings) -> FastAPI:
     client = WorkspaceClient(settings)
     waiter = Waiter(client, settings.redis_url)
@@ -92,6 +102,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         provider_events.hook_secret(settings)  # says so at start-up when it falls back
+        # The sealing key, read once before the first request needs it; a database that is
+        # not up yet is the health check's business, and the first enqueue reads it again.
+        preload = asyncio.get_running_loop().run_in_executor(None, load_key, settings)
+        preload.add_done_callback(_key_loaded)
         yield
         await waiter.close()
 
@@ -185,6 +199,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def get_project(project_id: ProjectParam) -> Response:
         return JSONResponse(await run_in_threadpool(client.get_workspace, project_id))
+
+    @app.get(
+        "/v1/hosts",
+        summary="The worker hosts of the fleet",
+        responses={200: {"model": HostList}, **_errors(401, 503)},
+    )
+    async def list_hosts() -> Response:
+        return JSONResponse({"hosts": await run_in_threadpool(client.list_hosts)})
 
     @app.get(
         "/v1/projects/{project_id}/manifest",

@@ -8,6 +8,7 @@ reads it.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from typing import Any, Protocol
 
@@ -51,6 +52,12 @@ class GateMiddleware:
         self.sub_gate = sub_gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.token is None and not loopback_only(scope):
+            await self._refuse_exposed(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -112,6 +119,20 @@ class GateMiddleware:
                 raise
             await _too_large(self.max_body)(scope, receive, send)
 
+    @staticmethod
+    async def _refuse_exposed(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        response = error_response(
+            401,
+            ErrorCode.UNAUTHORIZED,
+            "this API has no WORKSPACE_TOKEN, so it answers on loopback only: "
+            "set WORKSPACE_TOKEN, or bind to 127.0.0.1",
+            headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+        )
+        await response(scope, receive, send)
+
     def _authorized(self, headers: dict[str, bytes]) -> bool:
         assert self.token is not None
         scheme, _, presented = headers.get("authorization", b"").partition(b" ")
@@ -122,6 +143,30 @@ class GateMiddleware:
     @staticmethod
     async def _reply(scope: Scope, receive: Receive, send: Send, response: JSONResponse) -> None:
         await response(scope, receive, send)
+
+
+def _loopback(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def loopback_only(scope: Scope) -> bool:
+    """Whether the request came in on a loopback address from a loopback peer: what an API
+    without a token may answer, however it was started (``uvicorn --host 0.0.0.0`` included).
+    A Unix socket (no port) is reachable only through its file's permissions: local too."""
+    server, client = scope.get("server"), scope.get("client")
+    if server is not None and server[1] is None:
+        return True
+    if server is None or client is None:
+        return False  # nothing says where it came from: not known to be local
+    return _loopback(server[0]) and _loopback(client[0])
 
 
 def _too_large(limit: int) -> JSONResponse:

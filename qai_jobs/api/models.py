@@ -78,6 +78,7 @@ class Workspace(BaseModel):
     upstream_url: str | None = Field(None, description="The provider's own preview URL")
     preview_id: str | None = Field(None, description="The DNS label of the gateway URL")
     port: int | None
+    host_id: str | None = Field(None, description="The host holding a local workspace")
     last_snapshot_id: str | None
     last_activity_at: str | None
     created_at: str | None
@@ -151,3 +152,18 @@ def action_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     schema = TypeAdapter(union).json_schema(ref_template="#/components/schemas/{model}")
     defs: dict[str, Any] = schema.pop("$defs", {})
     return schema, defs
+
+
+class Host(BaseModel):
+    host_id: str
+    address: str
+    alive: bool
+    draining: bool
+    capacity: int
+    last_seen_at: str
+    started_at: str
+    workspaces: int = Field(description="Workspaces it holds (not destroyed)")
+
+
+class HostList(BaseModel):
+    hosts: list[Host]

@@ -14,6 +14,7 @@ load generator (aiohttp's client on uvloop, keep-alive connections, in this proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -32,7 +33,7 @@ import httpx
 from qai_jobs.config import Settings
 
 Log = Callable[[str], None]
-HELLO = Path(__file__).resolve().parents[1] / "examples" / "hello"
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello"
 CLIENTS = 16
 TARGET_ADDED_MS = 1.0
 TARGET_RATIO = 0.8
@@ -97,9 +98,24 @@ async def _latency(direct: _Target, gateway: _Target, samples: int) -> dict[str,
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and its live children (the gateway's
+    HAProxy) so far."""
+    total = 0.0
+    for one in (pid, *_children(pid)):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
 
 
 async def _throughput(target: _Target, seconds: float) -> tuple[float, int, int]:

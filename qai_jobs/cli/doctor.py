@@ -33,6 +33,7 @@ def run_checks(settings: Settings) -> list[dict[str, Any]]:
             )
         )
         checks.append(_local_network(settings))
+        checks.append(_local_limits(settings))
     from qai_jobs.providers.credentials import check as cloud_checks
 
     checks.extend(_cloud(report) for report in cloud_checks(settings))
@@ -50,6 +51,20 @@ def _local_network(settings: Settings) -> dict[str, Any]:
     egress = settings.workspace_egress
     shown = egress if isinstance(egress, str) else f"allow-list of {len(egress)}"
     return _check("local network", "ok", f"a namespace per sandbox; default egress {shown}")
+
+
+def _local_limits(settings: Settings) -> dict[str, Any]:
+    from qai_jobs.providers.local import enforce
+
+    found = enforce.in_force(settings)
+    if not found.missing:
+        status = "ok"
+    elif settings.isolation != "bwrap" or settings.workspace_local_unlimited:
+        status = "warn"
+    else:
+        status = "fail"
+    allowed = " (WORKSPACE_LOCAL_UNLIMITED)" if found.missing and status == "warn" else ""
+    return _check("local limits", status, found.line() + allowed)
 
 
 def _cloud(report: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from qai_jobs.cli import inspection, ops, processes, producer
+from qai_jobs.cli import fleet, inspection, ops, processes, producer
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -16,7 +16,7 @@ def main() -> None:
     """
 
 
-for _module in (processes, producer, inspection, ops):
+for _module in (processes, producer, inspection, ops, fleet):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 
@@ -10,6 +11,7 @@ import click
 from qai_jobs.cli.common import EXIT_USAGE, fail, guarded, settings_from
 from qai_jobs.cli.supervise import GRACE_SECONDS
 from qai_jobs.config import Settings
+from qai_jobs.sealing import load_key
 
 
 @click.command()
@@ -48,6 +50,7 @@ def worker(
     settings = settings_from(ctx)
     _warn_isolation(settings)
     _refuse_without_containment(settings)
+    guarded(load_key)(settings)
     from qai_jobs.celery_app import app
 
     argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "--events"]
@@ -55,6 +58,15 @@ def worker(
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     app.worker_main(argv)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def _warn_isolation(settings: Settings) -> None:
@@ -67,11 +79,13 @@ def _warn_isolation(settings: Settings) -> None:
 
 
 def _refuse_without_containment(settings: Settings) -> None:
-    """A worker that would run local sandboxes without their own network does not start."""
+    """A worker that would run local sandboxes without their own network, or without the
+    limits it cannot enforce (unless allowed), does not start."""
     if "local" in settings.workspace_runtime:
+        from qai_jobs.providers.local import enforce
         from qai_jobs.providers.local.net import refusal
 
-        if (why := refusal(settings)) is not None:
+        if (why := refusal(settings) or enforce.refusal(settings)) is not None:
             fail(why, EXIT_USAGE)
 
 
@@ -80,7 +94,7 @@ def _refuse_without_containment(settings: Settings) -> None:
 @click.pass_context
 def beat(ctx: click.Context, loglevel: str) -> None:
     """Run Celery beat: idle sleep, recovery, webhook retries and the other sweeps."""
-    settings_from(ctx)
+    guarded(load_key)(settings_from(ctx))
     from qai_jobs.celery_app import app
 
     # Every sweep takes a per-period lock, so beat needs no schedule file: the in-memory
@@ -103,7 +117,7 @@ def beat(ctx: click.Context, loglevel: str) -> None:
 def api(ctx: click.Context, host: str, port: int, log_level: str, workers: int) -> None:
     """Serve the HTTP API (FastAPI on uvicorn)."""
     settings = settings_from(ctx)
-    if settings.workspace_token is None and host not in ("127.0.0.1", "localhost", "::1"):
+    if settings.workspace_token is None and not _loopback(host):
         fail(
             f"refusing to listen on {host} without WORKSPACE_TOKEN: "
             "set a token, or bind to 127.0.0.1",
@@ -133,6 +147,7 @@ def gateway(ctx: click.Context, host: str, port: int | None, access_log: bool) -
         fail("WORKSPACE_PREVIEW_DOMAIN: set it to run the gateway (e.g. preview.localhost:8080)")
     from qai_jobs.gateway.serve import serve
 
+    guarded(load_key)(settings)  # preview tokens are signed with a key derived from it
     serve(settings, host, port or domain_port(settings) or 8080, access_log)
 
 
@@ -149,6 +164,17 @@ def flower(ctx: click.Context, address: str, port: int, flower_args: tuple[str, 
     Flower's REST API answers only with auth or FLOWER_UNAUTHENTICATED_API=true.
     """
     settings_from(ctx)
+    auth_flags = ("--basic-auth", "--basic_auth", "--auth")
+    has_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip() or any(
+        arg.startswith(auth_flags) for arg in flower_args
+    )
+    if not has_auth and not _loopback(address):
+        # Flower shows every task's arguments and can revoke tasks and shut workers down.
+        fail(
+            f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH=user:password "
+            "(or --auth): set it, or bind to 127.0.0.1",
+            EXIT_USAGE,
+        )
     from qai_jobs.celery_app import app
 
     app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])

@@ -138,6 +138,13 @@ class WorkspaceClient(KindMethods, Syncing):
             return queries.actions(conn, project_id, limit, status)
 
     @db_retry
+    def list_hosts(self) -> list[dict[str, Any]]:
+        """The fleet's worker hosts, alive or not, with the workspaces each holds."""
+        from qai_jobs.db import hosts
+
+        with self.engine.connect() as conn:
+            return hosts.list_hosts(conn, self.settings.workspace_host_dead_seconds)
+
     def get_workspace(self, project_id: str) -> dict[str, Any]:
         check_project_id(project_id)
         with self.engine.connect() as conn:

@@ -54,6 +54,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def migrate(url: str) -> bool:
+    from qai_jobs.db.secrets import sealing_secret
+
     created = create_database_if_missing(url)
     upgrade(url)
+    # The deployment's sealing key, before any process needs it (a no-op once written).
+    sealing_secret(url)
     return created

@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -71,6 +73,8 @@ class Workspace(Base):
     # {"egress": ...} from the last ensure that set it; null follows WORKSPACE_EGRESS
     network: Mapped[dict[str, Any] | None]
     last_snapshot_id: Mapped[str | None] = mapped_column(String(255))
+    # The host holding a local workspace (hosts.host_id); null for cloud providers.
+    host_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # seq of the ensure/write that last recorded workspace_files (see manifest.py)
     manifest_seq: Mapped[int | None] = mapped_column(BigInteger)
     next_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -95,6 +99,20 @@ PRUNABLE = (
     "status IN ('failed', 'cancelled') "
     "OR (status = 'succeeded' AND kind NOT IN ('ensure', 'write', 'destroy'))"
 )
+
+
+class Host(Base):
+    """A worker host of the fleet, as its workers last reported it (their heartbeat)."""
+
+    __tablename__ = "hosts"
+
+    host_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64))
+    capacity: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # An operator's `hosts drain`: no new workspaces, and its sleeping ones move away.
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Action(Base):
@@ -233,3 +251,16 @@ class FleetCount(Base):
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     total: Mapped[float] = mapped_column(Float, default=0, server_default="0")
+
+
+class DeploymentSecret(Base):
+    """Secrets every process of the deployment shares without a file of its own: the key that
+    seals ``env`` values when WORKSPACE_SECRET_KEY is unset (name ``sealing``)."""
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (CheckConstraint("length(value) >= 32", name="value_not_short"),)

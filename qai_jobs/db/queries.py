@@ -17,7 +17,7 @@ _ACTION = sa.text(f"SELECT {_ACTION_COLUMNS} FROM actions WHERE id = :id")
 _WORKSPACE = sa.text(
     """SELECT w.project_id, w.id, w.preview_id, w.status, w.provider, w.sandbox_id,
               w.preview_url, w.port, w.last_snapshot_id, w.last_activity_at,
-              w.created_at, w.updated_at, w.repo,
+              w.created_at, w.updated_at, w.repo, w.host_id,
               (SELECT count(*) FROM actions a WHERE a.project_id = w.project_id
                  AND a.status IN ('queued', 'running')) AS pending
        FROM workspaces w WHERE w.project_id = :p"""
@@ -79,6 +79,7 @@ def workspace(conn: Connection, project_id: str) -> dict[str, Any] | None:
         "preview_url": row.preview_url,
         "preview_id": row.preview_id,
         "port": row.port,
+        "host_id": row.host_id if row.provider in (None, "local") else None,
         "last_snapshot_id": row.last_snapshot_id,
         "last_activity_at": iso(row.last_activity_at),
         "created_at": iso(row.created_at),

@@ -15,6 +15,15 @@ _INSERT = sa.text(
 )
 
 
+_OWNER = sa.text("SELECT project_id FROM snapshots WHERE id = :id")
+
+
+def owner(conn: Connection, snapshot_id: str) -> str | None:
+    """The project that took ``snapshot_id``; None when no action of ours recorded it."""
+    found = conn.execute(_OWNER, {"id": snapshot_id}).scalar_one_or_none()
+    return str(found) if found is not None else None
+
+
 def record(
     conn: Connection,
     project_id: str,

@@ -14,6 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,10 +25,11 @@ from aiohttp import web
 from qai_jobs.api.waiter import Waiter
 from qai_jobs.client import WorkspaceClient
 from qai_jobs.config import Settings
-from qai_jobs.gateway import auth, proxy
+from qai_jobs.gateway import auth, haproxy, proxy
 from qai_jobs.gateway.activity import Activity
+from qai_jobs.gateway.fastpath import FastPath
 from qai_jobs.gateway.metrics import GatewayMetrics
-from qai_jobs.gateway.routes import Route, Routes, lookup
+from qai_jobs.gateway.routes import Route, Routes, lookup, lookup_many
 from qai_jobs.gateway.tokens import signing_key
 from qai_jobs.gateway.urls import preview_id_of
 from qai_jobs.gateway.wake import Reviver
@@ -44,7 +46,9 @@ _RELOAD_PAGE = """<!doctype html>
 
 
 class Gateway:
-    def __init__(self, settings: Settings):
+    """``run_dir``: HAProxy serves the public port with its files there (see haproxy.py)."""
+
+    def __init__(self, settings: Settings, run_dir: Path | None = None):
         assert settings.workspace_preview_domain, "the gateway needs WORKSPACE_PREVIEW_DOMAIN"
         self.settings = settings
         self.domain = settings.workspace_preview_domain
@@ -68,6 +72,21 @@ class Gateway:
             self.gate = auth.TokenGate(signing_key(settings), self.redis, self.scheme == "https")
         self.session: aiohttp.ClientSession | None = None
         self.reviver: Reviver | None = None
+        self.fast: FastPath | None = None
+        self.retry_socket: str | None = None
+        if run_dir is not None:
+            self.retry_socket = str(run_dir / haproxy.RETRY_SOCKET)
+            self.fast = FastPath(
+                haproxy.RuntimeAPI(run_dir / haproxy.ADMIN_SOCKET),
+                lambda ids: lookup_many(engine, ids),
+                self.executor,
+                self.activity.touch,
+                settings.workspace_gateway_route_seconds,
+                settings.workspace_gateway_activity_seconds,
+                str(run_dir / haproxy.MAP_FILE),
+            )
+            fast = self.fast
+            self.metrics.fast.source = lambda: fast.counters
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, _: web.Application) -> None:
@@ -89,8 +108,12 @@ class Gateway:
             self.settings.workspace_gateway_wake_seconds,
         )
         self.activity.start()
+        if self.fast is not None:
+            self.fast.start()
 
     async def stop(self, _: web.Application) -> None:
+        if self.fast is not None:
+            await self.fast.stop()
         await self.activity.stop()
         if self.session is not None:
             await self.session.close()
@@ -138,7 +161,13 @@ class Gateway:
             cookie = admission.cookie
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.workspace_gateway_wake_seconds
-        route = await self.routes.get(preview_id)
+        host = request.host.lower()
+        # HAProxy sends a request back here when its mapped upstream refused it: what
+        # Postgres says now decides, and the fast path waits until it works again.
+        fast_failed = self._from_fast_path(request)
+        if fast_failed and self.fast is not None:
+            self.fast.evict(host)
+        route = await self.routes.get(preview_id, fresh=fast_failed)
         if route is not None and route.status == "sleeping":
             route = await self._revive(route, "wake", deadline)
         retried = False
@@ -155,13 +184,22 @@ class Gateway:
                 return _unavailable(request, "the preview is not running yet", RETRY_AFTER_SECONDS)
             self.activity.touch(route.project_id)
             try:
-                return await self._forward(request, kind, route, cookie)
+                response = await self._forward(request, kind, route, cookie)
             except proxy.UpstreamUnreachable:
                 self.metrics.upstream_error("connect")
                 if retried:
                     return _unavailable(request, "the preview is restarting", RETRY_AFTER_SECONDS)
                 retried = True
                 route = await self._recover(route, deadline)
+                continue
+            if self.fast is not None and kind == "http" and response.status < 500:
+                self.fast.offer(host, route)
+            return response
+
+    def _from_fast_path(self, request: web.Request) -> bool:
+        if self.retry_socket is None or request.transport is None:
+            return False
+        return bool(request.transport.get_extra_info("sockname") == self.retry_socket)
 
     async def _recover(self, stale: Route, deadline: float) -> Route | None:
         """The upstream refused: ask Postgres what is true now, and bring the preview back
@@ -187,7 +225,7 @@ class Gateway:
         assert self.session is not None and route.upstream is not None
         target = route.upstream + auth.strip_token(request.rel_url)
         drop = proxy.WS_DROP if kind == "websocket" else proxy.REQUEST_DROP
-        headers = proxy.upstream_headers(request, self.scheme, drop)
+        headers = proxy.upstream_headers(request, self.scheme, drop, self.fast is not None)
         if self.gate is not None and "Cookie" in headers:
             rest = auth.strip_cookie(headers.pop("Cookie"))
             if rest:

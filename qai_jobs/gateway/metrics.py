@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -9,6 +11,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _WAKE_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
@@ -55,6 +59,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self._by_status: dict[tuple[str, int], Counter] = {}
+        self.fast = _FastPathCollector()
+        self.registry.register(self.fast)
 
     def request(self, kind: str, status: int, seconds: float) -> None:
         counter = self._by_status.get((kind, status))
@@ -74,3 +80,32 @@ class GatewayMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _FastPathCollector(Collector):
+    """What HAProxy served on its own (running previews), read from its counters: those
+    requests never reach the Python side's counters above."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, float]] = dict
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.source()
+        requests = CounterMetricFamily(
+            "qai_gateway_fast_requests",
+            "Requests HAProxy answered straight from a running dev server, by status class.",
+            labels=["code"],
+        )
+        for code in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"):
+            requests.add_metric([code], totals.get(code, 0.0))
+        yield requests
+        errors = CounterMetricFamily(
+            "qai_gateway_fast_upstream_errors",
+            "Fast-path failures reaching or reading a dev server, by reason (such a request "
+            "is retried on the Python side when it is safe to).",
+            labels=["reason"],
+        )
+        errors.add_metric(["connect"], totals.get("connect_errors", 0.0))
+        errors.add_metric(["response"], totals.get("response_errors", 0.0))
+        errors.add_metric(["redispatched"], totals.get("redispatched", 0.0))
+        yield errors

@@ -55,15 +55,21 @@ def _connection_tokens(headers: Any) -> set[str]:
 
 
 def upstream_headers(
-    request: web.Request, scheme: str, drop: frozenset[str] = REQUEST_DROP
+    request: web.Request,
+    scheme: str,
+    drop: frozenset[str] = REQUEST_DROP,
+    behind_proxy: bool = False,
 ) -> CIMultiDict[str]:
+    """``behind_proxy``: the peer is the gateway's own HAProxy, which has added the client's
+    address to ``X-Forwarded-For`` already (and is the only one that can connect)."""
     skip = drop | _connection_tokens(request.headers)
     headers: CIMultiDict[str] = CIMultiDict(
         (k, v) for k, v in request.headers.items() if k.lower() not in skip
     )
-    peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    if not behind_proxy:
+        peer = request.remote or ""
+        prior = ", ".join(request.headers.getall("X-Forwarded-For", []))
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     headers["X-Forwarded-Proto"] = scheme
     headers["X-Forwarded-Host"] = request.host
     return headers

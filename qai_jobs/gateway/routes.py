@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -23,17 +24,17 @@ from sqlalchemy.engine import Engine
 # made-up hosts must not become a flood of queries), and the oldest entries go first.
 MAX_ENTRIES = 50_000
 
-_LOOKUP = sa.text(
-    """
-    SELECT w.project_id, w.status, w.preview_url,
+_SELECT = """
+    SELECT w.preview_id, w.project_id, w.status, w.preview_url,
            coalesce((w.sandbox ->> 'dev_server_wanted')::boolean, false) AS dev_server_wanted,
            CASE WHEN w.status = 'sleeping' THEN
                (SELECT max(a.seq) FROM actions a WHERE a.project_id = w.project_id
                   AND a.kind = 'sleep' AND a.status = 'succeeded')
            END AS sleep_seq
-    FROM workspaces w WHERE w.preview_id = :id
-    """
-)
+    FROM workspaces w
+"""
+_LOOKUP = sa.text(_SELECT + "WHERE w.preview_id = :id")
+_LOOKUP_MANY = sa.text(_SELECT + "WHERE w.preview_id = ANY(:ids)")
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,19 @@ class Route:
 def lookup(engine: Engine, preview_id: str) -> Route | None:
     with engine.connect() as conn:
         row = conn.execute(_LOOKUP, {"id": preview_id}).first()
-    if row is None:
-        return None
+    return None if row is None else _route(row)
+
+
+def lookup_many(engine: Engine, preview_ids: list[str]) -> dict[str, Route]:
+    """The routes of these preview ids (unknown ones are absent), in one query."""
+    with engine.connect() as conn:
+        rows = conn.execute(_LOOKUP_MANY, {"ids": preview_ids}).all()
+    return {row.preview_id: _route(row) for row in rows}
+
+
+def _route(row: Any) -> Route:
     return Route(
-        preview_id=preview_id,
+        preview_id=row.preview_id,
         project_id=row.project_id,
         status=row.status,
         upstream=row.preview_url.rstrip("/") if row.preview_url else None,

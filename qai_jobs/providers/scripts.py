@@ -41,6 +41,14 @@ def tags_for(project_id: str, workspace_id: str, deployment: str) -> dict[str, s
     }
 
 
+def may_adopt(tags: dict[str, str], project_id: str, deployment: str) -> bool:
+    """Whether a sandbox with these tags may become ``project_id``'s: untagged (made outside
+    qai-jobs), or already this project's in this deployment; never another's."""
+    if "project_id" in tags and tags["project_id"] != project_id:
+        return False
+    return tags.get("deployment", deployment) == deployment
+
+
 def own_tags(deployment: str) -> dict[str, str]:
     """The tags a listing filters on: this deployment's sandboxes only."""
     return {**TAG, "deployment": deployment}

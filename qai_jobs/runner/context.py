@@ -52,8 +52,16 @@ def _no_history(snapshot_id: str | None) -> list[FileChanges]:
     return []
 
 
+def _nothing_lost(snapshot_id: str | None) -> list[dict[str, object]]:
+    return []
+
+
 def _no_manifest() -> Manifest:
     return Manifest(None, {})
+
+
+def _no_owner(snapshot_id: str) -> str | None:
+    return None
 
 
 def _no_activity() -> datetime | None:
@@ -74,12 +82,16 @@ class ActionContext:
     snapshots: list[TakenSnapshot] = field(default_factory=list)
     # Read only when a sandbox must be rebuilt (it can be large).
     history: HistoryFn = _no_history
+    # The commands that ran since a snapshot (a rebuild from it loses what they changed).
+    lost: Callable[[str | None], list[dict[str, object]]] = _nothing_lost
     # The project's synced-files manifest as this action finds it, and what a successful sync
     # changes in it.
     manifest: Callable[[], Manifest] = _no_manifest
     manifest_update: ManifestUpdate | None = None
     # The workspace's last activity as Postgres has it now (an idle sleep checks it again).
     last_activity: Callable[[], datetime | None] = _no_activity
+    # Which project took a snapshot, as Postgres recorded it (None: not one of ours).
+    snapshot_owner: Callable[[str], str | None] = _no_owner
     # Whether finishing this action counts as activity: the idle sweep's own sleep does not.
     counts_as_activity: bool = True
     # Where providers and the fallback breaker come from (the process's own unless a test

@@ -18,7 +18,7 @@ from qai_jobs.db.manifest import ManifestUpdate
 from qai_jobs.errors import ErrorCode, PermanentError, QaiJobsError, SandboxGone
 from qai_jobs.events import Event, EventType
 from qai_jobs.gateway.urls import publish_result
-from qai_jobs.providers.base import SandboxStatus
+from qai_jobs.providers.base import Sandbox, SandboxStatus
 from qai_jobs.results import (
     ActionResult,
     CommandResult,
@@ -77,7 +77,7 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     if created:
         ws.status = WorkspaceStatus.PROVISIONING
     # In order: what this ensure does next (fetch, install, dev server) runs under its policy.
-    ctx.provider.set_egress(sb, ctx.egress())
+    _apply_egress(ctx, sb)
     if p.repo is not None:
         ctx.progress("fetching repository", None, None)
         head = ctx.provider.git_sync(sb, p.repo.url, p.repo.ref)
@@ -88,7 +88,7 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
         if exc.code == ErrorCode.MANIFEST_STALE:
             # Refused: the new settings wait for the full sync that follows.
             ws.revert("env", "dev_command", "install_command", "port", "network")
-            ctx.provider.set_egress(sb, ctx.egress())
+            _apply_egress(ctx, sb)
         raise
     installed = install(ctx, sb, p.install_command)
     if installed:
@@ -139,6 +139,18 @@ def read(ctx: ActionContext, p: s.ReadPayload) -> ReadResult:
                 {"path": path, "content": content, "encoding": "base64", "size": len(data)}
             )
     return {"files": files, "missing": missing}
+
+
+def _apply_egress(ctx: ActionContext, sb: Sandbox) -> None:
+    """The workspace's policy onto its sandbox. A provider that fixes the network at creation
+    (Modal) moves the workspace to a new sandbox, whose processes start afresh."""
+    before = sb.sandbox_id
+    ctx.provider.set_egress(sb, ctx.egress())
+    if sb.sandbox_id != before:
+        ctx.ws.set_sandbox(sb)
+        ctx.ws.dev_process = None
+    elif ctx.ws.sandbox is not None:
+        ctx.ws.set_sandbox(sb)  # the policy rides in the sandbox's state
 
 
 def _utf8_text(data: bytes) -> str | None:
@@ -260,6 +272,12 @@ def snapshot(ctx: ActionContext, p: s.EmptyPayload) -> SnapshotResult:
 
 
 def restore(ctx: ActionContext, p: s.RestorePayload) -> RestoreResult:
+    owner = ctx.snapshot_owner(p.snapshot_id)
+    if owner is not None and owner != ctx.ws.project_id:
+        # Another project's files: refused as if unknown, before anything changes.
+        raise PermanentError(
+            f"snapshot {p.snapshot_id} does not exist", code=ErrorCode.SNAPSHOT_NOT_FOUND
+        )
     sb = prepare(ctx)
     ctx.progress("restoring", None, None)
     if ctx.ws.dev_process:

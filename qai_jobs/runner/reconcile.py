@@ -12,6 +12,7 @@ import uuid
 from qai_jobs.constants import WorkspaceStatus
 from qai_jobs.db.workspace_state import WorkspaceState
 from qai_jobs.errors import ErrorCode, PermanentError
+from qai_jobs.events import Event, EventType
 from qai_jobs.gateway.urls import new_preview_id
 from qai_jobs.providers.base import Sandbox, SandboxStatus
 from qai_jobs.providers.select import create_with_fallback
@@ -53,6 +54,9 @@ def running_sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
         return provision(ctx), True
     sb = ws.sb
     assert sb is not None
+    held_by = sb.state.get("host") if ws.provider == "local" else None
+    if held_by is not None and held_by != ctx.settings.workspace_host_id:
+        return _move(ctx, str(held_by)), True
     provider = ctx.provider
     status = provider.status(sb)
     if status is SandboxStatus.RUNNING:
@@ -88,9 +92,28 @@ def running_sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
     return _recreate(ctx), True
 
 
+def _move(ctx: ActionContext, from_host: str) -> Sandbox:
+    """The workspace was another host's (dead, or drained): rebuild it here, and say from
+    which snapshot and what was lost. The old host's copy is never touched from here."""
+    ctx.progress("moving to this host", None, None)
+    sb, snapshot_id = _rebuild(ctx)
+    data = {
+        "from_host": from_host,
+        "to_host": ctx.settings.workspace_host_id,
+        "snapshot_id": snapshot_id,
+        "lost": ctx.lost(snapshot_id),
+    }
+    ctx.events.append(Event(EventType.MOVED, data))
+    return sb
+
+
 def _recreate(ctx: ActionContext) -> Sandbox:
     """Gone behind our back: recreate from the last snapshot we know of, then replay what
     qai-jobs itself wrote since (a command's own changes since then cannot be recovered)."""
+    return _rebuild(ctx)[0]
+
+
+def _rebuild(ctx: ActionContext) -> tuple[Sandbox, str | None]:
     ctx.ws.dev_process = None
     snapshot_id = ctx.ws.last_snapshot_id
     try:
@@ -101,7 +124,7 @@ def _recreate(ctx: ActionContext) -> Sandbox:
         snapshot_id = None  # the provider lost the snapshot too: rebuild from history alone
         sb = provision(ctx, None)
     _replay(ctx, sb, snapshot_id)
-    return sb
+    return sb, snapshot_id
 
 
 def _replay(ctx: ActionContext, sb: Sandbox, snapshot_id: str | None) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import WorkspaceStatus
-from qai_jobs.db import history, manifest, ordering
+from qai_jobs.db import history, manifest, ordering, snapshots
 from qai_jobs.db.workspace_state import WorkspaceState, last_activity
 from qai_jobs.errors import (
     DeadlineExceeded,
@@ -111,6 +111,9 @@ def run_one(
     def changes_since(snapshot_id: str | None) -> list[FileChanges]:
         return history.file_changes(engine, lease.project_id, action.seq, snapshot_id)
 
+    def lost_since(snapshot_id: str | None) -> list[dict[str, object]]:
+        return history.lost_since(engine, lease.project_id, action.seq, snapshot_id)
+
     def recorded_manifest() -> manifest.Manifest:
         with engine.connect() as conn:
             return manifest.read(conn, lease.project_id)
@@ -118,6 +121,10 @@ def run_one(
     def activity() -> datetime | None:
         with engine.connect() as conn:
             return last_activity(conn, lease.project_id)
+
+    def snapshot_owner(snapshot_id: str) -> str | None:
+        with engine.connect() as conn:
+            return snapshots.owner(conn, snapshot_id)
 
     def still_ours() -> None:  # between steps: stop before doing more
         beat.check()
@@ -132,8 +139,10 @@ def run_one(
         progress=progress_writer(settings, action.id, beat.note_stage, still_ours),
         output=output_publisher(settings, action.id) if action.kind == "command" else None,
         history=changes_since,
+        lost=lost_since,
         manifest=recorded_manifest,
         last_activity=activity,
+        snapshot_owner=snapshot_owner,
         cancel=cancel,
     )
     alog.info("%s started (attempt %d)", action.kind, action.attempts)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import ActionStatus
-from qai_jobs.db import manifest, ordering, outbox, snapshots
+from qai_jobs.db import hosts, manifest, ordering, outbox, snapshots
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.db.workspace_state import MUTABLE, WorkspaceState, touch_activity, write_changes
 from qai_jobs.errors import DeadlineExceeded, ErrorCode, LeaseLost, WorkerLost
@@ -57,6 +57,8 @@ class Dispatch:
     # The project used up its budget: its next drain is a message at the back of the queue,
     # and the messages it already has in the queue leave without draining until then.
     give_turn: Callable[[str], None]
+    # The project's workspace lives on another live host: its work goes to that host's queue.
+    forward: Callable[[str, str], None] = lambda project_id, host_id: None
 
 
 def owner_name() -> str:
@@ -77,6 +79,10 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         if got is None:
             return ran
         cut = False
+        if got.forward is not None:
+            got.settled.announce(settings, dispatch)
+            dispatch.forward(project_id, got.forward)
+            return ran
         if got.first is None:  # nothing due: the lease was given back in the same transaction
             got.settled.announce(settings, dispatch)
             delay = got.delay
@@ -133,6 +139,7 @@ class _Acquired:
     first: ordering.Started | None  # the head action, started; None: the lease is given back
     settled: _Settled
     delay: float | None = None  # with no head: seconds until the next action is due
+    forward: str | None = None  # another live host holds the workspace: the lease is given back
 
 
 @dataclass
@@ -154,6 +161,17 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
         if got is None:
             return None
         lease = got.lease
+        holder = hosts.claim(
+            conn,
+            project_id,
+            settings.workspace_host_id,
+            settings.workspace_host_dead_seconds,
+            settings.workspace_runtime[0] == "local",
+        )
+        if holder.moved_from is not None:
+            for_project(project_id).warning(
+                "host %s is gone: its workspace moves here", holder.moved_from
+            )
         ws = WorkspaceState.load(conn, project_id)
         for row in got.settled:
             alog = for_action(project_id, row.id)
@@ -167,6 +185,10 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
                 )
             else:
                 alog.warning("worker lost while running a %s: queued to run again", row.kind)
+        if holder.forward is not None:
+            # Refused: nothing of it runs here; the holding host's own queue gets the work.
+            ordering.release(conn, lease)
+            return _Acquired(lease, ws, None, settled, forward=holder.forward)
         first = got.readopted or ordering.start_next(conn, lease)
         delay = None
         if first is None:

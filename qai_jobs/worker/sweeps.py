@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -40,7 +39,16 @@ def ensure_bindings(settings: Settings) -> bool:
     from qai_jobs.celery_app import app
 
     r = redis_client(settings.redis_url)
-    missing = [q for q in app.amqp.queues if not r.exists(f"_kombu.binding.{q}")]
+    queues = app.amqp.queues
+    # kombu keeps one set per exchange, of "<routing key>\x06\x16<pattern>\x06\x16<queue>".
+    missing = [
+        name
+        for name, q in queues.items()
+        if not r.sismember(
+            f"_kombu.binding.{q.exchange.name if q.exchange else ''}",
+            "\x06\x16".join([q.routing_key or "", "", name]),
+        )
+    ]
     if not missing:
         return False
     with app.connection_for_write() as conn:
@@ -97,11 +105,22 @@ def start_watchdog(settings: Settings, dispatch: Callable[[], Dispatch]) -> thre
     """In every worker: run recovery every heartbeat, so a lost worker's projects move on
     within a few heartbeats even when no beat process runs; and, once per sweep period on each
     host, the local provider's orphan sweep."""
+    from qai_jobs.worker import fleet
+
     period = settings.workspace_heartbeat_seconds
 
     def loop() -> None:
         stop = threading.Event()
+        fleet.report(settings, fresh=True)
+        if "local" in settings.workspace_runtime:
+            try:
+                # First of all: a host coming back stops what it still runs of workspaces
+                # that moved away while it was gone.
+                local_orphans(settings)
+            except (sa.exc.SQLAlchemyError, OSError) as exc:
+                log.warning("local orphan sweep at start: %s", type(exc).__name__)
         while not stop.wait(period):
+            fleet.report(settings)
             try:
                 if once_per_period(settings, "recover-watchdog", period):
                     recover(settings, dispatch())
@@ -241,7 +260,8 @@ def orphans(settings: Settings) -> dict[str, Any]:
 def local_sweep_name(settings: Settings) -> str:
     """One local orphan sweep per period for each host and installation (WORKSPACE_ROOT)."""
     root = str(Path(settings.workspace_root).expanduser().resolve())
-    return f"local-orphans:{socket.gethostname()}:{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(root.encode()).hexdigest()[:12]
+    return f"local-orphans:{settings.workspace_host_id}:{digest}"
 
 
 def local_orphans(settings: Settings) -> dict[str, Any]:
@@ -252,11 +272,18 @@ def local_orphans(settings: Settings) -> dict[str, Any]:
     root = Path(settings.workspace_root).expanduser().resolve()
     if not root.is_dir():
         return {"stopped": 0}
+    ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
+    disks = local.sweep_disks(root, ports)
     found = local.sandbox_processes(root)  # first: a sandbox made after this is not in it
     if not found:
-        return {"stopped": 0}
-    owned, busy = maintenance.owned_sandboxes(engine_for(settings.database_url), list(found))
-    names = {sandbox_id for provider, sandbox_id in owned if provider == "local"}
-    ports = PortRegistry(root, settings.workspace_local_port_min, settings.workspace_local_port_max)
+        return {"stopped": 0, "disks": len(disks)}
+    from qai_jobs.db import hosts
+
+    engine = engine_for(settings.database_url)
+    owned, busy = maintenance.owned_sandboxes(engine, list(found))
+    with engine.connect() as conn:
+        moved, elsewhere = hosts.elsewhere(conn, settings.workspace_host_id)
+    names = {sandbox_id for provider, sandbox_id in owned if provider == "local"} - elsewhere
+    busy = set(busy) - moved
     stopped = local.sweep(root, found, names, busy, ports, settings.deployment_id)
-    return {"stopped": len(stopped), "sandboxes": [s.sandbox for s in stopped]}
+    return {"stopped": len(stopped), "sandboxes": [s.sandbox for s in stopped], "disks": len(disks)}

@@ -38,7 +38,7 @@ from qai_jobs.notify import reset as reset_redis
 from qai_jobs.schemas import KINDS, check_project_id
 from qai_jobs.sealing import seal_payload
 from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
-from qai_jobs.worker import sweeps
+from qai_jobs.worker import fleet, sweeps
 from qai_jobs.worker.drain import Dispatch, drain
 
 log = logging.getLogger("qai_jobs.tasks")
@@ -49,7 +49,10 @@ def dispatch() -> Dispatch:
     # already safe in Postgres, and recovery and the webhook sweep re-send what is lost).
     def kick(project_id: str, countdown: float) -> None:
         try:
-            drain_task.apply_async(kwargs={"project_id": project_id}, countdown=countdown)
+            queue = fleet.queue_for(current_settings(), project_id)
+            drain_task.apply_async(
+                kwargs={"project_id": project_id}, countdown=countdown, queue=queue
+            )
         except Exception as exc:
             log.warning(
                 "[project_id=%s] could not re-send work: %s", project_id, type(exc).__name__
@@ -69,13 +72,28 @@ def dispatch() -> Dispatch:
         ttl = max(1, int(settings.workspace_drain_budget_seconds * 4 + 30))
         try:
             redis_client(settings.redis_url).set(TURN_KEY + project_id, turn, ex=ttl)
-            drain_task.apply_async(kwargs={"project_id": project_id, "turn": turn})
+            drain_task.apply_async(
+                kwargs={"project_id": project_id, "turn": turn},
+                queue=fleet.queue_for(settings, project_id),
+            )
         except Exception as exc:
             log.warning(
                 "[project_id=%s] could not queue its turn: %s", project_id, type(exc).__name__
             )
 
-    return Dispatch(kick=kick, deliver=deliver, give_turn=give_turn)
+    def forward(project_id: str, host_id: str) -> None:
+        try:
+            queue = fleet.own_queue(current_settings(), host_id)
+            drain_task.apply_async(kwargs={"project_id": project_id}, queue=queue)
+        except Exception as exc:
+            log.warning(
+                "[project_id=%s] could not hand work to host %s: %s",
+                project_id,
+                host_id,
+                type(exc).__name__,
+            )
+
+    return Dispatch(kick=kick, deliver=deliver, give_turn=give_turn, forward=forward)
 
 
 def _waits_its_turn(project_id: str, turn: str | None) -> bool:

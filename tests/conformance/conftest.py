@@ -100,6 +100,8 @@ def make_settings(tmp: Path, **extra: Any) -> Settings:
     fields: dict[str, Any] = {
         "workspace_root": tmp / "workspaces",
         "workspace_max_output_bytes": 64 * 1024,
+        # Sealing without Postgres (where the deployment's key lives otherwise).
+        "workspace_secret_key": "conformance-sealing-key",
         **extra,
     }
     return Settings(_env_file=None, **fields)  # type: ignore[call-arg]

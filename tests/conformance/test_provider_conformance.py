@@ -54,6 +54,17 @@ def test_adopt_finds_existing_and_refuses_unknown(h: Harness) -> None:
         h.provider.adopt("no-such-sandbox-0000", h.spec())
 
 
+def test_adopt_refuses_another_projects_sandbox(h: Harness) -> None:
+    theirs = h.create("someone-else")
+    h.provider.write_files(theirs, [("secret.txt", b"theirs")])
+    with pytest.raises(PermanentError) as refused:
+        h.provider.adopt(theirs.sandbox_id, h.spec("intruder"))
+    assert refused.value.code == "sandbox_not_found"
+    # Untouched, and still its owner's to adopt.
+    again = h.provider.adopt(theirs.sandbox_id, h.spec("someone-else"))
+    assert h.provider.read_files(again, ["secret.txt"]) == {"secret.txt": b"theirs"}
+
+
 # -- files -----------------------------------------------------------------------------------
 def test_files_round_trip_binary_and_nested(h: Harness) -> None:
     sb = h.create()

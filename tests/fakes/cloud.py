@@ -21,7 +21,12 @@ from . import fake_e2b, fake_modal
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"workspace_runtime": ["modal", "e2b"]}
+    # A key of their own: without one the sealing key is read from Postgres, which unit tests
+    # do not have.
+    values: dict[str, Any] = {
+        "workspace_runtime": ["modal", "e2b"],
+        "workspace_secret_key": "unit-test-sealing-key",
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import e2b
@@ -54,6 +56,8 @@ class _State:
     timeout: int | None
     state: str = "running"
     killed: bool = False
+    # The egress rules as the API holds them (create's ``network``, update_network's body).
+    network: dict[str, list[str]] = field(default_factory=dict)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -91,6 +95,29 @@ class World:
     def close(self) -> None:
         for state in self.sandboxes.values():
             state.box.kill_all()
+
+
+def _network_rules(network: Any) -> dict[str, list[str]]:
+    """allow_out / deny_out as the API stores them (selectors may be callables of a context
+    with ``all_traffic``); the API takes hostnames in allow_out only."""
+    rules: dict[str, list[str]] = {}
+    for key in ("allow_out", "deny_out"):
+        value = (network or {}).get(key)
+        if callable(value):
+            value = value(SimpleNamespace(all_traffic="0.0.0.0/0", rules={}))
+        if value is None:
+            continue
+        entries = [str(v) for v in value]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if key == "deny_out":
+                    raise InvalidArgumentException(
+                        f"deny_out takes IP addresses and CIDR blocks, not {entry!r}"
+                    ) from None
+        rules[key] = entries
+    return rules
 
 
 class _variant:
@@ -279,9 +306,14 @@ def build(base: Path) -> Any:
             metadata: dict[str, str] | None = None,
             envs: dict[str, str] | None = None,
             lifecycle: Any = None,
+            network: Any = None,
+            allow_internet_access: bool | None = None,
             **opts: Any,
         ) -> Sandbox:
             world.check("Sandbox.create")
+            rules = _network_rules(network)
+            if allow_internet_access is False:  # the same as deny_out ALL_TRAFFIC
+                rules["deny_out"] = sorted({*rules.get("deny_out", []), "0.0.0.0/0"})
             template = template or "base"
             if template not in world.templates:
                 raise SandboxException(f"404: template '{template}' not found", status_code=404)
@@ -294,8 +326,18 @@ def build(base: Path) -> Any:
                 dict(metadata or {}),
                 dict(envs or {}),
                 timeout,
+                network=rules,
             )
             return cls(sandbox_id)
+
+        @_variant
+        def update_network(cls, sandbox_id: str, network: Any, **opts: Any) -> None:
+            """Replaces every egress rule at once: fields left out are cleared."""
+            world.check("Sandbox.update_network")
+            state = world.sandboxes.get(sandbox_id)
+            if state is None or state.killed:
+                raise SandboxNotFoundException(f"Sandbox {sandbox_id} not found")
+            state.network = _network_rules(network)
 
         @_variant
         def connect(

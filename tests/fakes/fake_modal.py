@@ -13,6 +13,7 @@ operation; ``world.vanish(sandbox_id)`` terminates a sandbox behind the adapter'
 
 from __future__ import annotations
 
+import ipaddress
 import queue
 import shutil
 import threading
@@ -80,6 +81,29 @@ class _SandboxState:
     env: dict[str, str]
     returncode: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # modal_proto NetworkAccess, as Sandbox.create builds it: OPEN, BLOCKED or ALLOWLIST.
+    network: dict[str, Any] = field(default_factory=lambda: {"type": "OPEN"})
+
+
+def _network_access(block: bool, ports: list[int], cidrs: Any, domains: Any) -> dict[str, Any]:
+    """What modal.sandbox._common checks and builds (modal 1.6.4)."""
+    if block and ports:
+        raise exception.InvalidError("Cannot specify open ports when `block_network` is enabled")
+    if block:
+        if cidrs is not None:
+            raise exception.InvalidError(
+                "`outbound_cidr_allowlist` cannot be used when `block_network` is enabled"
+            )
+        if domains is not None:
+            raise exception.InvalidError(
+                "`outbound_domain_allowlist` cannot be used when `block_network` is enabled"
+            )
+        return {"type": "BLOCKED"}
+    if cidrs is None and domains is None:
+        return {"type": "OPEN"}
+    for cidr in cidrs or []:
+        ipaddress.ip_network(cidr)  # the server refuses a malformed CIDR
+    return {"type": "ALLOWLIST", "cidrs": list(cidrs or []), "domains": list(domains or [])}
 
 
 @dataclass
@@ -320,9 +344,23 @@ def build(base: Path) -> Any:
             workdir: str | None = None,
             encrypted_ports: Any = (),
             client: Any = None,
+            block_network: bool = False,
+            outbound_cidr_allowlist: Any = None,
+            outbound_domain_allowlist: Any = None,
+            cidr_allowlist: Any = None,
             **kwargs: Any,
         ) -> Sandbox:
             world.check("Sandbox.create")
+            if cidr_allowlist is not None:  # deprecated spelling, still accepted
+                if outbound_cidr_allowlist is not None:
+                    raise exception.InvalidError(
+                        "Cannot specify both `cidr_allowlist` and `outbound_cidr_allowlist`."
+                    )
+                outbound_cidr_allowlist = cidr_allowlist
+            network = _network_access(
+                block_network, list(encrypted_ports), outbound_cidr_allowlist,
+                outbound_domain_allowlist,
+            )  # fmt: skip
             if app is None:
                 raise exception.InvalidError("App is required outside a Modal container")
             if timeout is None:
@@ -343,6 +381,7 @@ def build(base: Path) -> Any:
                 list(encrypted_ports),
                 workdir or "/",
                 {k: v for k, v in (env or {}).items() if v is not None},
+                network=network,
             )
             return Sandbox(sandbox_id)
 

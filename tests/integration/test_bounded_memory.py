@@ -22,6 +22,7 @@ import pytest
 from qai_jobs.client import WorkspaceClient
 from qai_jobs.errors import ActionFailed
 from qai_jobs.proctab import descendants
+from qai_jobs.providers.local.layout import Layout
 from tests.conftest import settings_for
 from tests.support.procs import Proc, start_worker
 
@@ -128,7 +129,7 @@ def test_a_sparse_50_gb_file_never_enters_the_worker(
         timeout_s=60,
     ).wait(WAIT)
     assert made["exit_code"] == 0, made
-    tree = Path(env["WORKSPACE_ROOT"]) / lc.get_workspace(project)["sandbox_id"] / "tree"
+    tree = Layout(Path(env["WORKSPACE_ROOT"]) / lc.get_workspace(project)["sandbox_id"]).tree
     assert (tree / "big.bin").stat().st_size == BIG
     assert (tree / "big.bin").stat().st_blocks == 0  # sparse: the sandbox paid nothing
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from qai_jobs.client import WorkspaceClient
 from qai_jobs.errors import ActionFailed
+from qai_jobs.providers.local.layout import Layout
 from tests.conftest import settings_for
 from tests.support.procs import REPO, Proc, start_worker
 
@@ -185,7 +186,7 @@ def test_cli_ensure_dir_sends_only_what_changed(
 
 def host_tree(lc: WorkspaceClient, env: dict[str, str], project: str) -> Path:
     sandbox_id = lc.get_workspace(project)["sandbox_id"]
-    return Path(env["WORKSPACE_ROOT"]) / sandbox_id / "tree"
+    return Layout(Path(env["WORKSPACE_ROOT"]) / sandbox_id).tree
 
 
 def test_files_lost_behind_our_back_are_caught_by_the_next_delta(
@@ -275,7 +276,8 @@ def test_a_recreated_workspace_does_not_bring_back_a_destroyed_ones_files(
     lc.snapshot(project).wait(WAIT)
     lc.destroy(project).wait(WAIT)
     sync(lc, project, {"new.txt": "new\n"})
-    import shutil
+    from tests.support.netns import lose_sandbox
 
-    shutil.rmtree(host_tree(lc, env, project).parent)  # the sandbox is lost behind our back
+    base = Path(env["WORKSPACE_ROOT"]) / lc.get_workspace(project)["sandbox_id"]
+    lose_sandbox(base)  # the sandbox is lost behind our back
     assert contents(lc, project, ["old.txt", "new.txt"]) == {"old.txt": None, "new.txt": "new\n"}

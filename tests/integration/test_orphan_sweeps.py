@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from qai_jobs.client import WorkspaceClient
 from qai_jobs.db import maintenance
+from qai_jobs.providers.local.layout import Layout
 from tests.conftest import settings_for
 from tests.support.procs import REPO, start_worker
 
@@ -98,7 +99,7 @@ def test_local_processes_nothing_owns_are_stopped(
                     sa.text("DELETE FROM workspaces WHERE project_id = :p"), {"p": projects[what]}
                 )
         shutil.rmtree(dirs["gone"], ignore_errors=True)  # a mounted namespace file stays
-        assert not (dirs["gone"] / "tree").exists()
+        assert not Layout(dirs["gone"]).tree.exists()
 
         for what in ("gone", "rowless"):
             wait_until(
@@ -107,7 +108,7 @@ def test_local_processes_nothing_owns_are_stopped(
                 what=f"the {what} workspace's processes to be stopped",
             )
         assert not dirs["gone"].exists()  # its leftovers released and removed
-        assert (dirs["rowless"] / "tree" / "server.js").exists()  # data is never deleted
+        assert (Layout(dirs["rowless"]).tree / "server.js").exists()  # data is never deleted
         assert answers(urls["kept"]) and len(processes_naming(dirs["kept"])) >= 3
         assert "orphan local sandbox" in worker.log()
         lc.destroy(projects["kept"]).wait(WAIT)

@@ -1,6 +1,6 @@
-"""Sandbox networks a test run leaves behind: tests that end with a workspace still awake
-(on purpose or by failing) would leave its namespace mounted and its pasta and dnsmasq
-running after the run's temporary directories are gone."""
+"""Sandbox networks and disks a test run leaves behind: tests that end with a workspace still
+awake (on purpose or by failing) would leave its namespace and its disk mounted and its pasta
+and dnsmasq running after the run's temporary directories are gone."""
 
 from __future__ import annotations
 
@@ -35,3 +35,31 @@ def stop_processes_under(root: Path) -> int:
     found = [proc for procs in sandbox_processes(root.resolve()).values() for proc in procs]
     stop_tree(found, grace=1.0)
     return len(found)
+
+
+def release_disks_under(root: Path) -> int:
+    """Unmount and delete every sandbox disk (disk.py) mounted below ``root``; how many."""
+    from qai_jobs.providers.local.disk import SandboxDisk
+
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh if " - ext4 /dev/loop" in line]
+    found = 0
+    for point in points:
+        path = Path(point.replace("\\040", " "))
+        if str(path).startswith(prefix):
+            found += 1
+            with contextlib.suppress(Exception):
+                SandboxDisk.of(path).remove()
+    return found
+
+
+def lose_sandbox(base: Path) -> None:
+    """A sandbox directory lost behind the provider's back (a host's disk replaced): its disk
+    image goes with it, as the directory cannot be deleted while that is mounted."""
+    import shutil
+
+    from qai_jobs.providers.local.disk import SandboxDisk
+
+    SandboxDisk.of(base).remove()
+    shutil.rmtree(base)

@@ -191,3 +191,35 @@ def test_deployments_sharing_an_account_sweep_only_their_own(tmp_path: Path) -> 
     finally:
         fake_e2b.cleanup(e2b_sdk)
         fake_modal.cleanup(modal_sdk)
+
+
+def test_adopt_seals_env_like_create_and_refuses_another_projects(
+    cloud: tuple[Provider, Any],
+) -> None:
+    """An adopted sandbox's state is stored like a created one's: env sealed, and a sleep and
+    wake later still work. A sandbox tagged for another project is never taken over."""
+    import json
+
+    from qai_jobs.errors import PermanentError
+    from qai_jobs.sealing import unseal_env
+
+    provider, _ = cloud
+    theirs = provider.create(CreateSpec("other-project", "w0", 3000))
+    with pytest.raises(PermanentError) as refused:
+        provider.adopt(theirs.sandbox_id, CreateSpec("p", "w", 3000))
+    assert refused.value.code == "sandbox_not_found"
+    tags = {t.sandbox_id: t.project_id for t in provider.list_sandboxes()}
+    assert tags[theirs.sandbox_id] == "other-project"  # not re-tagged
+
+    made = provider.create(CreateSpec("p", "w0", 3000))
+    env = {"API_KEY": "sk-adopted-456"}
+    sb = provider.adopt(made.sandbox_id, CreateSpec("p", "w", 3000, env=env))
+    assert "sk-adopted-456" not in json.dumps(sb.to_json())
+    assert unseal_env(provider.settings, sb.state["env"]) == env
+    woken = provider.wake(provider.sleep(sb).sandbox)
+    assert "sk-adopted-456" not in json.dumps(woken.to_json())
+    out = provider.run(woken, ["bash", "-lc", 'printf %s "$API_KEY"'], env=env)
+    assert out.exit_code == 0 and out.stdout == "sk-adopted-456"
+    if provider.name == "modal":  # the wake made a new sandbox from the stored, sealed env
+        bare = provider.run(woken, ["bash", "-lc", 'printf %s "$API_KEY"'])
+        assert bare.stdout == "sk-adopted-456"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +26,8 @@ from qai_jobs.errors import ConfigurationError
         ("WORKSPACE_CALLBACK_URL", "ftp://example.invalid/hook"),
         ("DATABASE_URL", "mysql://root@localhost/x"),
         ("WORKSPACE_LOCAL_ISOLATION", "docker"),
+        ("WORKSPACE_HOST_ID", "no spaces/or slashes"),
+        ("WORKSPACE_HOST_DEAD_SECONDS", "0"),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -67,3 +72,20 @@ def test_cli_reports_bad_config_in_one_line_with_exit_2() -> None:
     assert "WORKSPACE_MAX_ATTEMPTS" in lines[0]
     assert "Traceback" not in proc.stderr
     assert "tok-secret-123" not in proc.stderr + proc.stdout
+
+
+def test_fleet_defaults_make_paths_absolute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORKSPACE_ROOT", raising=False)
+    monkeypatch.delenv("WORKSPACE_HOST_ID", raising=False)
+    monkeypatch.delenv("WORKSPACE_SNAPSHOT_STORE", raising=False)
+    settings = load_settings(_env_file=None)
+    # A worker started in another directory finds the same root, not a new one beside it.
+    assert settings.workspace_root == Path(os.getcwd(), ".qai", "workspaces")
+    assert settings.snapshot_dir == settings.workspace_root / "snapshots"
+    assert settings.workspace_host_id == socket.gethostname()
+    assert settings.workspace_host_dead_seconds == 60
+    monkeypatch.setenv("WORKSPACE_SNAPSHOT_STORE", "shared/snaps")
+    assert load_settings(_env_file=None).snapshot_dir == Path(os.getcwd(), "shared", "snaps")

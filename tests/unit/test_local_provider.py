@@ -26,9 +26,11 @@ import pytest
 from qai_jobs.errors import PermanentError, TransientError
 from qai_jobs.providers.base import CreateSpec, Sandbox, SandboxStatus
 from qai_jobs.providers.local import LocalProvider
+from qai_jobs.providers.local.layout import Layout
 from qai_jobs.providers.local.limits import SandboxLimits, _cgroup_bases
 from qai_jobs.sync import sha256
 from tests.conformance.conftest import make_settings
+from tests.support.netns import lose_sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing")
@@ -88,7 +90,7 @@ def test_sandbox_sees_only_its_workspace_and_a_readonly_system(
     provider.write_files(neighbour, [("secret.txt", b"neighbour")])
     host_tmp = Path("/tmp") / f"qai-host-{uuid.uuid4().hex}"
     host_tmp.write_text("host")
-    other_tree = Path(neighbour.state["dir"]) / "tree"
+    other_tree = Layout(Path(neighbour.state["dir"])).tree
     try:
         checks = {
             "root_home": "test -e /root",
@@ -147,7 +149,7 @@ def test_a_process_that_cannot_join_its_cgroup_never_runs(
         provider.run(sb, sh("touch ran"))
     with pytest.raises(TransientError, match="cannot confine"):
         provider.start_process(sb, "touch started")
-    tree = Path(sb.state["dir"]) / "tree"
+    tree = Layout(Path(sb.state["dir"])).tree
     assert not (tree / "ran").exists() and not (tree / "started").exists()
 
 
@@ -287,7 +289,7 @@ def test_a_failed_rebuild_keeps_what_the_vanished_sandbox_held(
     provider.write_files(sb, [("a.txt", b"kept")])
     explicit = provider.snapshot(sb)
     slept = provider.sleep(sb).snapshot_id
-    shutil.rmtree(local.tmp / "workspaces" / sb.sandbox_id)  # lost behind our back
+    lose_sandbox(local.tmp / "workspaces" / sb.sandbox_id)  # lost behind our back
     spec = CreateSpec(sb.state["project_id"], sb.state["workspace_id"], 3000, {}, slept)
 
     def broken(*_: object) -> None:
@@ -415,14 +417,14 @@ def test_wake_repairs_files_lost_or_changed_while_asleep(local: Local) -> None:
     provider, sb = local.pair(workspace_local_isolation="none")
     provider.write_files(sb, [("a.txt", b"a"), ("dir/b.txt", b"b")])
     slept = provider.sleep(sb).sandbox
-    tree = Path(sb.state["dir"]) / "tree"
+    tree = Layout(Path(sb.state["dir"])).tree
     (tree / "a.txt").write_text("corrupted")
     (tree / "dir" / "b.txt").unlink()
     provider.wake(slept)
     assert provider.read_files(sb, ["a.txt", "dir/b.txt"]) == {"a.txt": b"a", "dir/b.txt": b"b"}
     # A whole workspace directory lost while asleep comes back from the sleep snapshot.
     slept = provider.sleep(sb).sandbox
-    shutil.rmtree(sb.state["dir"])
+    lose_sandbox(Path(sb.state["dir"]))
     assert provider.status(slept) is SandboxStatus.GONE
     provider.wake(slept)
     assert provider.status(slept) is SandboxStatus.RUNNING
@@ -512,7 +514,7 @@ def test_hash_cache_sees_every_change_and_never_follows_symlinks(tmp_path: Path)
         assert provider.hashes(sb, paths) == first  # from the cache
         provider.write_files(sb, [("d0/f0.txt", b"changed")])
         provider.delete_files(sb, ["d1/f1.txt"])
-        tree = Path(sb.state["dir"]) / "tree"
+        tree = Layout(Path(sb.state["dir"])).tree
         (tree / "d2/f2.txt").unlink()
         os.symlink("/etc/passwd", tree / "d2/f2.txt")
         again = provider.hashes(sb, paths)
@@ -546,5 +548,5 @@ def test_writes_fill_the_hash_cache_so_the_next_sync_only_stats(local: Local) ->
     cache = HashCache.at(Path(sb.state["dir"]) / "hashcache.json")
     assert {p: cache.entries[p][1] for p, _ in files} == {p: sha256(d) for p, d in files}
     # A file the sandbox rewrites afterwards is not taken for ours.
-    (Path(sb.state["dir"]) / "tree" / "d0/f0.txt").write_bytes(b"changed by the sandbox")
+    (Layout(Path(sb.state["dir"])).tree / "d0/f0.txt").write_bytes(b"changed by the sandbox")
     assert provider.hashes(sb, ["d0/f0.txt"]) == {"d0/f0.txt": sha256(b"changed by the sandbox")}

@@ -17,12 +17,14 @@ from functools import partial
 from typing import Any, ClassVar
 
 from qai_jobs.cancel import Cancel
+from qai_jobs.egress import INTERNET, Egress
 from qai_jobs.errors import (
     ErrorCode,
     PermanentError,
     QaiJobsError,
     SandboxGone,
     TransientError,
+    not_owned,
 )
 from qai_jobs.providers import scripts as remote
 from qai_jobs.providers.base import (
@@ -33,6 +35,7 @@ from qai_jobs.providers.base import (
     SandboxStatus,
     SleepOutcome,
 )
+from qai_jobs.providers.cloud_egress import e2b_network
 from qai_jobs.providers.e2b.sdk import E2BSdk
 from qai_jobs.providers.shell import replace
 from qai_jobs.sealing import seal_env, unseal_env
@@ -50,6 +53,7 @@ class E2BProvider(E2BSdk):
     # -- lifecycle ---------------------------------------------------------------------------
     def _new(self, state: dict[str, Any], template: str, *, from_snapshot: bool) -> Sandbox:
         sdk = self._sdk()
+        network = e2b_network(state.get("egress", INTERNET))
         try:
             with self._guard(creating=True):
                 handle = sdk.Sandbox.create(
@@ -60,6 +64,7 @@ class E2BProvider(E2BSdk):
                     ),
                     envs=unseal_env(self.settings, state.get("env")),
                     lifecycle={"on_timeout": "pause", "auto_resume": False},
+                    **({"network": network} if network is not None else {}),
                     **self._opts(),
                 )
         except PermanentError as exc:
@@ -94,6 +99,7 @@ class E2BProvider(E2BSdk):
             # Sealed: this state is stored on the workspace row, and env values are secrets.
             "env": seal_env(self.settings, dict(spec.env)),
             "template": self._template(),
+            "egress": self.settings.workspace_egress if spec.egress is None else spec.egress,
         }
         if spec.snapshot_id:
             return self._new(state, spec.snapshot_id, from_snapshot=True)
@@ -102,11 +108,18 @@ class E2BProvider(E2BSdk):
     def adopt(self, sandbox_id: str, spec: CreateSpec) -> Sandbox:
         sb = Sandbox(self.name, sandbox_id, {})
         self._handle(sb)  # SandboxGone when E2B does not know it
+        with self._guard(sandbox_id):
+            info = self._sdk().Sandbox.get_info(sandbox_id, **self._opts())
+        if not remote.may_adopt(
+            dict(info.metadata or {}), spec.project_id, self.settings.deployment_id
+        ):
+            raise not_owned(sandbox_id, spec.project_id)
         sb.state.update(
             project_id=spec.project_id,
             workspace_id=spec.workspace_id,
             port=spec.port,
-            env=dict(spec.env),
+            # Sealed like create's: a recycle or rebuild creates the new sandbox with it.
+            env=seal_env(self.settings, dict(spec.env)),
             created_at=time.time(),
         )
         return sb
@@ -308,6 +321,17 @@ class E2BProvider(E2BSdk):
         return remote.proc_record(sb, proc_id, int(pid), command)
 
     # -- network -----------------------------------------------------------------------------
+    def set_egress(self, sb: Sandbox, egress: Egress) -> None:
+        """E2B changes a running sandbox's rules in place, all at once (``update_network``
+        replaces them; ``{}`` clears them back to open)."""
+        network = e2b_network(egress)
+        if sb.state.get("egress", INTERNET) == egress:
+            return
+        handle = self._handle(sb)
+        with self._guard(sb.sandbox_id):
+            handle.update_network(network or {}, **self._opts())
+        sb.state = {**sb.state, "egress": egress}
+
     def preview_url(self, sb: Sandbox, port: int) -> str:
         return "https://" + str(self._handle(sb).get_host(port))
 

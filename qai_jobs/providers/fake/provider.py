@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
-from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone, TransientError
+from qai_jobs.errors import ErrorCode, PermanentError, SandboxGone, TransientError, not_owned
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
@@ -114,7 +114,8 @@ class FakeProvider(Provider):
         return Sandbox(self.name, sandbox_id, {"project_id": spec.project_id})
 
     def adopt(self, sandbox_id: str, spec: CreateSpec) -> Sandbox:
-        self._meta(sandbox_id)
+        if self._meta(sandbox_id).get("project_id") not in (None, spec.project_id):
+            raise not_owned(sandbox_id, spec.project_id)
         return Sandbox(self.name, sandbox_id, {"project_id": spec.project_id})
 
     def status(self, sb: Sandbox) -> SandboxStatus:

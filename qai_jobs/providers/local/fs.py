@@ -31,9 +31,11 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 
 # Conditions that may clear by themselves (disk freed, descriptors released): retry the action.
 _TRANSIENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EAGAIN,
-     errno.EINTR, errno.ENOMEM, errno.EBUSY}
-)  # fmt: skip
+    {errno.EMFILE, errno.ENFILE, errno.EIO, errno.EAGAIN, errno.EINTR, errno.ENOMEM, errno.EBUSY}
+)
+# A workspace's disk is its own (disk.py): full stays full until something in it is deleted,
+# so retrying would only delay the answer.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def os_error(exc: OSError, what: str, path: str) -> ProviderError:
@@ -42,6 +44,12 @@ def os_error(exc: OSError, what: str, path: str) -> ProviderError:
     message = f"{what} {path!r} failed: {reason}"
     if exc.errno in _TRANSIENT_ERRNOS:
         return TransientError(message)
+    if exc.errno in _FULL_ERRNOS:
+        return PermanentError(
+            f"{message} (the workspace's disk is full: delete files in it, or raise "
+            "WORKSPACE_LOCAL_MAX_DISK_MB)",
+            code=ErrorCode.PROVIDER_NO_SPACE,
+        )
     if exc.errno == errno.ENAMETOOLONG:
         return PermanentError(message, code=ErrorCode.INVALID_PATH)
     return PermanentError(message, code=ErrorCode.FILESYSTEM_ERROR)

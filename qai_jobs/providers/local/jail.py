@@ -72,6 +72,8 @@ class Jail:
     # The workspace's network namespace (net.py) and the resolv.conf that points into it.
     netns: Path | None = None
     resolv: Path | None = None
+    # Size of each of /tmp and /var/tmp; None: bubblewrap's default, half the RAM.
+    tmp_mb: int | None = None
 
     def command(
         self,
@@ -108,16 +110,45 @@ class Jail:
         if os.path.isdir("/opt"):
             args += ["--ro-bind", "/opt", "/opt"]
         args += ["--bind", str(self.tree), "/workspace", "--bind", str(self.home), SANDBOX_HOME]
-        # Fresh tmpfs mounts: nothing of the host's /tmp is visible.
-        args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]  # noqa: S108
+        # Fresh tmpfs mounts: nothing of the host's /tmp is visible. Sized, as each would
+        # otherwise take up to half the host's RAM (charged to the sandbox's memory cgroup).
+        for tmp in ("/tmp", "/var/tmp"):  # noqa: S108
+            size = ["--size", str(self.tmp_mb * 1024 * 1024)] if self.tmp_mb else []
+            args += [*size, "--tmpfs", tmp]
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--chdir", f"/workspace/{cwd}" if cwd else "/workspace", "--clearenv"]
-        # Values go through --setenv, never bwrap's own environment: bwrap runs on the host as
-        # root before it sandboxes anything, so a user's LD_PRELOAD must not reach it.
-        for key, value in inner.items():
-            args += ["--setenv", key, value]
         etc, fds = _etc(self.resolv)
+        try:
+            env_fd = _env_args(inner)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        fds.append(env_fd)
+        args += ["--args", str(env_fd)]
         return Launch([*args, *etc, "--", *argv], {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, None, fds)
+
+
+def _env_args(env: Mapping[str, str]) -> int:
+    """A descriptor holding ``--setenv KEY VALUE`` for every variable, NUL-separated, for
+    bwrap's ``--args``: values are secrets, and an argv is readable by every user of the host
+    (``ps``, /proc/PID/cmdline). Not bwrap's own environment either: bwrap runs on the host
+    before it sandboxes anything, so a user's LD_PRELOAD must not reach it. A memfd rather
+    than a pipe, so no size of environment can block the writer before bwrap reads it.
+    """
+    fd = os.memfd_create("qai-env", os.MFD_CLOEXEC)
+    try:
+        data = b"".join(
+            b"--setenv\0%s\0%s\0" % (key.encode(), value.encode()) for key, value in env.items()
+        )
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _etc(resolv: Path | None = None) -> tuple[list[str], list[int]]:

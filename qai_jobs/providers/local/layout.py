@@ -1,14 +1,18 @@
 """Where a local sandbox lives on the host, under WORKSPACE_ROOT (absolute)::
 
     <sandbox_id>/            sandbox_id = <project_id>-<first 8 of the workspace id>
-        tree/                the workspace, /workspace inside the sandbox
-        home/                the sandbox's HOME (npm cache), outside the synced tree
-        git/                 git metadata of a repo source: never inside the tree, where
+        disk/                the sandbox's own filesystem (disk.py), holding what its code
+                             can make grow; without one these four are in <sandbox_id>/:
+            tree/            the workspace, /workspace inside the sandbox
+            home/            the sandbox's HOME (npm cache), outside the synced tree
+            git/             git metadata of a repo source: never inside the tree, where
                              sandboxed code could plant hooks or config for host-side git
-        logs/  procs/        dev server logs and the registry of started processes
+            logs/            dev server logs
+        procs/               the registry of started processes
         net/                 the network namespace and its helpers (net.py)
         meta.json            project, workspace, port, env, egress policy of the sandbox
         sleeping             marker: {"snapshot_id"} while asleep
+    .disks/<sandbox_id>.img  the image of its disk/
     snapshots/<id>.tar.gz + <id>.json
     ports.json               port -> sandbox_id, under .ports.lock
 
@@ -19,20 +23,24 @@ worker process on the machine can take over.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from qai_jobs.errors import PermanentError, SandboxGone
 from qai_jobs.providers.base import Sandbox
+from qai_jobs.providers.local.disk import MOUNT
 
 
 class Layout:
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.tree = base / "tree"
-        self.home = base / "home"
-        self.git = base / "git"
-        self.logs = base / "logs"
+        # One stat: a sandbox made where disks could not be mounted keeps the flat layout.
+        data = base / MOUNT if os.path.isdir(base / MOUNT) else base
+        self.tree = data / "tree"
+        self.home = data / "home"
+        self.git = data / "git"
+        self.logs = data / "logs"
         self.procs = base / "procs"
         self.meta = base / "meta.json"
         self.sleeping = base / "sleeping"

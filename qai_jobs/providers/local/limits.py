@@ -1,15 +1,17 @@
 """Per-sandbox resource limits for the local provider.
 
-Processes and memory are capped with a cgroup per workspace (v1 ``pids`` + ``memory``
-hierarchies, or v2 where the controllers can be delegated), created under the worker's own
-cgroup so a container's or systemd unit's accounting still covers the sandboxes. RLIMIT_NPROC is
+Processes, memory and CPU time are capped with a cgroup per workspace (v1 ``pids``,
+``memory`` and ``cpu`` hierarchies, or v2 where the controllers can be delegated), created
+under the worker's own cgroup so a container's or systemd unit's accounting still covers the
+sandboxes. RLIMIT_NPROC is
 not an option here: the kernel exempts root, and for other users it counts every process of the
 uid, not of one sandbox. Open files and core dumps are capped with rlimits, which do hold for
 root. The cgroup also gives a complete list of a workspace's processes, so ``sleep`` and
 ``destroy`` can stop everything, including processes that left their session.
 
 Without a writable cgroup the limits degrade to rlimits (plus RLIMIT_NPROC for a non-root
-worker, shared by all its sandboxes) and a warning is logged once.
+worker, shared by all its sandboxes) and a warning is logged once; the worker only runs so when
+the operator allowed it (``WORKSPACE_LOCAL_UNLIMITED``, see ``enforced``).
 
 A process is confined by a small /bin/sh prefix (``SandboxLimits.confine``) that joins the
 cgroups and lowers the rlimits of its own pid, then execs the command; see its docstring for why
@@ -35,11 +37,16 @@ from qai_jobs.providers.local.proc import start_time
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # warn once per process
 GROUP = "qai-jobs"
+CONTROLLERS = ("pids", "memory", "cpu")
+CPU_PERIOD_US = 100_000
+# The limit each controller enforces, as `doctor` and the refusal name them.
+LIMIT_OF = {"pids": "processes", "memory": "memory", "cpu": "cpu"}
+_v2_enabled: dict[Path, frozenset[str]] = {}
 
 
 @functools.cache
 def _cgroup_bases() -> tuple[tuple[str, Path], ...]:
-    """(kind, parent dir for our cgroups) for each usable controller: pids and memory."""
+    """(kind, parent dir for our cgroups) for each usable controller: pids, memory, cpu."""
     mounts: dict[str, Path] = {}
     v2: Path | None = None
     try:
@@ -47,7 +54,7 @@ def _cgroup_bases() -> tuple[tuple[str, Path], ...]:
             for line in fh:
                 _, point, fstype, opts, *_ = line.split()
                 if fstype == "cgroup":
-                    for ctl in ("pids", "memory"):
+                    for ctl in CONTROLLERS:
                         if ctl in opts.split(","):
                             mounts[ctl] = Path(point)
                 elif fstype == "cgroup2" and v2 is None:
@@ -71,7 +78,7 @@ def _cgroup_bases() -> tuple[tuple[str, Path], ...]:
 def _own_cgroup(line: str) -> tuple[str, str]:
     _, controllers, path = line.rstrip("\n").split(":", 2)
     for ctl in controllers.split(","):
-        if ctl in ("pids", "memory"):
+        if ctl in CONTROLLERS:
             return ctl, path
     return controllers, path
 
@@ -85,12 +92,26 @@ def _writable_parent(base: Path) -> bool:
 
 
 def _delegate_v2(base: Path) -> bool:
-    """Enable pids+memory for our children; fails (EBUSY) when the parent holds processes."""
-    try:
-        (base / "cgroup.subtree_control").write_text("+pids +memory")
-    except OSError:
-        return False
-    return True
+    """Enable pids, memory and cpu for our children, each on its own (one the parent does not
+    delegate must not cost the others); fails (EBUSY) when the parent holds processes."""
+    enabled = set()
+    for ctl in CONTROLLERS:
+        try:
+            (base / "cgroup.subtree_control").write_text(f"+{ctl}")
+        except OSError:
+            continue
+        enabled.add(ctl)
+    _v2_enabled[base] = frozenset(enabled)
+    return bool(enabled)
+
+
+def enforced() -> set[str]:
+    """The limits a cgroup enforces on this host: of "processes", "memory", "cpu"."""
+    found: set[str] = set()
+    for kind, base in _cgroup_bases():
+        ctls = _v2_enabled.get(base, frozenset()) if kind == "v2" else {kind}
+        found.update(LIMIT_OF[ctl] for ctl in ctls)
+    return found
 
 
 @functools.cache
@@ -119,17 +140,26 @@ class SandboxLimits:
         made: list[tuple[str, Path]] = []
         memory = self.settings.workspace_local_max_memory_mb * 1024 * 1024
         procs = self.settings.workspace_local_max_processes
+        quota = max(1000, int(self.settings.workspace_local_max_cpus * CPU_PERIOD_US))
         for kind, path in self.cgroups:
+            ctls = _v2_enabled.get(path.parent, frozenset()) if kind == "v2" else {kind}
             try:
                 path.mkdir(exist_ok=True)
-                if kind in ("pids", "v2"):
+                if kind == "pids":
                     (path / "pids.max").write_text(str(procs))
                 if kind == "memory":
                     (path / "memory.limit_in_bytes").write_text(str(memory))
-                if kind == "v2":
+                if kind == "cpu":
+                    (path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                    (path / "cpu.cfs_quota_us").write_text(str(quota))
+                if "pids" in ctls and kind == "v2":
+                    (path / "pids.max").write_text(str(procs))
+                if "memory" in ctls and kind == "v2":
                     (path / "memory.max").write_text(str(memory))
                     with contextlib.suppress(OSError):
                         (path / "memory.swap.max").write_text("0")
+                if "cpu" in ctls and kind == "v2":
+                    (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
             except OSError as exc:
                 log.warning("cannot set up cgroup %s: %s", path, exc.strerror)
                 continue

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qai_jobs.errors import QaiJobsError
+from qai_jobs.providers.local.disk import SandboxDisk, orphan_images
 from qai_jobs.providers.local.layout import Layout
 from qai_jobs.providers.local.net import SandboxNet
 from qai_jobs.providers.local.proc import start_time, stop_tree
@@ -120,8 +121,29 @@ def sweep(
         if tree_gone:
             # Nothing of it is left to keep: finish the deletion, give its port back.
             ports.release(name)
+            with contextlib.suppress(QaiJobsError, OSError):
+                SandboxDisk.of(layout.base).remove()
             shutil.rmtree(layout.base, ignore_errors=True)
         why = "tree gone" if tree_gone else "unowned"
         log.warning("stopped %d process(es) of orphan local sandbox %s (%s)", len(procs), name, why)
         stopped.append(Stopped(name, len(procs), why))
     return stopped
+
+
+def sweep_disks(root: Path, ports: PortRegistry) -> list[str]:
+    """Unmount and delete the disk images no sandbox holds (disk.orphan_images): a create
+    killed half-way, or a sandbox directory deleted by hand, would keep them for ever."""
+    removed: list[str] = []
+    for name in orphan_images(root):
+        disk = SandboxDisk(root, name)
+        try:
+            disk.remove()
+        except (QaiJobsError, OSError) as exc:
+            log.warning("cannot remove the orphan disk of local sandbox %s: %s", name, exc)
+            continue
+        if not (disk.base / "meta.json").exists():
+            shutil.rmtree(disk.base, ignore_errors=True)
+            ports.release(name)
+        log.warning("removed the orphan disk of local sandbox %s", name)
+        removed.append(name)
+    return removed

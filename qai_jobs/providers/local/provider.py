@@ -1,7 +1,8 @@
 """The ``local`` provider: each workspace is a directory on the worker's host (``layout``), its
 commands and dev server under bubblewrap (``jail``, ``proc``) in a network namespace of its own
-(``net``), with cgroup limits (``limits``), symlink-safe host file access (``fs``) and
-snapshots in a store (``store``).
+(``net``), with cgroup limits (``limits``) and a disk of its own (``disk``), all enforced or
+refused (``enforce``), symlink-safe host file access (``fs``) and snapshots in a store
+(``store``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from typing import Any, ClassVar
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.egress import Egress
-from qai_jobs.errors import ConfigurationError, ErrorCode, PermanentError, QaiJobsError, SandboxGone
+from qai_jobs.errors import (
+    ConfigurationError,
+    ErrorCode,
+    PermanentError,
+    QaiJobsError,
+    SandboxGone,
+    not_owned,
+)
 from qai_jobs.providers.base import (
     CreateSpec,
     ExecResult,
@@ -31,6 +39,9 @@ from qai_jobs.providers.base import (
     SandboxStatus,
     SleepOutcome,
 )
+from qai_jobs.providers.local import enforce
+from qai_jobs.providers.local.disk import SandboxDisk
+from qai_jobs.providers.local.disk import unsupported as no_disk_quota
 from qai_jobs.providers.local.fs import SafeTree
 from qai_jobs.providers.local.git import git_sync
 from qai_jobs.providers.local.hashcache import HashCache
@@ -76,10 +87,15 @@ class LocalProvider(Provider):
             self.root, settings.workspace_local_port_min, settings.workspace_local_port_max
         )
         self.snapshots = SnapshotStore(
-            self.root, settings.workspace_local_snapshots_kept, settings.tracked_max_file_bytes
+            settings.snapshot_dir,
+            settings.workspace_local_snapshots_kept,
+            settings.tracked_max_file_bytes,
         )
-        if (why := refusal(settings)) is not None:
+        if (why := refusal(settings) or enforce.refusal(settings)) is not None:
             raise ConfigurationError(why)
+        self.disk_quota = no_disk_quota() is None
+        sized = settings.isolation == "bwrap" and enforce.bwrap_sizes_tmpfs()
+        self.tmp_mb = settings.workspace_local_tmp_mb if sized else None
         if settings.isolation == "none" and "none" not in _warned:
             _warned.add("none")
             log.warning(
@@ -88,7 +104,23 @@ class LocalProvider(Provider):
 
     # -- helpers -----------------------------------------------------------------------------
     def _layout(self, sb: Sandbox) -> Layout:
-        return Layout.of(self.root, sb)
+        return self._mounted(Layout.of(self.root, sb))
+
+    @staticmethod
+    def _mounted(layout: Layout) -> Layout:
+        """The layout, its disk mounted again if a host restart took the mount away."""
+        disk = SandboxDisk.of(layout.base)
+        if disk.image.exists() and not disk.mounted():
+            disk.mount()
+            return Layout(layout.base)
+        return layout
+
+    def _new_disk(self, base: Path) -> Layout:
+        """The layout of a sandbox directory being made, on a disk of its own if it can."""
+        disk = SandboxDisk.of(base)
+        if self.disk_quota and not disk.image.exists():
+            disk.create(self.settings.workspace_local_max_disk_mb)
+        return Layout(base)
 
     def _existing(self, sb: Sandbox) -> Layout:
         return self._layout(sb).existing()
@@ -100,7 +132,7 @@ class LocalProvider(Provider):
         if self.settings.isolation != "bwrap":
             return Jail(self.settings.isolation, layout.tree, layout.home)
         net = self._net_up(layout)
-        return Jail("bwrap", layout.tree, layout.home, net.ns, net.resolv)
+        return Jail("bwrap", layout.tree, layout.home, net.ns, net.resolv, self.tmp_mb)
 
     def _net_up(self, layout: Layout) -> SandboxNet:
         """The workspace's network namespace, made or repaired first (a restart may have taken
@@ -124,6 +156,8 @@ class LocalProvider(Provider):
             "project_id": meta["project_id"],
             "workspace_id": meta["workspace_id"],
             "isolation": self.settings.isolation,
+            # The host holding it: another host's worker rebuilds it instead of using it.
+            "host": self.settings.workspace_host_id,
         }
         return Sandbox(self.name, layout.base.name, state)
 
@@ -160,6 +194,7 @@ class LocalProvider(Provider):
         layout = Layout(self.root / name)
         held = False
         try:
+            layout = self._new_disk(layout.base)
             meta = self._provision(layout, spec)
             if spec.snapshot_id:
                 # The name may be a vanished sandbox's, being rebuilt: it keeps what it held.
@@ -169,6 +204,8 @@ class LocalProvider(Provider):
             if held and spec.snapshot_id:
                 self.snapshots.unhold(name, spec.snapshot_id)
             self.ports.release(name)
+            with contextlib.suppress(QaiJobsError):
+                SandboxDisk.of(layout.base).remove()
             shutil.rmtree(layout.base, ignore_errors=True)
             raise
         return self._sandbox(layout, meta)
@@ -176,10 +213,13 @@ class LocalProvider(Provider):
     def adopt(self, sandbox_id: str, spec: CreateSpec) -> Sandbox:
         if not _SANDBOX_ID.match(sandbox_id):
             raise SandboxGone(f"no local workspace {sandbox_id!r}")
-        layout = Layout(self.root / sandbox_id)
+        layout = self._mounted(Layout(self.root / sandbox_id))
         meta = layout.read_meta()
         if not meta or not layout.tree.is_dir():
             raise SandboxGone(f"no local workspace {sandbox_id!r}")
+        if meta.get("project_id") != spec.project_id:
+            # Another project's tree: sharing it would let either read, and destroy, the other.
+            raise not_owned(sandbox_id, spec.project_id)
         meta["port"] = self.ports.allocate(sandbox_id)
         return self._sandbox(layout, meta)
 
@@ -209,6 +249,7 @@ class LocalProvider(Provider):
             if not snapshot_id:
                 raise SandboxGone(f"local workspace {sb.sandbox_id} is gone, with no snapshot")
             layout.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            layout = self._new_disk(layout.base)
             spec = CreateSpec(
                 str(sb.state.get("project_id", "")), str(sb.state.get("workspace_id", "")), 0
             )
@@ -239,7 +280,8 @@ class LocalProvider(Provider):
         if layout.base.is_dir():
             self._stop_all(layout)
             SandboxNet(layout.base).down()
-            shutil.rmtree(layout.base, ignore_errors=True)
+        SandboxDisk.of(layout.base).remove()  # all of it at once, before the directory
+        shutil.rmtree(layout.base, ignore_errors=True)
         self.snapshots.forget(sb.sandbox_id)
         HashCache.forget(layout.base / "hashcache.json")
         SandboxLimits(self.settings, layout.base.name).remove()

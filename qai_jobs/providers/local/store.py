@@ -120,8 +120,9 @@ class SnapshotStore:
     same snapshot, so the lists change and snapshots are deleted under one flock.
     """
 
-    def __init__(self, root: Path, keep: int, max_file_bytes: int | None = None) -> None:
-        self.dir = root / "snapshots"
+    def __init__(self, directory: Path, keep: int, max_file_bytes: int | None = None) -> None:
+        # Shared by every host of a fleet (flock works on NFS v4 and on one machine).
+        self.dir = directory
         self.keep = keep
         # Bigger files are left out (Settings.tracked_max_file_bytes), and named in the meta.
         self.max_file_bytes = max_file_bytes

@@ -15,11 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from qai_jobs.cancel import Cancel
+from qai_jobs.egress import INTERNET, Egress
 from qai_jobs.errors import (
     ErrorCode,
     PermanentError,
     SandboxGone,
     TransientError,
+    not_owned,
 )
 from qai_jobs.providers import scripts as remote
 from qai_jobs.providers.base import (
@@ -31,6 +33,7 @@ from qai_jobs.providers.base import (
     SleepOutcome,
     safe_text,
 )
+from qai_jobs.providers.cloud_egress import modal_network
 from qai_jobs.providers.modal.sdk import ModalSdk
 from qai_jobs.providers.shell import replace
 from qai_jobs.sealing import seal_env, unseal_env
@@ -55,6 +58,7 @@ class ModalProvider(ModalSdk):
             else:
                 image = sdk.Image.from_registry(self.settings.workspace_image or DEFAULT_IMAGE)
         idle_backstop = int(max(self.settings.inactivity_seconds * 3, 3600))
+        network = modal_network(spec_state.get("egress", INTERNET))
         try:
             with self._guard():
                 handle = sdk.Sandbox.create(
@@ -73,6 +77,7 @@ class ModalProvider(ModalSdk):
                         spec_state["workspace_id"],
                         self.settings.deployment_id,
                     ),
+                    **network,
                 )
         except SandboxGone as exc:
             if image_id:  # NotFoundError on create from an image id: the snapshot is unknown
@@ -96,6 +101,7 @@ class ModalProvider(ModalSdk):
             "port": spec.port,
             # Sealed: this state is stored on the workspace row, and env values are secrets.
             "env": seal_env(self.settings, dict(spec.env)),
+            "egress": self.settings.workspace_egress if spec.egress is None else spec.egress,
         }
         return self._new(state, spec.snapshot_id)
 
@@ -105,6 +111,10 @@ class ModalProvider(ModalSdk):
         with self._guard(sandbox_id=sandbox_id):
             if handle.poll() is not None:
                 raise SandboxGone(f"Modal sandbox {sandbox_id} has finished")
+            if not remote.may_adopt(
+                handle.get_tags(), spec.project_id, self.settings.deployment_id
+            ):
+                raise not_owned(sandbox_id, spec.project_id)
             handle.set_tags(
                 remote.tags_for(spec.project_id, spec.workspace_id, self.settings.deployment_id)
             )
@@ -113,7 +123,9 @@ class ModalProvider(ModalSdk):
             project_id=spec.project_id,
             workspace_id=spec.workspace_id,
             port=spec.port,
-            env=dict(spec.env),
+            # Sealed like create's: this state is stored on the workspace row, and a wake
+            # after sleep creates the new sandbox with it.
+            env=seal_env(self.settings, dict(spec.env)),
             created_at=time.time(),
             sleeping=False,
             ports=[spec.port],
@@ -326,6 +338,19 @@ class ModalProvider(ModalSdk):
         return remote.proc_record(sb, proc_id, int(pid), command)
 
     # -- network -----------------------------------------------------------------------------
+    def set_egress(self, sb: Sandbox, egress: Egress) -> None:
+        """Modal fixes a sandbox's network at creation: a new policy moves the workspace to a
+        new sandbox made from a snapshot of this one (its processes are restarted), as a
+        recycle does. An adopted sandbox's network is unknown: taken to be Modal's open one."""
+        modal_network(egress)  # refused before anything changes
+        if sb.state.get("egress", INTERNET) == egress:
+            return
+        if sb.state.get("sleeping"):
+            sb.state = {**sb.state, "egress": egress}  # wake creates it with the new policy
+            return
+        moved = Sandbox(sb.provider, sb.sandbox_id, {**sb.state, "egress": egress})
+        replace(sb, self.recycle(moved))
+
     def preview_url(self, sb: Sandbox, port: int) -> str:
         handle = self._handle(sb)
         # Re-minted on every call: a tunnel URL changes whenever the sandbox is replaced.

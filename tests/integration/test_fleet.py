@@ -1,0 +1,157 @@
+"""A fleet of two local hosts on one machine: real workers with their own host id and
+WORKSPACE_ROOT over one Postgres, one Redis and one shared directory snapshot store.
+
+One test walks a workspace's whole life in the fleet: placed on a host, its actions run only
+there (in order), the host dies (SIGKILL) and the next action rebuilds it on the other host from
+its snapshot with a `workspace.moved` webhook, the dead host comes back and never touches it
+again, and `hosts drain` moves it back without losing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from qai_jobs.client import WorkspaceClient
+from tests.conftest import settings_for
+from tests.integration.ops_support import Receiver, env_for, events_of, wait_until
+from tests.support.procs import QAI, REPO, Proc, start_worker
+
+WAIT = 120  # hang guard only
+HELLO = REPO / "examples" / "hello"
+DEAD_SECONDS = 3.0
+LINES = 5
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def files_named(root: Path, name: str) -> list[Path]:
+    return [p for p in root.glob(f"*/**/{name}") if p.is_file()]
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*QAI, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=WAIT
+    )
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(fail_first=0)
+    yield r
+    r.close()
+
+
+def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
+    isolated_env: dict[str, str], log_dir: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    env = {
+        **isolated_env,
+        **env_for(receiver.url("/flaky")),
+        "WORKSPACE_RUNTIME": "local",
+        "WORKSPACE_SNAPSHOT_STORE": str(tmp_path / "store"),
+        "WORKSPACE_HOST_DEAD_SECONDS": str(DEAD_SECONDS),
+    }
+    roots = {h: tmp_path / h for h in ("host-a", "host-b")}
+
+    def host_env(host: str) -> dict[str, str]:
+        return {**env, "WORKSPACE_HOST_ID": host, "WORKSPACE_ROOT": str(roots[host])}
+
+    procs: dict[str, Proc] = {}
+    try:
+        for host in roots:
+            procs[host] = start_worker(host_env(host), log_dir, concurrency=2, name=host)
+            assert f".host.{host}" in procs[host].log()  # it consumes its host's queue
+        lc = WorkspaceClient(settings_for(env))
+        project = f"fl-{uuid.uuid4().hex[:10]}"
+        files = {p.name: p.read_text() for p in HELLO.iterdir() if p.is_file()}
+        url = lc.ensure(project, files=files, dev_command="node server.js --port {port}").wait(
+            WAIT
+        )["preview_url"]
+        owner = lc.get_workspace(project)["host_id"]
+        assert owner in roots
+        other = next(h for h in roots if h != owner)
+        assert answers(url)
+
+        # Its actions run only on its host, in order, whichever worker takes the message.
+        handles = [lc.command(project, f"echo line-{i} >> log.txt") for i in range(LINES)]
+        for h in handles:
+            h.wait(WAIT)
+        [log] = files_named(roots[owner], "log.txt")
+        assert log.read_text().split() == [f"line-{i}" for i in range(LINES)]
+        assert files_named(roots[other], "log.txt") == []
+
+        listed = json.loads(cli(env, "hosts", "--json").stdout)
+        by_id = {h["host_id"]: h for h in listed}
+        assert set(by_id) == set(roots) and all(h["alive"] for h in listed)
+        assert by_id[owner]["workspaces"] == 1 and by_id[other]["workspaces"] == 0
+        api_hosts = lc.list_hosts()
+        assert {h["host_id"] for h in api_hosts} == set(roots)
+
+        snapshot_id = lc.snapshot(project).wait(WAIT)["snapshot_id"]
+        after = lc.command(project, "echo after-snapshot > lost.txt")
+        after.wait(WAIT)
+
+        # The owning host dies; its dev server lives on (as on a host cut off the network).
+        procs[owner].kill()
+        died = time.monotonic()
+        out = lc.command(project, "cat log.txt; ls").wait(WAIT)
+        ran = time.monotonic() - died
+        moved_url = lc.get_workspace(project)["preview_url"]
+        wait_until(lambda: answers(moved_url), WAIT, "the moved dev server")
+        serving = time.monotonic() - died
+        print(f"\nhost death -> action done on {other}: {ran:.2f} s; serving: {serving:.2f} s")
+        assert out["stdout"].split()[:LINES] == [f"line-{i}" for i in range(LINES)]
+        assert "lost.txt" not in out["stdout"]
+        assert lc.get_workspace(project)["host_id"] == other
+        assert files_named(roots[other], "log.txt")
+
+        def moved() -> list[dict[str, Any]]:
+            events = events_of(receiver, project)
+            return [e for e in events if e["type"] == "workspace.moved"]
+
+        [event] = wait_until(moved, 30, "the workspace.moved webhook")
+        assert event["data"]["from_host"] == owner
+        assert event["data"]["to_host"] == other
+        assert event["data"]["snapshot_id"] == snapshot_id
+        assert [x["action_id"] for x in event["data"]["lost"]] == [str(after.id)]
+
+        # The dead host comes back: it stops what it still ran of the workspace and never
+        # writes to it again.
+        before = log.stat().st_mtime_ns
+        procs[owner] = start_worker(host_env(owner), log_dir, concurrency=2, name=owner + "-2")
+        wait_until(lambda: not answers(url), 30, "the old host to stop its dev server")
+        for _ in range(3):
+            lc.command(project, "echo again >> log.txt").wait(WAIT)
+        assert log.stat().st_mtime_ns == before
+        assert lc.get_workspace(project)["host_id"] == other
+
+        # Drain the new host: everything moves back, nothing lost (the command-made file too).
+        lc.command(project, "echo kept > kept.txt").wait(WAIT)
+        drained = cli(env, "hosts", "drain", other, "--json")
+        assert drained.returncode == 0, drained.stderr
+        assert json.loads(drained.stdout)["moved"] == {project: owner}
+        back = lc.command(project, "cat kept.txt; wc -l < log.txt").wait(WAIT)
+        assert back["stdout"].split() == ["kept", str(LINES + 3)]
+        assert lc.get_workspace(project)["host_id"] == owner
+        events = wait_until(lambda: moved()[1:], 30, "the drain's workspace.moved webhook")
+        assert events[0]["data"]["from_host"] == other and events[0]["data"]["lost"] == []
+        assert answers(lc.get_workspace(project)["preview_url"])
+        lc.destroy(project).wait(WAIT)
+    finally:
+        for proc in procs.values():
+            if proc.popen.poll() is None:
+                proc.stop()
