@@ -24,11 +24,9 @@ OUTPUT_TAIL = 64 * 1024
 TEXT_BOUND = 4000
 FILES_SHOWN = 200
 
-# ``to_jsonb(w) ->> 'host_id'`` reads the holding host when the schema has that column and
-# NULL when it does not, so this page needs no change when hosts arrive.
 _WORKSPACE_COLUMNS = """
     w.project_id, w.status, w.provider, w.sandbox_id, w.preview_url, w.last_activity_at,
-    to_jsonb(w) ->> 'host_id' AS host_id,
+    w.host_id,
     f.error AS last_error, f.kind AS last_error_kind, f.finished_at AS last_error_at
 """
 # The project's most recent failure, through ix_actions_failed.
@@ -173,22 +171,6 @@ def webhook(conn: Connection, event_id: str) -> dict[str, Any] | None:
         {"id": event_id},
     ).first()
     return dict(row._mapping) if row is not None else None
-
-
-def hosts(conn: Connection, limit: int = 200) -> list[dict[str, Any]] | None:
-    """The worker hosts, or None while the schema has no ``hosts`` table.
-
-    HOSTS HOOK: read generically (``to_jsonb``) so the page shows ``host_id``, ``address`` and
-    ``last_seen_at`` from whatever the fleet's table holds; give this a typed query once that
-    table is settled.
-    """
-    if conn.execute(sa.text("SELECT to_regclass('hosts')")).scalar() is None:
-        return None
-    rows = conn.execute(
-        sa.text("SELECT to_jsonb(h) FROM hosts h ORDER BY to_jsonb(h) ->> 'host_id' LIMIT :limit"),
-        {"limit": limit},
-    ).scalars()
-    return [dict(r) for r in rows if isinstance(r, dict)]
 
 
 def _bounded_error(error: Any) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from qai_jobs.db import operator
+from qai_jobs.db import hosts, operator
 from qai_jobs.db.migrate import migrate
 from tests.support import services
 
@@ -188,25 +188,22 @@ def test_every_query_has_an_index(engine: sa.Engine) -> None:
             assert indexes <= used, (statement, used)
 
 
-def test_hosts_hook_reads_a_hosts_table_and_host_id_once_they_exist() -> None:
+def test_the_operator_page_lists_hosts_and_each_workspace_s_host() -> None:
     url = services.create_database()
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         migrate(url)
         with engine.begin() as conn:
-            assert operator.hosts(conn) is None
-            conn.execute(sa.text("ALTER TABLE workspaces ADD COLUMN host_id text"))
-            conn.execute(
-                sa.text("CREATE TABLE hosts (host_id text, address text, last_seen_at timestamptz)")
-            )
-            conn.execute(
-                sa.text("INSERT INTO hosts VALUES ('h1', '10.0.0.1', now()), ('h2', NULL, NULL)")
-            )
+            hosts.report(conn, "h1", "10.0.0.1", 4, fresh=True)
+            hosts.report(conn, "h2", "10.0.0.2", 4, fresh=True)
             _workspace(conn, "on-h2", "ready", BASE)
             conn.execute(sa.text("UPDATE workspaces SET host_id = 'h2'"))
-            hosts = operator.hosts(conn)
+            listed = hosts.list_hosts(conn, 60)
             shown = operator.workspace(conn, "on-h2")
-        assert hosts is not None and [h["host_id"] for h in hosts] == ["h1", "h2"]
+        assert [(h["host_id"], h["alive"], h["workspaces"]) for h in listed] == [
+            ("h1", True, 0),
+            ("h2", True, 1),
+        ]
         assert shown is not None and shown["host_id"] == "h2"
     finally:
         engine.dispose()

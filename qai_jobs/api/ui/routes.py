@@ -26,7 +26,7 @@ from qai_jobs.api.ui.auth import PREFIX, Session, UiAuth, safe_next
 from qai_jobs.api.ui.render import HEADERS, STATIC, render_fragment
 from qai_jobs.config import Settings
 from qai_jobs.constants import DELIVER_TASK, WorkspaceStatus
-from qai_jobs.db import operator, outbox
+from qai_jobs.db import hosts, operator, outbox
 from qai_jobs.errors import Conflict, NotFound, ValidationFailed
 from qai_jobs.schemas import check_project_id
 
@@ -133,11 +133,13 @@ async def workspaces(
     status: Annotated[str | None, Query(pattern=f"^({STATUSES})$")] = None,
     after: Annotated[str | None, Query(pattern=_CURSOR)] = None,
 ) -> Response:
+    dead_seconds = request.app.state.settings.workspace_host_dead_seconds
+
     def read(conn: Any) -> dict[str, Any]:
         return {
             "counts": operator.status_counts(conn),
             "page": operator.workspaces(conn, status, _cursor(after, "after")),
-            "hosts": operator.hosts(conn),
+            "hosts": hosts.list_hosts(conn, dead_seconds),
         }
 
     found = await _db(request, read)
