@@ -2,7 +2,7 @@
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends bubblewrap git nodejs npm \
-    passt nftables dnsmasq-base iproute2 \
+    passt nftables dnsmasq-base iproute2 e2fsprogs haproxy \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md celeryconfig.py alembic.ini ./

@@ -56,8 +56,8 @@ lock:
 
 # Each local sandbox gets its own network namespace: pasta (passt) for user-mode networking,
 # nftables for its egress rules, dnsmasq for its resolver, ip (iproute2) to list the host's
-# addresses the rules keep out.
-NETNS_PACKAGES := pasta:passt nft:nftables dnsmasq:dnsmasq-base ip:iproute2
+# addresses the rules keep out; e2fsprogs (mkfs.ext4) for each sandbox's disk-quota image.
+NETNS_PACKAGES := pasta:passt nft:nftables dnsmasq:dnsmasq-base ip:iproute2 mkfs.ext4:e2fsprogs
 netns-tools:
 	@missing=""; for pair in $(NETNS_PACKAGES); do \
 	  PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
