@@ -109,8 +109,20 @@ def _move(ctx: ActionContext, from_host: str) -> Sandbox:
 
 def _recreate(ctx: ActionContext) -> Sandbox:
     """Gone behind our back: recreate from the last snapshot we know of, then replay what
-    qai-jobs itself wrote since (a command's own changes since then cannot be recovered)."""
-    return _rebuild(ctx)[0]
+    qai-jobs itself wrote since (a command's own changes since then cannot be recovered, and
+    the ``workspace.moved`` event names them)."""
+    ctx.progress("rebuilding lost sandbox", None, None)
+    sb, snapshot_id = _rebuild(ctx)
+    # A cloud sandbox has no host of ours: the provider is where it was and where it is.
+    here = ctx.settings.workspace_host_id if ctx.ws.provider == "local" else ctx.ws.provider
+    data = {
+        "from_host": here,
+        "to_host": here,
+        "snapshot_id": snapshot_id,
+        "lost": ctx.lost(snapshot_id),
+    }
+    ctx.events.append(Event(EventType.MOVED, data))
+    return sb
 
 
 def _rebuild(ctx: ActionContext) -> tuple[Sandbox, str | None]:

@@ -131,10 +131,13 @@ def test_a_sandbox_gone_behind_our_back_comes_back_with_its_files(world: World) 
     old = world.ws.sandbox_id
     assert old is not None
     world.provider.destroy(world.ws.sb)  # type: ignore[arg-type]
-    result, _ = world.run("read", paths=["a.txt", "b.txt"])
+    result, ctx = world.run("read", paths=["a.txt", "b.txt"])
     assert world.ws.sandbox_id != old
     assert {f["path"] for f in result["files"]} == {"a.txt", "b.txt"}
     assert "restoring files" in world.stages
+    # The rebuild is announced: from no snapshot (none was taken), on the same provider.
+    [moved] = [e for e in ctx.events if e.type == EventType.MOVED]
+    assert moved.data == {"from_host": "fake", "to_host": "fake", "snapshot_id": None, "lost": []}
 
 
 def test_destroy_forgets_everything_and_the_next_ensure_is_a_new_workspace(world: World) -> None:
