@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from tests.support import services
-from tests.support.procs import REPO
+from tests.support.procs import QAI, REPO
 
 
 def test_tiny_curve_reports_counts_and_a_clean_checker(
@@ -22,8 +21,7 @@ def test_tiny_curve_reports_counts_and_a_clean_checker(
     )
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "qai_jobs", "bench", "--actions", "40", "--projects", "2,8"]
-            + ["--docs", str(docs), "--json"],
+            [*QAI, "bench", "--actions", "40", "--projects", "2,8", "--docs", str(docs), "--json"],
             env=base_env,
             cwd=REPO,
             capture_output=True,
