@@ -1,7 +1,9 @@
 """`qai-jobs bench`: durable action throughput and latency beside bare Celery, in one run.
 
-Both runs use the same broker, the same Celery settings (acks late, task events on) and a
-worker of the same concurrency, so the ratio says what durability, ordering and Postgres cost.
+The pipeline scenario (``qai_jobs.bench.pipeline``) compares durable actions with the plain
+Celery app a user would write instead (``qai_jobs.bench.baseline``), on the same broker and
+with workers of the same concurrency, so the ratio says what durability, ordering and Postgres
+cost; other scenarios are contributed by their own modules.
 The bench works in a database of its own (``<database>_bench``) and a queue of its own, so it
 never touches real workspaces or competes with running workers.
 """
@@ -17,7 +19,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from qai_jobs.config import Settings
-from qai_jobs.constants import BENCH_KEY, BENCH_NOOP_TASK, ActionStatus
 
 Log = Callable[[str], None]
 
@@ -88,7 +88,33 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-class Worker:
+class Subprocess:
+    """A worker subprocess of the bench: ready once it answers a ping, stopped with SIGTERM."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _log: Any
+
+    def wait_ready(self, app: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bench worker exited: {self.log_path.read_text()[-2000:]}")
+            replies = app.control.ping(timeout=0.5)
+            if replies:
+                return
+        raise TimeoutError("bench worker did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+class Worker(Subprocess):
     """A real `qai-jobs worker` subprocess on the bench's own queue."""
 
     def __init__(
@@ -118,137 +144,20 @@ class Worker:
             stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, app: Any, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bench worker exited: {self.log_path.read_text()[-2000:]}")
-            replies = app.control.ping(timeout=0.5)
-            if replies:
-                return
-        raise TimeoutError("bench worker did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-
-
-def _bare_celery(app: Any, redis_url: str, n: int, threads: int, log: Log) -> dict[str, Any]:
-    import redis
-
-    r = redis.Redis.from_url(redis_url)
-    key = f"{BENCH_KEY}noop:{uuid.uuid4().hex}"
-    log(f"bare Celery: {n} no-op tasks")
-    sent: list[float] = []
-    start = time.time()
-
-    def send(i: int) -> None:
-        t = time.time()
-        app.send_task(BENCH_NOOP_TASK, kwargs={"key": key, "sent": t})
-        sent.append(t)
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(send, range(n)))
-    while int(r.llen(key)) < n:
-        time.sleep(0.005)
-        if time.time() - start > 600:
-            raise TimeoutError("bare Celery tasks did not finish")
-    done = [float(x) for x in r.lrange(key, 0, -1)]
-    r.delete(key)
-    elapsed = max(done) - start
-    return {"tasks": n, "seconds": elapsed, "per_second": n / elapsed}
-
-
-def _durable(
-    client: Any, engine: sa.Engine, n: int, projects: int, threads: int, log: Log
-) -> dict[str, Any]:
-    log(f"durable actions: {n} commands over {projects} projects")
-    run_id = uuid.uuid4().hex[:6]
-    names = [f"bench-{run_id}-{i}" for i in range(projects)]
-    enqueue_times: list[float] = []
-    start = time.time()
-
-    def enqueue(i: int) -> None:
-        t = time.perf_counter()
-        client.command(names[i % projects], "true")
-        enqueue_times.append(time.perf_counter() - t)
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(enqueue, range(n)))
-    query = sa.text(
-        "SELECT count(*) FILTER (WHERE status IN ('succeeded','failed','cancelled')) AS done "
-        "FROM actions WHERE project_id LIKE :p"
-    )
-    while True:
-        with engine.connect() as conn:
-            row = conn.execute(query, {"p": f"bench-{run_id}-%"}).one()
-        if row.done >= n:
-            break
-        if time.time() - start > 900:
-            raise TimeoutError(f"only {row.done}/{n} actions finished")
-        time.sleep(0.01)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT extract(epoch FROM started_at - created_at) AS to_start, "
-                "extract(epoch FROM finished_at - created_at) AS to_done, "
-                "extract(epoch FROM finished_at) AS finished, status "
-                "FROM actions WHERE project_id LIKE :p"
-            ),
-            {"p": f"bench-{run_id}-%"},
-        ).all()
-    failed = sum(1 for r in rows if r.status != ActionStatus.SUCCEEDED)
-    elapsed = max(float(r.finished) for r in rows) - start
-    return {
-        "actions": n,
-        "projects": projects,
-        "failed": failed,
-        "seconds": elapsed,
-        "per_second": n / elapsed,
-        "enqueue": summarize(enqueue_times),
-        "enqueue_to_start": summarize([float(r.to_start) for r in rows if r.to_start is not None]),
-        "enqueue_to_done": summarize([float(r.to_done) for r in rows if r.to_done is not None]),
-    }
-
-
-def _wait_latency(client: Any, engine: sa.Engine, samples: int, log: Log) -> dict[str, Any]:
-    """How long after an action finishes (its commit) does wait() return? One at a time."""
-    log(f"wait() latency: {samples} sequential actions")
-    project = f"bench-wait-{uuid.uuid4().hex[:6]}"
-    gaps: list[float] = []
-    enqueues: list[float] = []
-    for _ in range(samples):
-        t = time.perf_counter()
-        handle = client.command(project, "true")
-        enqueues.append(time.perf_counter() - t)
-        handle.wait(60)
-        returned = time.time()
-        with engine.connect() as conn:
-            finished = conn.execute(
-                sa.text("SELECT extract(epoch FROM finished_at) FROM actions WHERE id = :id"),
-                {"id": handle.id},
-            ).scalar_one()
-        gaps.append(max(0.0, returned - float(finished)))
-    return {
-        "samples": samples,
-        "after_finish": summarize(gaps),
-        "enqueue_alone": summarize(enqueues),
-    }
-
 
 def run_bench(
     settings: Settings,
     *,
     n_actions: int,
-    projects: int,
+    projects: list[int],
     concurrency: int,
     scenarios: list[str],
     log: Log,
+    runs: int = 1,
+    docs: Path | None = None,
 ) -> dict[str, Any]:
+    """Run the scenarios; the pipeline once per project count and run (medians reported).
+    ``docs``: where to write the curve (``benchmarks.md`` and its plot)."""
     from qai_jobs.client.direct import WorkspaceClient
     from qai_jobs.db.migrate import migrate
 
@@ -261,27 +170,36 @@ def run_bench(
     log(f"bench database {make_url(bsettings.database_url).database}, queue {queue}")
     migrate(bsettings.database_url)
     client = WorkspaceClient(bsettings)
-    engine = client.engine
-    with engine.begin() as conn:
+    with client.engine.begin() as conn:
         conn.execute(
             sa.text("TRUNCATE actions, snapshots, webhook_events, workspace_files, workspaces")
         )
-    report: dict[str, Any] = {"concurrency": concurrency, "cpus": os.cpu_count()}
+    report: dict[str, Any] = {"concurrency": concurrency, "cpus": os.cpu_count(), "runs": runs}
     logs_dir = Path(tempfile.mkdtemp(prefix="qai-bench-"))
     if "pipeline" in scenarios:
-        worker = Worker(bsettings, concurrency, queue, logs_dir / "worker.log")
-        try:
-            worker.wait_ready(app)
-            _bare_celery(
-                app, bsettings.redis_url, min(200, n_actions), 4, lambda m: None
-            )  # warm-up
-            _durable(client, engine, min(200, n_actions), projects, 4, lambda m: None)
-            report["bare_celery"] = _bare_celery(app, bsettings.redis_url, n_actions, 4, log)
-            report["durable"] = _durable(client, engine, n_actions, projects, 4, log)
-            report["wait"] = _wait_latency(client, engine, 200, log)
-        finally:
-            worker.stop()
-        report["ratio"] = report["durable"]["per_second"] / report["bare_celery"]["per_second"]
+        from qai_jobs.bench.curve import median_point, write_docs
+        from qai_jobs.bench.pipeline import run_pipeline
+
+        curve = []
+        for count in projects:
+            done = [
+                run_pipeline(
+                    client,
+                    bsettings,
+                    app,
+                    n=n_actions,
+                    projects=count,
+                    concurrency=concurrency,
+                    logs_dir=logs_dir,
+                    log=log,
+                )
+                for _ in range(runs)
+            ]
+            curve.append(median_point(done))
+        report["curve"] = curve
+        report.update({k: curve[0][k] for k in ("baseline", "durable", "ratio", "checker")})
+        if docs is not None and len(curve) > 1:
+            report["docs"] = [str(p) for p in write_docs(report, docs)]
     for name in scenarios:
         if name in EXTRA_SCENARIOS:
             module_name, func = EXTRA_SCENARIOS[name].split(":")
@@ -297,28 +215,52 @@ def run_bench(
 
 
 def _lat(label: str, stats: dict[str, float], note: str = "") -> str:
-    return f"  {label:22} p50 {stats['p50_ms']:7.2f} ms   p99 {stats['p99_ms']:7.2f} ms{note}"
+    return f"  {label:30} p50 {stats['p50_ms']:7.2f} ms   p99 {stats['p99_ms']:7.2f} ms{note}"
+
+
+def _counts(label: str, per: dict[str, Any]) -> str:
+    return (
+        f"  {label:30} {per['pg_commits']:5.2f} commits  {per['pg_rollbacks']:5.2f} rollbacks  "
+        f"{per['redis_commands']:6.2f} Redis commands"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"qai-jobs bench  (worker concurrency {report['concurrency']}, {report['cpus']} CPUs)"]
-    if "bare_celery" in report:
-        bare, dur, wait = report["bare_celery"], report["durable"], report["wait"]
+    lines = [
+        f"qai-jobs bench  (worker concurrency {report['concurrency']}, {report['cpus']} CPUs, "
+        f"medians of {report['runs']} run(s))"
+    ]
+    if "curve" in report:
+        base, dur = report["baseline"], report["durable"]
         lines += [
-            f"  bare Celery no-op      {bare['per_second']:8.0f} tasks/s   "
-            f"({bare['tasks']} in {bare['seconds']:.2f}s)",
-            f"  durable actions        {dur['per_second']:8.0f} actions/s "
+            f"  plain Celery no-op             {base['per_second']:8.0f} tasks/s   "
+            f"({base['tasks']} in {base['seconds']:.2f}s, one producer)",
+            f"  durable write actions          {dur['per_second']:8.0f} actions/s "
             f"({dur['actions']} over {dur['projects']} projects in {dur['seconds']:.2f}s, "
             f"{dur['failed']} failed)",
-            f"  ratio durable/bare     {report['ratio']:8.2f}",
-            _lat("enqueue, one producer", wait["enqueue_alone"]),
-            _lat("enqueue, 4 producers", dur["enqueue"], "   (beside the busy worker)"),
-            _lat("enqueue -> start", dur["enqueue_to_start"]),
-            _lat("enqueue -> done", dur["enqueue_to_done"]),
-            _lat("wait() after finish", wait["after_finish"]),
+            f"  ratio durable/plain Celery     {report['ratio']:8.2f}",
+            _lat("enqueue (saturated run)", dur["enqueue"]),
+            _lat("enqueue (half load)", dur["half_load"]["enqueue"]),
+            _lat("enqueue -> start, half load", dur["half_load"]["enqueue_to_start"]),
+            _lat("plain Celery, same", base["half_load"]["enqueue_to_start"]),
+            _lat("plain Celery enqueue", base["enqueue"]),
+            _counts("per action", dur["per_action"]),
+            _counts("per plain Celery task", base["per_task"]),
+            "  checker: {overlaps} overlapping runs, {out_of_order} out-of-order starts, "
+            "{never_started} never started".format(**report["checker"]),
         ]
+        if len(report["curve"]) > 1:
+            lines.append("  projects   durable/s   plain/s   ratio   commits  rollbacks  Redis")
+            for point in report["curve"]:
+                per = point["durable"]["per_action"]
+                lines.append(
+                    f"  {point['projects']:8}   {point['durable']['per_second']:9.0f}   "
+                    f"{point['baseline']['per_second']:7.0f}   {point['ratio']:5.2f}   "
+                    f"{per['pg_commits']:7.2f}  {per['pg_rollbacks']:9.2f}  "
+                    f"{per['redis_commands']:5.1f}"
+                )
+    skip = ("concurrency", "cpus", "runs", "curve", "baseline", "durable", "ratio", "checker")
     for key, value in report.items():
-        if key in ("concurrency", "cpus", "bare_celery", "durable", "wait", "ratio"):
-            continue
-        lines.append(f"  {key}: {value}")
+        if key not in skip:
+            lines.append(f"  {key}: {value}")
     return "\n".join(lines)

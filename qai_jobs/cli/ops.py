@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import click
 
@@ -126,7 +127,24 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--actions", "n_actions", type=click.IntRange(1, 1_000_000), default=2000, show_default=True
 )
-@click.option("--projects", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option(
+    "--projects",
+    "project_counts",
+    default="50",
+    show_default=True,
+    help="Project count, or a comma list (1,10,100,1000,10000) for a curve in --docs.",
+)
+@click.option(
+    "--runs", type=click.IntRange(1, 99), default=1, show_default=True, help="Medians of N runs."
+)
+@click.option(
+    "--docs",
+    "docs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("docs"),
+    show_default=True,
+    help="Where a curve writes benchmarks.md and benchmarks.png.",
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
@@ -153,13 +171,17 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 def bench(
     ctx: click.Context,
     n_actions: int,
-    projects: int,
+    project_counts: str,
+    runs: int,
+    docs_dir: Path,
     concurrency: int,
     scenarios: str,
     history: int | None,
     as_json: bool,
 ) -> None:
-    """Measure action throughput and latency on the fake provider beside bare Celery."""
+    """Measure action throughput and latency on the fake provider beside plain Celery.
+
+    Fails (exit 1) when the checker finds overlapping runs or out-of-order starts."""
     if history is not None:
         from qai_jobs.bench.history import format_history, run_history
 
@@ -169,8 +191,17 @@ def bench(
         else:
             click.echo(format_history(found))
         return
+    from qai_jobs.bench.pipeline import violations
     from qai_jobs.bench.run import run_bench
 
+    try:
+        projects = [int(p) for p in project_counts.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            "a number or a comma list of numbers", param_hint="--projects"
+        ) from None
+    if any(not 1 <= p <= 100_000 for p in projects):
+        raise click.BadParameter("each count from 1 to 100000", param_hint="--projects")
     report = run_bench(
         settings_from(ctx),
         n_actions=n_actions,
@@ -178,6 +209,8 @@ def bench(
         concurrency=concurrency,
         scenarios=scenarios.split(","),
         log=lambda m: click.echo(m, err=True),
+        runs=runs,
+        docs=docs_dir,
     )
     if as_json:
         echo_json(report)
@@ -185,6 +218,8 @@ def bench(
         from qai_jobs.bench.run import format_report
 
         click.echo(format_report(report))
+    if violations(report):
+        fail("the checker found overlapping runs or out-of-order starts", EXIT_FAILED)
 
 
 COMMANDS = [webhooks, doctor, bench]

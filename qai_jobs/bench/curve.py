@@ -1,0 +1,108 @@
+"""Throughput against the number of projects: medians of runs, ``docs/benchmarks.md`` and a plot.
+
+The plot needs matplotlib (``pip install 'qai-jobs[bench]'``); without it the page is written
+with its table only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+
+def median_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median ratio (its figures stay one run's, consistent with each
+    other), with every run's ratio beside it and the checker summed over all runs."""
+    ordered = sorted(runs, key=lambda r: float(r["ratio"]))
+    point = dict(ordered[(len(ordered) - 1) // 2])
+    point["ratios"] = [round(float(r["ratio"]), 3) for r in runs]
+    point["checker"] = {
+        key: sum(int(r["checker"][key]) for r in runs) for key in runs[0]["checker"]
+    }
+    return point
+
+
+def _plot(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    curve = report["curve"]
+    xs = [p["projects"] for p in curve]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(xs, [p["durable"]["per_second"] for p in curve], "o-", label="qai-jobs write actions")
+    ax.plot(xs, [p["baseline"]["per_second"] for p in curve], "s--", label="plain Celery no-op")
+    ax.set_xscale("log")
+    ax.set_xlabel("projects (FIFO keys)")
+    ax.set_ylabel("per second")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(
+        f"{curve[0]['actions']} actions, concurrency {report['concurrency']}, "
+        f"{report['cpus']} CPUs, median of {report['runs']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
+    """Write ``benchmarks.md`` (and ``benchmarks.png`` when matplotlib is there) into ``docs``."""
+    docs.mkdir(parents=True, exist_ok=True)
+    png = docs / "benchmarks.png"
+    plotted = _plot(report, png)
+    curve = report["curve"]
+    counts = ",".join(str(p["projects"]) for p in curve)
+    command = (
+        f"qai-jobs bench --actions {curve[0]['actions']} --projects {counts} "
+        f"--runs {report['runs']} --concurrency {report['concurrency']}"
+    )
+    lines = [
+        "# Throughput against the number of projects",
+        "",
+        "Written by `qai-jobs bench` when `--projects` lists several counts. Each point is "
+        "the median of its runs. qai-jobs runs `write` actions on the fake provider, in FIFO "
+        "order per project with one at a time per project; the baseline is a plain Celery app "
+        "(late acks, task events on, results ignored, default prefetch) running no-op tasks on "
+        "a worker of the same concurrency; one producer thread on each side, timed from the "
+        "first enqueue to the last completion. Counts are per action (per task for Celery), "
+        "from `pg_stat_database` and Redis `INFO commandstats` around the run. The checker "
+        "reads every action's timestamps back from Postgres.",
+        "",
+        f"Command: `{command}`",
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.uname().nodename} "
+        f"({report['cpus']} CPUs).",
+        "",
+    ]
+    if plotted:
+        lines += ["![throughput against projects](benchmarks.png)", ""]
+    lines += [
+        "| projects | qai-jobs actions/s | plain Celery tasks/s | ratio (runs) | "
+        "Postgres commits / rollbacks per action | Redis commands per action (Celery) | "
+        "enqueue p50 / p99 | enqueue→start p50 / p99 at half load (Celery) | violations |",
+        "|---:|---:|---:|---|---|---|---|---|---|",
+    ]
+    for p in curve:
+        d, b = p["durable"], p["baseline"]
+        per, base_per = d["per_action"], b["per_task"]
+        half, bhalf = d["half_load"]["enqueue_to_start"], b["half_load"]["enqueue_to_start"]
+        ratios = ", ".join(f"{r:.2f}" for r in p["ratios"])
+        bad = p["checker"]["overlaps"] + p["checker"]["out_of_order"]
+        lines.append(
+            f"| {p['projects']} | {d['per_second']:.0f} | {b['per_second']:.0f} | "
+            f"**{p['ratio']:.2f}x** ({ratios}) | {per['pg_commits']:.2f} / "
+            f"{per['pg_rollbacks']:.2f} | {per['redis_commands']:.1f} "
+            f"({base_per['redis_commands']:.1f}) | {d['enqueue']['p50_ms']:.2f} / "
+            f"{d['enqueue']['p99_ms']:.2f} ms | {half['p50_ms']:.1f} / {half['p99_ms']:.1f} ms "
+            f"({bhalf['p50_ms']:.1f} / {bhalf['p99_ms']:.1f}) | {bad} |"
+        )
+    page = docs / "benchmarks.md"
+    page.write_text("\n".join(lines) + "\n")
+    return [page, png] if plotted else [page]
