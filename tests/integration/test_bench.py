@@ -42,8 +42,9 @@ def test_tiny_curve_reports_counts_and_a_clean_checker(
             assert {"pg_commits", "pg_rollbacks", "redis_commands"} <= per.keys()
             assert side["enqueue"]["p50_ms"] > 0
             assert side["half_load"]["enqueue_to_start"]["p50_ms"] >= 0
-        # Ours writes Postgres for every action; the plain Celery app never touches it.
-        assert durable["per_action"]["pg_commits"] >= 1
+        # Ours writes Postgres (a settle may also start the next action, so fewer commits than
+        # actions is possible); the plain Celery app never touches it.
+        assert durable["per_action"]["pg_commits"] > 0.1
         assert plain["per_task"]["pg_commits"] == 0
         assert plain["per_task"]["redis_commands"] > 1
     page = (docs / "benchmarks.md").read_text()

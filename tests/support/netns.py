@@ -50,7 +50,7 @@ def release_disks_under(root: Path) -> int:
         if str(path).startswith(prefix):
             found += 1
             with contextlib.suppress(Exception):
-                SandboxDisk.of(path).remove()
+                SandboxDisk.of(path.parent).remove()  # the mount point is <sandbox>/disk
     return found
 
 
