@@ -6,6 +6,7 @@ CI must fail, not skip, when a service is missing: these helpers raise.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import redis
@@ -52,8 +53,21 @@ def drop_database(url: str) -> None:
     engine.dispose()
 
 
-def claim_redis_db() -> tuple[str, redis.Redis]:
-    """Claim a Redis database number no other concurrent test run uses."""
+def claim_redis_db(wait_s: float = 120.0) -> tuple[str, redis.Redis]:
+    """Claim a Redis database number no other concurrent test run uses; when all 15 are
+    taken, wait for one: the processes of a module that just ended let go a moment later."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        claimed = _try_claim()
+        if claimed is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if claimed is None:
+        raise RuntimeError("no free Redis database for this test run (15 in use)")
+    return claimed
+
+
+def _try_claim() -> tuple[str, redis.Redis] | None:
     admin = redis.Redis.from_url(REDIS_BASE + "/0")
     for n in range(1, 16):
         key = f"qai-test-claim:{n}"
@@ -67,7 +81,7 @@ def claim_redis_db() -> tuple[str, redis.Redis]:
             r = redis.Redis.from_url(url)
             r.flushdb()
             return url, admin
-    raise RuntimeError("no free Redis database for this test run (15 in use)")
+    return None
 
 
 def _in_use(admin: redis.Redis, n: int) -> bool:
