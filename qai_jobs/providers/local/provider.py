@@ -1,8 +1,8 @@
 """The ``local`` provider: each workspace is a directory on the worker's host (``layout``), its
 commands and dev server under bubblewrap (``jail``, ``proc``) in a network namespace of its own
 (``net``), with cgroup limits (``limits``) and a disk of its own (``disk``), all enforced or
-refused (``enforce``), symlink-safe host file access (``fs``) and snapshots in a store
-(``store``).
+refused (``enforce``), symlink-safe host file access (``fs``, ``files``), its processes
+(``processes``, ``proc``) and snapshots in a store (``store``).
 """
 
 from __future__ import annotations
@@ -14,27 +14,21 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.egress import Egress
 from qai_jobs.errors import (
     ConfigurationError,
-    ErrorCode,
-    PermanentError,
     QaiJobsError,
     SandboxGone,
     not_owned,
 )
 from qai_jobs.providers.base import (
     CreateSpec,
-    ExecResult,
-    OutputCallback,
     Provider,
-    ReadBudget,
     Sandbox,
     SandboxStatus,
     SleepOutcome,
@@ -42,6 +36,7 @@ from qai_jobs.providers.base import (
 from qai_jobs.providers.local import enforce
 from qai_jobs.providers.local.disk import SandboxDisk
 from qai_jobs.providers.local.disk import unsupported as no_disk_quota
+from qai_jobs.providers.local.files import LocalFiles
 from qai_jobs.providers.local.fs import SafeTree
 from qai_jobs.providers.local.git import git_sync
 from qai_jobs.providers.local.hashcache import HashCache
@@ -56,25 +51,18 @@ from qai_jobs.providers.local.net import (
     preview_host,
     refusal,
 )
-from qai_jobs.providers.local.proc import alive as pid_alive
 from qai_jobs.providers.local.proc import (
-    run_captured,
-    spawn_detached,
-    start_time,
     stop_recorded,
-    stop_tree,
-    tail_log,
 )
+from qai_jobs.providers.local.processes import LocalProcesses
 from qai_jobs.providers.local.store import PortRegistry, SnapshotStore, atomic_write
-from qai_jobs.sync import sha256
 
 log = logging.getLogger(__name__)
 _SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-_KEEP_LOGS = 5
 _warned: set[str] = set()  # warn once per process, not per provider instance
 
 
-class LocalProvider(Provider):
+class LocalProvider(LocalFiles, LocalProcesses, Provider):
     name: ClassVar[str] = "local"
     # A refused loopback connection costs next to nothing, while every millisecond slept past
     # the moment the server listens is added to a cold start (node listens in ~100 ms).
@@ -291,115 +279,6 @@ class LocalProvider(Provider):
         stop_recorded(layout.procs)
         # The cgroup knows processes that left their group or were started by a run.
         SandboxLimits(self.settings, layout.base.name).kill_all()
-
-    # -- files -------------------------------------------------------------------------------
-    def write_files(self, sb: Sandbox, files: Sequence[tuple[str, bytes]]) -> None:
-        layout = self._existing(sb)
-        tree = SafeTree(layout.tree)
-        cache = HashCache.at(layout.base / "hashcache.json")
-        try:
-            for path, data in files:
-                cache.record(path, tree.write(path, data), sha256(data))
-        finally:
-            cache.save()
-
-    def delete_files(self, sb: Sandbox, paths: Sequence[str]) -> list[str]:
-        tree = SafeTree(self._existing(sb).tree)
-        deleted = [path for path in paths if tree.delete(path)]
-        for path in deleted:
-            tree.prune_empty_parents(path)
-        return deleted
-
-    def read_files(self, sb: Sandbox, paths: Sequence[str]) -> dict[str, bytes | None]:
-        tree = SafeTree(self._existing(sb).tree)
-        wanted = list(dict.fromkeys(paths))
-        sizes = {path: size for path in wanted if (size := tree.size(path)) is not None}
-        budget = ReadBudget(self.settings, sizes)  # refused here, before a byte is read
-        found: dict[str, bytes | None] = {}
-        for path in wanted:
-            data = tree.read(path, budget.cap()) if path in sizes else None
-            if data is not None:
-                budget.spend(path, len(data))
-            found[path] = data
-        return found
-
-    def hashes(self, sb: Sandbox, paths: Sequence[str] | None = None) -> dict[str, str]:
-        layout = self._existing(sb)
-        tree = SafeTree(layout.tree)
-        cap = self.settings.tracked_max_file_bytes
-        if paths is None:
-            return tree.manifest(cap)
-        cache = HashCache.at(layout.base / "hashcache.json")
-        found = cache.hashes(tree, paths, cap)
-        cache.save()
-        return found
-
-    # -- processes ---------------------------------------------------------------------------
-    def run(
-        self,
-        sb: Sandbox,
-        argv: Sequence[str],
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout_s: float = 300,
-        on_output: OutputCallback | None = None,
-        cancel: Cancel | None = None,
-    ) -> ExecResult:
-        layout = self._awake(sb)
-        if cwd and not SafeTree(layout.tree).is_dir(cwd):
-            raise PermanentError(
-                f"working directory {cwd!r} does not exist", code=ErrorCode.INVALID_CWD
-            )
-        limits = SandboxLimits(self.settings, sb.sandbox_id)
-        confine = limits.confine(limits.prepare())
-        merged = self._env(layout, env)
-        return run_captured(
-            self._jail(layout).command(argv, cwd, merged, foreground=True),
-            confine=confine,
-            timeout_s=max(timeout_s, 0.001),
-            max_bytes=self.settings.workspace_max_output_bytes,
-            on_output=on_output,
-            cancel=cancel,
-        )
-
-    def start_process(
-        self, sb: Sandbox, command: str, *, env: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
-        layout = self._awake(sb)
-        limits = SandboxLimits(self.settings, sb.sandbox_id)
-        # $PORT too, for servers started without the {port} placeholder (node server.js).
-        port_env = {"PORT": str(sb.state["port"])} if sb.state.get("port") else {}
-        merged = {**port_env, **self._env(layout, env)}
-        confine = limits.confine(limits.prepare())
-        layout.logs.mkdir(exist_ok=True)
-        log_path = layout.logs / f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}.log"
-        pid = spawn_detached(
-            self._jail(layout).command(["bash", "-lc", command], None, merged, foreground=False),
-            confine=confine,
-            log_path=log_path,
-        )
-        started = start_time(pid)
-        record = {"pid": pid, "started_at": started or 0, "log": str(log_path), "command": command}
-        atomic_write(layout.procs / f"{pid}.json", json.dumps(record).encode())
-        for old in sorted(layout.logs.glob("*.log"))[:-_KEEP_LOGS]:
-            old.unlink(missing_ok=True)
-        return record
-
-    def process_alive(self, sb: Sandbox, proc: Mapping[str, Any]) -> bool:
-        try:
-            return pid_alive(int(proc["pid"]), int(proc["started_at"]))
-        except (KeyError, TypeError, ValueError):
-            return False
-
-    def stop_process(self, sb: Sandbox, proc: Mapping[str, Any]) -> None:
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            stop_tree([(int(proc["pid"]), int(proc["started_at"]))])
-            self._layout(sb).procs.joinpath(f"{int(proc['pid'])}.json").unlink(missing_ok=True)
-
-    def read_log(self, sb: Sandbox, proc: Mapping[str, Any], tail: int) -> str:
-        # A record from Postgres must not make us read anything but this sandbox's logs.
-        return tail_log(self._layout(sb).logs, Path(str(proc.get("log", ""))), tail)
 
     # -- network -----------------------------------------------------------------------------
     def set_egress(self, sb: Sandbox, egress: Egress) -> None:
