@@ -16,14 +16,9 @@ from concurrent.futures import Executor
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-log = logging.getLogger("qai_jobs.gateway")
+from qai_jobs.db import previews
 
-_TOUCH = sa.text(
-    """
-    UPDATE workspaces SET last_activity_at = now()
-    WHERE project_id = ANY(:ids) AND status <> 'destroyed'
-    """
-)
+log = logging.getLogger("qai_jobs.gateway")
 
 
 class Activity:
@@ -73,4 +68,4 @@ class Activity:
 
     def _write(self, ids: list[str]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(_TOUCH, {"ids": ids})
+            conn.execute(previews.TOUCH, {"ids": ids})

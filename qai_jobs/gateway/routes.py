@@ -17,24 +17,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from qai_jobs.db import previews
 
 # Enough for every live preview of a large fleet; unknown ids are cached too (a flood of
 # made-up hosts must not become a flood of queries), and the oldest entries go first.
 MAX_ENTRIES = 50_000
-
-_SELECT = """
-    SELECT w.preview_id, w.project_id, w.status, w.preview_url,
-           coalesce((w.sandbox ->> 'dev_server_wanted')::boolean, false) AS dev_server_wanted,
-           CASE WHEN w.status = 'sleeping' THEN
-               (SELECT max(a.seq) FROM actions a WHERE a.project_id = w.project_id
-                  AND a.kind = 'sleep' AND a.status = 'succeeded')
-           END AS sleep_seq
-    FROM workspaces w
-"""
-_LOOKUP = sa.text(_SELECT + "WHERE w.preview_id = :id")
-_LOOKUP_MANY = sa.text(_SELECT + "WHERE w.preview_id = ANY(:ids)")
 
 
 @dataclass(frozen=True)
@@ -53,14 +42,14 @@ class Route:
 
 def lookup(engine: Engine, preview_id: str) -> Route | None:
     with engine.connect() as conn:
-        row = conn.execute(_LOOKUP, {"id": preview_id}).first()
+        row = conn.execute(previews.ROUTE, {"id": preview_id}).first()
     return None if row is None else _route(row)
 
 
 def lookup_many(engine: Engine, preview_ids: list[str]) -> dict[str, Route]:
     """The routes of these preview ids (unknown ones are absent), in one query."""
     with engine.connect() as conn:
-        rows = conn.execute(_LOOKUP_MANY, {"ids": preview_ids}).all()
+        rows = conn.execute(previews.ROUTES, {"ids": preview_ids}).all()
     return {row.preview_id: _route(row) for row in rows}
 
 

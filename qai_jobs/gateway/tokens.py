@@ -16,10 +16,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.config import Settings
+from qai_jobs.db import previews
 from qai_jobs.errors import Conflict, NotFound, ValidationFailed
 from qai_jobs.gateway.urls import PREVIEW_ID, gateway_url
 from qai_jobs.sealing import derived_key
@@ -75,7 +75,7 @@ def mint_for_project(
     if not settings.workspace_preview_domain:
         raise Conflict("no preview gateway is configured (set WORKSPACE_PREVIEW_DOMAIN)")
     row = conn.execute(
-        sa.text("SELECT preview_id, status FROM workspaces WHERE project_id = :p"),
+        previews.PREVIEW_OF,
         {"p": project_id},
     ).first()
     if row is None:

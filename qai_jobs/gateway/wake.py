@@ -18,10 +18,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
 from qai_jobs.client import WorkspaceClient
-from qai_jobs.db import enqueue
+from qai_jobs.db import enqueue, previews
 from qai_jobs.gateway.metrics import GatewayMetrics
 from qai_jobs.gateway.routes import Route, Routes
 
@@ -31,16 +29,6 @@ log = logging.getLogger("qai_jobs.gateway")
 RESTART_WINDOW_SECONDS = 30
 # A failed wake is retried by the next burst under a new key, at most this many times per sleep.
 WAKE_TRIES = 3
-
-_GUARD = sa.text(
-    """
-    SELECT w.status,
-           EXISTS (SELECT 1 FROM actions a WHERE a.project_id = w.project_id
-                     AND a.kind = 'destroy' AND a.status IN ('queued', 'running')) AS doomed
-    FROM workspaces w WHERE w.project_id = :p FOR UPDATE
-    """
-)
-_ACTION = sa.text("SELECT status FROM actions WHERE id = :id")
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,7 @@ class Reviver:
             if got is None:
                 return None
             with self.client.engine.connect() as conn:
-                status = conn.execute(_ACTION, {"id": got}).scalar()
+                status = conn.execute(previews.ACTION_STATUS, {"id": got}).scalar()
             if status not in ("failed", "cancelled"):
                 return got
         return got
@@ -122,7 +110,7 @@ class Reviver:
     def _enqueue_unless_gone(self, project_id: str, kind: str, key: str) -> uuid.UUID | None:
         action_id = uuid.uuid4()
         with self.client.engine.begin() as conn:
-            guard = conn.execute(_GUARD, {"p": project_id}).first()
+            guard = conn.execute(previews.WAKE_GUARD, {"p": project_id}).first()
             if guard is None or guard.status == "destroyed" or guard.doomed:
                 return None
             got = enqueue.enqueue(
