@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,14 @@ class BaselineWorker(Subprocess):
     def run(self, n: int, rate: float | None = None) -> dict[str, Any]:
         """Send ``n`` no-ops from one thread (at ``rate`` per second if given), wait for all."""
         before = len(baseline.read_done(self.dir))
-        sends: list[float] = []
         start = time.time()
-        for i in range(n):
-            if rate:
-                _pace(start, i, rate)
-            t = time.perf_counter()
-            baseline.app.send_task(baseline.TASK, kwargs={"sent": time.time()}, queue=self.queue)
-            sends.append(time.perf_counter() - t)
+        sends = _send_all(
+            n,
+            rate,
+            lambda i: baseline.app.send_task(
+                baseline.TASK, kwargs={"sent": time.time()}, queue=self.queue
+            ),
+        )
         while len(done := baseline.read_done(self.dir)) < before + n:
             if time.time() - start > TIMEOUT_S:
                 raise TimeoutError("the baseline's tasks did not finish")
@@ -88,10 +89,18 @@ class BaselineWorker(Subprocess):
         }
 
 
-def _pace(start: float, i: int, rate: float) -> None:
-    delay = start + i / rate - time.time()
-    if delay > 0:
-        time.sleep(delay)
+def _send_all(n: int, rate: float | None, send: Callable[[int], object]) -> list[float]:
+    """Call ``send(i)`` for each of ``n`` from this one thread, at ``rate`` per second if
+    given; returns how long each call took (the enqueue latency)."""
+    sends: list[float] = []
+    start = time.time()
+    for i in range(n):
+        if rate and (delay := start + i / rate - time.time()) > 0:
+            time.sleep(delay)
+        t = time.perf_counter()
+        send(i)
+        sends.append(time.perf_counter() - t)
+    return sends
 
 
 class Durable:
@@ -124,14 +133,10 @@ class Durable:
         poller: benchcheck.DonePoller,
     ) -> dict[str, Any]:
         already = poller.done(prefix)
-        sends: list[float] = []
         start = time.time()
-        for i in range(n):
-            if rate:
-                _pace(start, i, rate)
-            t = time.perf_counter()
-            self.client.write(names[i % len(names)], {"bench.txt": str(i)})
-            sends.append(time.perf_counter() - t)
+        sends = _send_all(
+            n, rate, lambda i: self.client.write(names[i % len(names)], {"bench.txt": str(i)})
+        )
         while poller.done(prefix) < already + n:
             if time.time() - start > TIMEOUT_S:
                 raise TimeoutError("the durable actions did not finish")
