@@ -93,31 +93,28 @@ def running_sandbox(ctx: ActionContext) -> tuple[Sandbox, bool]:
 
 
 def _move(ctx: ActionContext, from_host: str) -> Sandbox:
-    """The workspace was another host's (dead, or drained): rebuild it here, and say from
-    which snapshot and what was lost. The old host's copy is never touched from here."""
-    ctx.progress("moving to this host", None, None)
-    sb, snapshot_id = _rebuild(ctx)
-    data = {
-        "from_host": from_host,
-        "to_host": ctx.settings.workspace_host_id,
-        "snapshot_id": snapshot_id,
-        "lost": ctx.lost(snapshot_id),
-    }
-    ctx.events.append(Event(EventType.MOVED, data))
-    return sb
+    """The workspace was another host's (dead, or drained): rebuild it here. The old host's
+    copy is never touched from here."""
+    return _rebuild_announced(ctx, "moving to this host", from_host)
 
 
 def _recreate(ctx: ActionContext) -> Sandbox:
     """Gone behind our back: recreate from the last snapshot we know of, then replay what
-    qai-jobs itself wrote since (a command's own changes since then cannot be recovered, and
-    the ``workspace.moved`` event names them)."""
-    ctx.progress("rebuilding lost sandbox", None, None)
-    sb, snapshot_id = _rebuild(ctx)
-    # A cloud sandbox has no host of ours: the provider is where it was and where it is.
+    qai-jobs itself wrote since (a command's own changes since then cannot be recovered)."""
+    # A cloud sandbox has no host of ours: its provider is where it was.
     here = ctx.settings.workspace_host_id if ctx.ws.provider == "local" else ctx.ws.provider
+    return _rebuild_announced(ctx, "rebuilding lost sandbox", here)
+
+
+def _rebuild_announced(ctx: ActionContext, stage: str, from_host: str | None) -> Sandbox:
+    """Rebuild, and say in ``workspace.moved`` from where, from which snapshot, and which
+    commands' changes were lost since it was taken."""
+    ctx.progress(stage, None, None)
+    sb, snapshot_id = _rebuild(ctx)
+    to_host = ctx.settings.workspace_host_id if ctx.ws.provider == "local" else ctx.ws.provider
     data = {
-        "from_host": here,
-        "to_host": here,
+        "from_host": from_host,
+        "to_host": to_host,
         "snapshot_id": snapshot_id,
         "lost": ctx.lost(snapshot_id),
     }
