@@ -177,6 +177,9 @@ def run_pipeline(
     log: Log,
 ) -> dict[str, Any]:
     """One comparison at one project count: the baseline, then ours, each on its own worker."""
+    # Backends report their transaction counts late unless they exit: close the producer's
+    # connections (set-up, an earlier comparison), so what they did is not counted here.
+    client.engine.dispose()
     counter = Counter(settings.database_url, settings.redis_url)
     report: dict[str, Any] = {"projects": projects, "actions": n}
     base = BaselineWorker(settings.redis_url, concurrency, logs_dir / "baseline-worker.log")
