@@ -21,6 +21,7 @@ from qai_jobs.config import Settings
 from qai_jobs.errors import ConfigurationError
 
 SEALED = "sealed"
+SEALED_URL = "sealed_url"  # a repo URL with its credentials, beside the URL without them
 
 
 @lru_cache(maxsize=8)
@@ -84,13 +85,42 @@ def unseal_env(settings: Settings, sealed: object) -> dict[str, str]:
     return env
 
 
+def seal_repo(settings: Settings, repo: dict[str, Any]) -> dict[str, Any]:
+    """A ``repo`` as stored: the URL without its credentials (``https://user:token@...``),
+    the whole URL sealed beside it when it had any."""
+    from qai_jobs.providers.repo_auth import split_credentials
+
+    url = repo.get("url")
+    if not isinstance(url, str) or SEALED_URL in repo:
+        return repo
+    plain = split_credentials(url).url
+    if plain == url:
+        return repo
+    return {**repo, "url": plain, SEALED_URL: _box(settings).encrypt(url.encode()).decode()}
+
+
+def repo_url(settings: Settings, repo: dict[str, Any]) -> str:
+    """The URL to fetch from, credentials and all."""
+    if SEALED_URL not in repo:
+        return str(repo["url"])
+    try:
+        return _box(settings).decrypt(str(repo[SEALED_URL]).encode()).decode()
+    except InvalidToken:
+        raise ConfigurationError(
+            "cannot decrypt the repository URL: WORKSPACE_SECRET_KEY differs from the key it "
+            "was sealed with"
+        ) from None
+
+
 def seal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as stored: the same, with ``env`` sealed."""
+    """The payload as stored: the same, with ``env`` and a repo URL's credentials sealed."""
     if "env" in payload:
         payload = dict(payload)
         sealed = seal_env(settings, payload.pop("env"))
         if sealed:
             payload["env"] = sealed
+    if isinstance(payload.get("repo"), dict):
+        payload = {**payload, "repo": seal_repo(settings, payload["repo"])}
     return payload
 
 
@@ -98,4 +128,8 @@ def unseal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any
     if "env" in payload:
         payload = dict(payload)
         payload["env"] = unseal_env(settings, payload["env"])
+    repo = payload.get("repo")
+    if isinstance(repo, dict) and SEALED_URL in repo:
+        plain = {k: v for k, v in repo.items() if k != SEALED_URL}
+        payload = {**payload, "repo": {**plain, "url": repo_url(settings, repo)}}
     return payload

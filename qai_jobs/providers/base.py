@@ -277,21 +277,32 @@ class Provider(abc.ABC):
         (local paths under bwrap) override it.
         """
         from qai_jobs.errors import PermanentError
+        from qai_jobs.providers.repo_auth import split_credentials
 
+        # origin names the URL without its credentials; git asks a helper for them (env).
+        auth = split_credentials(url)
         script = (
             "set -e; if [ ! -d .git ]; then git init -q . ; fi; "
-            'git fetch -q --depth 1 "$QAI_REPO_URL" "$QAI_REPO_REF"; '
+            'git remote add origin "$QAI_REPO_URL" 2>/dev/null || '
+            'git remote set-url origin "$QAI_REPO_URL"; '
+            'git fetch -q --depth 1 --no-tags origin "$QAI_REPO_REF"; '
             "git reset -q --hard FETCH_HEAD; git rev-parse HEAD"
         )
         result = self.run(
             sb,
             ["bash", "-lc", script],
-            env={"QAI_REPO_URL": url, "QAI_REPO_REF": ref, "GIT_TERMINAL_PROMPT": "0"},
+            env={
+                "QAI_REPO_URL": auth.url,
+                "QAI_REPO_REF": ref,
+                "GIT_TERMINAL_PROMPT": "0",
+                **auth.env(),
+            },
             timeout_s=600,
         )
         if result.exit_code != 0:
             raise PermanentError(
-                f"could not fetch {ref!r} from the repository: {result.stderr.strip()[-500:]}",
+                f"could not fetch {ref!r} from {auth.url!r}: "
+                f"{auth.scrub(result.stderr.strip()[-500:])}",
                 code=ErrorCode.REPO_UNAVAILABLE,
             )
         return result.stdout.strip().splitlines()[-1]

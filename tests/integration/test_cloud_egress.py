@@ -12,22 +12,16 @@ ensure with ``unsupported_network_policy`` before any sandbox is made or changed
 from __future__ import annotations
 
 import json
-import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qai_jobs.client import ActionHandle, WorkspaceClient
+from qai_jobs.client import ActionHandle
 from qai_jobs.errors import ActionFailed
-from tests.conftest import settings_for
-from tests.fakes.surface import read_journal
-from tests.integration.ops_support import isolated_env
-from tests.support.fake_cloud_worker import JOURNAL
-from tests.support.procs import Proc
+from tests.integration.cloud_support import Cloud, cloud
+
+__all__ = ["cloud"]  # the fixture
 
 WAIT = 90
 ALL = "0.0.0.0/0"
@@ -65,58 +59,6 @@ POLICIES: dict[str, Any] = {
     "mixed": MIXED,
     "below_only": BELOW_ONLY,
 }
-
-
-@dataclass
-class Cloud:
-    provider: str
-    client: WorkspaceClient
-    journal: Path
-
-    def calls(self, since: int = 0, op: str | None = None) -> list[dict[str, Any]]:
-        entries = read_journal(self.journal)[since:]
-        return [e for e in entries if op is None or e["op"] == op]
-
-    def mark(self) -> int:
-        return len(read_journal(self.journal))
-
-
-@pytest.fixture(scope="module", params=["modal", "e2b"])
-def cloud(
-    request: pytest.FixtureRequest,
-    base_env: dict[str, str],
-    log_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cloud]:
-    provider = str(request.param)
-    fake_dir = tmp_path_factory.mktemp(f"fake-{provider}")
-    for isolated in isolated_env(base_env):
-        # The default policy is `none` here, so an ensure naming no policy shows where
-        # WORKSPACE_EGRESS goes (and `internet` must be asked for).
-        env = {
-            **isolated,
-            "WORKSPACE_RUNTIME": provider,
-            "WORKSPACE_EGRESS": "none",
-            "QAI_FAKE_CLOUD_DIR": str(fake_dir),
-        }
-        proc = Proc(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.fake_cloud_worker",
-                "worker",
-                "--concurrency=1",
-                f"--hostname=egress-{provider}@%h",
-                "--loglevel=INFO",
-            ],
-            env,
-            log_dir / f"cloud-egress-{provider}.log",
-        )
-        try:
-            proc.wait_for_log(" ready.", timeout=60)
-            yield Cloud(provider, WorkspaceClient(settings_for(env)), fake_dir / JOURNAL)
-        finally:
-            proc.stop()
 
 
 def _project() -> str:

@@ -7,9 +7,7 @@ sleep and wake, while the dev server and commands still see them.
 
 from __future__ import annotations
 
-import os
 import secrets
-import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from qai_jobs.client import WorkspaceClient
 from tests.conftest import settings_for
 from tests.support.procs import Proc, start_worker
+from tests.support.scan import files_holding
 
 WAIT = 120
 # Answers with the variable it was started with; prints nothing, so its log cannot hold it.
@@ -39,26 +38,6 @@ def lc(env: dict[str, str], log_dir: Path) -> Iterator[WorkspaceClient]:
     proc: Proc = start_worker(env, log_dir, concurrency=1, name="env-at-rest")
     yield WorkspaceClient(settings_for(env))
     proc.stop()
-
-
-def files_holding(root: Path, needle: bytes) -> list[Path]:
-    found = []
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = Path(dirpath) / name
-            try:
-                if not stat.S_ISREG(path.lstat().st_mode):
-                    continue  # the namespace's nsfs file, sockets
-                with open(path, "rb") as fh:
-                    tail = b""
-                    while chunk := fh.read(1 << 20):
-                        if needle in tail + chunk:
-                            found.append(path)
-                            break
-                        tail = chunk[-len(needle) :]
-            except OSError:
-                continue
-    return found
 
 
 def test_env_values_stay_off_the_disk_and_reach_processes_after_sleep_and_wake(

@@ -8,15 +8,14 @@ config are ignored, and the ``ext::`` transport is off.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
 from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.providers.local.jail import SAFE_PATH
+from qai_jobs.providers.repo_auth import split_credentials
 
 _TIMEOUT_S = 600
-_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 _SAFE_CONFIG = (
     "core.hooksPath=/dev/null",
     "core.fsmonitor=false",
@@ -26,14 +25,13 @@ _SAFE_CONFIG = (
 )
 
 
-def scrub(text: str) -> str:
-    """Drop user:password@ from URLs a message may quote."""
-    return _CREDENTIALS.sub(r"\1***@", text)
-
-
 def git_sync(tree: Path, git_dir: Path, home: Path, url: str, ref: str) -> str:
     """Clone on first call, then fetch + hard reset to ``url``'s ``ref``; return HEAD."""
+    # The URL's credentials reach git through a helper's environment: never its argv (the
+    # host's `ps`) nor the git directory's config.
+    auth = split_credentials(url)
     env = {
+        **auth.env(),
         "PATH": SAFE_PATH,
         "HOME": str(home),
         "LANG": "C.UTF-8",
@@ -66,9 +64,9 @@ def git_sync(tree: Path, git_dir: Path, home: Path, url: str, ref: str) -> str:
                 "git is not installed on the worker", code=ErrorCode.REPO_UNAVAILABLE
             ) from None
         if done.returncode != 0:
-            tail = scrub(done.stderr.decode(errors="replace").strip()[-500:])
+            tail = auth.scrub(done.stderr.decode(errors="replace").strip()[-500:])
             raise PermanentError(
-                f"could not sync {ref!r} from {scrub(url)!r}: {tail}",
+                f"could not sync {ref!r} from {auth.url!r}: {tail}",
                 code=ErrorCode.REPO_UNAVAILABLE,
             )
         return done.stdout.decode(errors="replace").strip()
@@ -76,6 +74,7 @@ def git_sync(tree: Path, git_dir: Path, home: Path, url: str, ref: str) -> str:
     if not (git_dir / "HEAD").exists():
         git("init", "-q")
     # "--" keeps a hostile url or ref from being read as an option.
-    git("fetch", "-q", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--", url, ref)
+    git("config", "remote.origin.url", auth.url)
+    git("fetch", "-q", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--", auth.url, ref)
     git("reset", "-q", "--hard", "FETCH_HEAD")
     return git("rev-parse", "HEAD")
