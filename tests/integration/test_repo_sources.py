@@ -121,7 +121,9 @@ def test_local_sources_are_refused_before_enqueueing_unless_enabled(
                 assert answer.status_code == 422, (url, answer.text)
                 error = answer.json()["error"]
                 assert error["details"]["field"] == "repo.url", error
-                assert "WORKSPACE_REPO_SCHEMES" in error["message"] or "repo.url" in error["message"]
+                assert (
+                    "WORKSPACE_REPO_SCHEMES" in error["message"] or "repo.url" in error["message"]
+                )
     finally:
         api.proc.stop()
     python = WorkspaceClient(settings_for(default))
