@@ -157,7 +157,7 @@ def test_repo_source_is_a_real_checkout_that_fast_forwards(
     sh(client, project, "echo changed >> README.md")
     assert "README.md" in sh(client, project, "git diff --stat")
     sh(client, project, "git add -A && git commit -q -m 'agent work'")
-    assert sh(client, project, "git log --format=%s -n 2") == f"agent work\nadd feature.txt"
+    assert sh(client, project, "git log --format=%s -n 2") == "agent work\nadd feature.txt"
     assert sh(client, project, "git rev-parse HEAD~1") == second
 
     # Upstream moves on while the sandbox holds a commit of its own: refused, nothing lost.
@@ -244,3 +244,28 @@ def test_ssh_without_a_key_refuses_to_start(isolated_env: dict[str, str], tmp_pa
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "WORKSPACE_REPO_SSH_KEY" in lines[0], lines
+
+
+def test_a_token_in_an_https_url_stays_out_of_rows_errors_and_logs(
+    client: WorkspaceClient, worker: Proc, project: str
+) -> None:
+    token = f"tok-{uuid.uuid4().hex}"
+    url = f"https://x-access-token:{token}@127.0.0.1:1/org/repo.git"  # nothing listens there
+    with pytest.raises(ActionFailed) as info:
+        ok(client.ensure(project, repo={"url": url, "ref": "main"}, start_dev_server=False))
+    error = info.value.error
+    assert error["code"] == "repo_unavailable", error
+    assert "127.0.0.1:1/org/repo.git" in error["message"] and token not in error["message"]
+    with client.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT a.payload::text || coalesce(w.repo::text, '') FROM actions a"
+                " LEFT JOIN workspaces w ON w.project_id = a.project_id"
+                " WHERE a.project_id = :p"
+            ),
+            {"p": project},
+        ).scalars()
+        stored = " ".join(rows)
+    assert "qai-sealed:" in stored and token not in stored
+    assert token not in worker.log()
+    ok(client.destroy(project))
