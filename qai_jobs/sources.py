@@ -33,6 +33,26 @@ FIELD = "repo.url"
 _SCP = re.compile(r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+):(?P<path>.*)$")
 _TRANSPORT = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9+.-]*)::")
 _SCHEME = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9+.-]*)://")
+_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+
+
+def scrub(text: str, *secrets: str) -> str:
+    """Drop user:password@ from URLs a message may quote, and any known secret."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def without_credentials(url: str) -> str:
+    """The URL as a checkout's ``origin`` shows it: no password or token (an ssh user stays)."""
+    if not _SCHEME.match(url):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None and (parts.username is None or parts.scheme.lower() == "ssh"):
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import pytest
 
 from qai_jobs.config import load_settings
 from qai_jobs.errors import ConfigurationError, ValidationFailed
-from qai_jobs.providers.local.git import host_env, scrub
-from qai_jobs.sources import SourcePolicy, classify
+from qai_jobs.providers.local.git import host_env
+from qai_jobs.sources import SourcePolicy, classify, scrub, without_credentials
 from qai_jobs.validation import PayloadLimits, validate_payload
 
 ALL = SourcePolicy(frozenset({"https", "ssh", "file"}), (Path("/srv/qai/workspaces"),))
@@ -155,3 +155,12 @@ def test_host_git_environment_is_private_and_allows_only_enabled_protocols(
     assert "BatchMode=yes" in ssh and "IdentityAgent=none" in ssh
     assert "tok3n" not in " ".join(env.values())  # only base64'd, inside the header
     assert scrub("fatal: https://u:tok3n@h/r", "tok3n") == "fatal: https://***@h/r"
+
+
+def test_origins_never_show_credentials() -> None:
+    assert without_credentials("https://u:t0k@h.example/r.git") == "https://h.example/r.git"
+    assert without_credentials("https://t0k@h.example:8443/r") == "https://h.example:8443/r"
+    assert without_credentials("ssh://git@h.example/r") == "ssh://git@h.example/r"
+    assert without_credentials("ssh://git:pw@h.example/r") == "ssh://h.example/r"
+    assert without_credentials("git@h.example:r.git") == "git@h.example:r.git"
+    assert without_credentials("/srv/repo") == "/srv/repo"

@@ -22,10 +22,9 @@ from pathlib import Path
 from qai_jobs.config import Settings
 from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.providers.local.jail import SAFE_PATH
-from qai_jobs.sources import Source
+from qai_jobs.sources import Source, scrub
 
 _TIMEOUT_S = 600
-_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
 SYNC_REF = "refs/heads/qai-sync"  # the fetched commit, which the sandbox's checkout fetches
 _BRANCH = re.compile(r"\tbranch '([^']+)' of ")
 _SAFE_CONFIG = (
@@ -37,14 +36,6 @@ _SAFE_CONFIG = (
     ("advice.detachedHead", "false"),
     ("protocol.allow", "never"),
 )
-
-
-def scrub(text: str, *secrets: str) -> str:
-    """Drop user:password@ from URLs a message may quote, and any known secret."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)
