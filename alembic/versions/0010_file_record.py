@@ -61,6 +61,18 @@ WHERE w.project_id = b.project_id AND w.path = b.path
 """
 
 
+def _prunable_index(predicate: str) -> None:
+    """ix_actions_prunable again, with the prune sweep's predicate word for word."""
+    op.drop_index("ix_actions_prunable", table_name="actions")
+    op.create_index(
+        "ix_actions_prunable",
+        "actions",
+        ["finished_at"],
+        unique=False,
+        postgresql_where=sa.text(predicate),
+    )
+
+
 def upgrade() -> None:
     op.create_table(
         "file_blobs",
@@ -105,25 +117,11 @@ def upgrade() -> None:
     op.execute(BACKFILL)
     op.execute(BACKFILL_BLOBS)
     op.execute(BACKFILL_FILES)
-    op.drop_index("ix_actions_prunable", table_name="actions")
-    op.create_index(
-        "ix_actions_prunable",
-        "actions",
-        ["finished_at"],
-        unique=False,
-        postgresql_where=sa.text(NEW_PRUNABLE),
-    )
+    _prunable_index(NEW_PRUNABLE)
 
 
 def downgrade() -> None:
-    op.drop_index("ix_actions_prunable", table_name="actions")
-    op.create_index(
-        "ix_actions_prunable",
-        "actions",
-        ["finished_at"],
-        unique=False,
-        postgresql_where=sa.text(OLD_PRUNABLE),
-    )
+    _prunable_index(OLD_PRUNABLE)
     op.drop_table("workspace_deletions")
     op.drop_index(op.f("ix_workspace_files_content_sha256"), table_name="workspace_files")
     op.drop_constraint(

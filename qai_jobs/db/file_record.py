@@ -125,16 +125,13 @@ class RecordReader:
     def __init__(self, engine: Engine, project_id: str) -> None:
         self.engine = engine
         self.project_id = project_id
-        self.queries = 0  # statements run: a rebuild's cost in round trips, for the log
 
     def listing(self) -> list[RecordedFile]:
-        self.queries += 1
         with self.engine.connect() as conn:
             rows = conn.execute(_LISTING, {"p": self.project_id})
             return [RecordedFile(r.path, r.sha256, r.content_sha256, r.size) for r in rows]
 
     def contents(self, paths: Sequence[str]) -> dict[str, bytes]:
-        self.queries += 1
         with self.engine.connect() as conn:
             rows = conn.execute(_CONTENTS, {"p": self.project_id, "paths": list(paths)})
             return {r.path: bytes(r.content) for r in rows}
@@ -142,7 +139,6 @@ class RecordReader:
     def deleted_since(self, snapshot_id: str | None) -> list[str]:
         if snapshot_id is None:
             return []
-        self.queries += 1
         with self.engine.connect() as conn:
             rows = conn.execute(_DELETED_SINCE, {"p": self.project_id, "snap": snapshot_id})
             return [r.path for r in rows]
