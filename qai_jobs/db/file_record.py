@@ -31,6 +31,12 @@ class RecordedFile:
     size: int | None  # of that content; None when its blob is missing
 
 
+# Paths whose recorded content changes: an unchanged reference keeps its blob alive by itself.
+_CHANGED = sa.text(
+    """SELECT DISTINCT t.h FROM unnest(CAST(:paths AS text[]), CAST(:h AS text[])) AS t(path, h)
+    WHERE NOT EXISTS (SELECT 1 FROM workspace_files f
+                      WHERE f.project_id = :p AND f.path = t.path AND f.content_sha256 = t.h)"""
+)
 # Existing blobs are locked (KEY SHARE) before they are referenced, so the prune sweep's
 # FOR UPDATE SKIP LOCKED passes them by; a blob it deleted first is simply inserted again.
 _LOCK_BLOBS = sa.text("SELECT sha256 FROM file_blobs WHERE sha256 = ANY(:h) FOR KEY SHARE")
@@ -47,15 +53,22 @@ _TOMBSTONES = sa.text(
 )
 
 
-def store_blobs(conn: Connection, blobs: Mapping[str, bytes]) -> None:
-    """Make sure every blob in ``blobs`` (sha256 -> content) exists until this transaction ends;
-    only the missing ones' content travels to Postgres."""
-    if not blobs:
+def store_blobs(
+    conn: Connection, project_id: str, contents: Mapping[str, str], blobs: Mapping[str, bytes]
+) -> None:
+    """Make sure the blob of every path in ``contents`` (path -> sha256; content in ``blobs``)
+    exists until this transaction ends. Only the paths whose recorded content changes are
+    looked at (an unchanged sync locks nothing), and only missing blobs' content travels."""
+    if not contents:
         return
-    present = {r.sha256 for r in conn.execute(_LOCK_BLOBS, {"h": sorted(blobs)})}
+    params = {"p": project_id, "paths": list(contents), "h": list(contents.values())}
+    changed = sorted(r.h for r in conn.execute(_CHANGED, params))
+    if not changed:
+        return
+    present = {r.sha256 for r in conn.execute(_LOCK_BLOBS, {"h": changed})}
     chunk: dict[str, bytes] = {}
     size = 0
-    for digest in sorted(set(blobs) - present):
+    for digest in sorted(set(changed) - present):
         chunk[digest] = blobs[digest]
         size += len(blobs[digest])
         if size >= STORE_CHUNK_BYTES:

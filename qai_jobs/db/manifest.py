@@ -88,9 +88,10 @@ def apply(conn: Connection, project_id: str, seq: int, update: ManifestUpdate) -
         file_record.record_deletions(conn, project_id, [r.path for r in gone])
     if update.upsert:
         contents = [update.contents.get(path) for path in update.upsert]
-        file_record.store_blobs(
-            conn, {h: update.blobs[h] for h in contents if h is not None and h in update.blobs}
-        )
+        held = {
+            p: h for p, h in update.contents.items() if p in update.upsert and h in update.blobs
+        }
+        file_record.store_blobs(conn, project_id, held, update.blobs)
         conn.execute(
             sa.text(
                 """INSERT INTO workspace_files (project_id, path, sha256, content_sha256)
