@@ -202,3 +202,42 @@ def test_a_large_history_rebuilds_a_bounded_batch_at_a_time(
     ]
     assert len(writes) == 2
     worker.wait_for_log(f"restored {project}: 40 recorded files in 2 batches (40 written)")
+
+
+def test_the_blob_sweep_never_takes_a_blob_a_settle_is_about_to_reference(
+    settings: Settings, project: str
+) -> None:
+    """The settle's SQL against the sweep's, on two connections (no worker needed)."""
+    from qai_jobs.db import manifest
+    from qai_jobs.db.manifest import ManifestUpdate
+
+    engine = engine_for(settings.database_url)
+    content = os.urandom(64)
+    digest = hashlib.sha256(content).hexdigest()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO workspaces (project_id, id) VALUES (:p, gen_random_uuid())"),
+            {"p": project},
+        )
+        conn.execute(
+            sa.text("INSERT INTO file_blobs (sha256, content, size) VALUES (:h, :c, 64)"),
+            {"h": digest, "c": content},
+        )  # left unreferenced, as an overwritten file's content is
+    update = ManifestUpdate(upsert={"a.bin": digest}, contents={"a.bin": digest})
+    update.blobs[digest] = content
+    with engine.begin() as settle:
+        manifest.apply(settle, project, 1, update)  # not committed yet
+        assert file_record.collect_garbage(engine, 1000) == (0, 0)  # passed by, not waited on
+    with engine.connect() as conn:
+        kept = conn.execute(
+            sa.text(
+                "SELECT b.content FROM workspace_files f JOIN file_blobs b "
+                "ON b.sha256 = f.content_sha256 WHERE f.project_id = :p"
+            ),
+            {"p": project},
+        ).scalar_one()
+    assert bytes(kept) == content
+    # Once nothing references it, the sweep takes it.
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM workspaces WHERE project_id = :p"), {"p": project})
+    assert file_record.collect_garbage(engine, 1000) == (1, 64)
