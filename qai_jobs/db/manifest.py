@@ -41,6 +41,7 @@ class ManifestUpdate:
     # keep the content they had.
     contents: dict[str, str] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
+    rewrite_blobs: bool = False  # repairing a failed rebuild: a stored blob may be corrupt
 
 
 # One statement, so the seq and the rows come from the same snapshot of the database; one JSON
@@ -91,7 +92,7 @@ def apply(conn: Connection, project_id: str, seq: int, update: ManifestUpdate) -
         held = {
             p: h for p, h in update.contents.items() if p in update.upsert and h in update.blobs
         }
-        file_record.store_blobs(conn, project_id, held, update.blobs)
+        file_record.store_blobs(conn, project_id, held, update.blobs, update.rewrite_blobs)
         conn.execute(
             sa.text(
                 """INSERT INTO workspace_files (project_id, path, sha256, content_sha256)

@@ -96,7 +96,11 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
             ws.revert("env", "dev_command", "install_command", "port", "network")
             _apply_egress(ctx, sb)
         raise
-    mark_complete(ws)  # the producer's full tree is in: nothing of a partial rebuild is left
+    if incomplete(ws) and ctx.manifest_update is not None:
+        # The producer's full tree is in: the record is rebuilt from it, blobs and all (the
+        # failed rebuild may have found one corrupt), and nothing of the partial tree is left.
+        ctx.manifest_update.rewrite_blobs = True
+        mark_complete(ws)
     installed = install(ctx, sb, p.install_command)
     if installed:
         record_after_install(ctx, sb)

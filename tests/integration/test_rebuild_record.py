@@ -60,6 +60,16 @@ def _vanish(settings: Settings, sb: Sandbox) -> None:
     FakeProvider(settings).store.delete(f"sb:{sb.sandbox_id}", f"files:{sb.sandbox_id}")
 
 
+def _moved(receiver: Receiver, project: str) -> dict[str, Any]:
+    """The project's one workspace.moved webhook, as the receiver verified it."""
+
+    def moved() -> list[dict[str, Any]]:
+        return [e for e in events_of(receiver, project) if e["type"] == "workspace.moved"]
+
+    [event] = wait_until(moved, 30, "the workspace.moved webhook")
+    return event
+
+
 def _prune_everything(settings: Settings) -> None:
     engine = engine_for(settings.database_url)
     while any(len(part) >= 1000 for part in maintenance.prune_batch(engine, 0, 1000)):
@@ -117,10 +127,7 @@ def test_a_lost_sandbox_comes_back_from_the_record_after_its_payloads_were_prune
     assert _tree(settings, rebuilt) == expected  # exactly: d.txt gone, no made-by-build.txt
     assert expected["e.bin"] == b"\x00\x01\xff"
 
-    def moved() -> list[dict[str, Any]]:
-        return [e for e in events_of(receiver, project) if e["type"] == "workspace.moved"]
-
-    [event] = wait_until(moved, 30, "the workspace.moved webhook")
+    event = _moved(receiver, project)
     assert event["data"]["snapshot_id"] == snapshot_id
     assert [x["action_id"] for x in event["data"]["lost"]] == [str(cmd.id)]
     assert event["data"]["from_host"] == event["data"]["to_host"] == "fake"
@@ -155,6 +162,9 @@ def test_a_record_that_cannot_be_honoured_fails_history_incomplete_until_a_full_
     assert client.get_workspace(project)["status"] == "ready"
     assert _tree(settings, _sandbox(client, project)) == {"a.txt": b"A", "b.txt": b"B"}
     assert client.command(project, "echo hi").wait(30)["stdout"] == "hi\n"
+    with engine_for(settings.database_url).connect() as conn:
+        healed = "SELECT content FROM file_blobs WHERE sha256 = :h"
+        assert bytes(conn.execute(sa.text(healed), {"h": digest}).scalar_one()) == b"B"
 
     # Content no longer held at all (a row from before the record, no payload left): the same.
     with engine_for(settings.database_url).begin() as conn:
@@ -227,7 +237,7 @@ def test_the_blob_sweep_never_takes_a_blob_a_settle_is_about_to_reference(
     update.blobs[digest] = content
     with engine.begin() as settle:
         manifest.apply(settle, project, 1, update)  # not committed yet
-        assert file_record.collect_garbage(engine, 1000) == (0, 0)  # passed by, not waited on
+        file_record.collect_garbage(engine, 1000)  # passes it by, does not wait for it
     with engine.connect() as conn:
         kept = conn.execute(
             sa.text(
@@ -240,4 +250,30 @@ def test_the_blob_sweep_never_takes_a_blob_a_settle_is_about_to_reference(
     # Once nothing references it, the sweep takes it.
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM workspaces WHERE project_id = :p"), {"p": project})
-    assert file_record.collect_garbage(engine, 1000) == (1, 64)
+    file_record.collect_garbage(engine, 1000)
+    with engine.connect() as conn:
+        left = "SELECT count(*) FROM file_blobs WHERE sha256 = :h"
+        assert conn.execute(sa.text(left), {"h": digest}).scalar_one() == 0
+
+
+def test_a_snapshot_the_provider_lost_too_leaves_the_record_and_says_so(
+    workers: Any, client: Any, settings: Settings, receiver: Receiver, project: str
+) -> None:
+    """The record alone restores every file qai-jobs wrote; what only the snapshot held (what
+    commands made) is reported lost: ``snapshot_id`` null and every command since creation."""
+    workers(concurrency=1, **env_for(receiver.url("/flaky")))
+    client.ensure(project, files={"a.txt": "A"}, start_dev_server=False).wait(30)
+    before = client.command(project, "echo before")
+    before.wait(30)
+    snapshot_id = client.snapshot(project).wait(30)["snapshot_id"]
+    client.write(project, files={"b.txt": "B"}).wait(30)
+    FakeProvider(settings).store.delete(f"snapmeta:{snapshot_id}", f"snap:{snapshot_id}")
+    _vanish(settings, _sandbox(client, project))
+
+    got = client.read(project, paths=["a.txt", "b.txt"]).wait(30)
+    assert [f["content"] for f in got["files"]] == ["A", "B"]
+    assert _tree(settings, _sandbox(client, project)) == {"a.txt": b"A", "b.txt": b"B"}
+
+    event = _moved(receiver, project)
+    assert event["data"]["snapshot_id"] is None
+    assert [x["action_id"] for x in event["data"]["lost"]] == [str(before.id)]
