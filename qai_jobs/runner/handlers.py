@@ -38,6 +38,7 @@ from qai_jobs.runner.context import ActionContext, TakenSnapshot
 from qai_jobs.runner.devserver import after_start, dev_server, ready_event, set_wanted, wanted
 from qai_jobs.runner.files import check_base, record_after_install, sync_files
 from qai_jobs.runner.install import install
+from qai_jobs.runner.rebuild import incomplete, mark_complete
 from qai_jobs.runner.reconcile import has_sandbox, prepare, running_sandbox
 from qai_jobs.sealing import seal_env, seal_url
 
@@ -54,7 +55,12 @@ def execute(ctx: ActionContext) -> ActionResult:
 def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     ws = ctx.ws
     adopting = bool(p.sandbox_id and p.sandbox_id != ws.sandbox_id)
-    manifest = check_base(ctx, p, adopting)  # before anything changes
+    untrusted = (
+        "an adopted sandbox (its files were never synced)"
+        if adopting
+        else (f"a partial rebuild ({incomplete(ws)})" if incomplete(ws) else None)
+    )
+    manifest = check_base(ctx, p, untrusted)  # before anything changes
     if p.env is not None:
         ws.env = seal_env(ctx.settings, p.env)
     if p.dev_command is not None:
@@ -91,6 +97,11 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
             ws.revert("env", "dev_command", "install_command", "port", "network")
             _apply_egress(ctx, sb)
         raise
+    if incomplete(ws) and ctx.manifest_update is not None:
+        # The producer's full tree is in: the record is rebuilt from it, blobs and all (the
+        # failed rebuild may have found one corrupt), and nothing of the partial tree is left.
+        ctx.manifest_update.rewrite_blobs = True
+        mark_complete(ws)
     installed = install(ctx, sb, p.install_command)
     if installed:
         record_after_install(ctx, sb)
