@@ -45,6 +45,9 @@ class ErrorCode(enum.StrEnum):
     DEV_SERVER_TIMEOUT = "dev_server_timeout"
     REPO_UNAVAILABLE = "repo_unavailable"
     SNAPSHOT_NOT_FOUND = "snapshot_not_found"
+    # a rebuilt sandbox could not be given what the file record says (not retryable: the
+    # record will not heal itself; an ensure with the full tree does)
+    HISTORY_INCOMPLETE = "history_incomplete"
     TEMPLATE_NOT_FOUND = "template_not_found"
     PATH_OUTSIDE_WORKSPACE = "path_outside_workspace"
     INVALID_PATH = "invalid_path"

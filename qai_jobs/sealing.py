@@ -14,6 +14,7 @@ import hmac
 import json
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -21,7 +22,7 @@ from qai_jobs.config import Settings
 from qai_jobs.errors import ConfigurationError
 
 SEALED = "sealed"
-SEALED_URL = "sealed_url"  # a repo URL with its credentials, beside the URL without them
+SEALED_URL = "qai-sealed:"
 
 
 @lru_cache(maxsize=8)
@@ -85,33 +86,6 @@ def unseal_env(settings: Settings, sealed: object) -> dict[str, str]:
     return env
 
 
-def seal_repo(settings: Settings, repo: dict[str, Any]) -> dict[str, Any]:
-    """A ``repo`` as stored: the URL without its credentials (``https://user:token@...``),
-    the whole URL sealed beside it when it had any."""
-    from qai_jobs.providers.repo_auth import split_credentials
-
-    url = repo.get("url")
-    if not isinstance(url, str) or SEALED_URL in repo:
-        return repo
-    plain = split_credentials(url).url
-    if plain == url:
-        return repo
-    return {**repo, "url": plain, SEALED_URL: _box(settings).encrypt(url.encode()).decode()}
-
-
-def repo_url(settings: Settings, repo: dict[str, Any]) -> str:
-    """The URL to fetch from, credentials and all."""
-    if SEALED_URL not in repo:
-        return str(repo["url"])
-    try:
-        return _box(settings).decrypt(str(repo[SEALED_URL]).encode()).decode()
-    except InvalidToken:
-        raise ConfigurationError(
-            "cannot decrypt the repository URL: WORKSPACE_SECRET_KEY differs from the key it "
-            "was sealed with"
-        ) from None
-
-
 def seal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any]:
     """The payload as stored: the same, with ``env`` and a repo URL's credentials sealed."""
     if "env" in payload:
@@ -119,8 +93,9 @@ def seal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any]:
         sealed = seal_env(settings, payload.pop("env"))
         if sealed:
             payload["env"] = sealed
-    if isinstance(payload.get("repo"), dict):
-        payload = {**payload, "repo": seal_repo(settings, payload["repo"])}
+    repo = payload.get("repo")
+    if isinstance(repo, dict) and isinstance(repo.get("url"), str):
+        payload = {**payload, "repo": {**repo, "url": seal_url(settings, repo["url"])}}
     return payload
 
 
@@ -129,7 +104,27 @@ def unseal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any
         payload = dict(payload)
         payload["env"] = unseal_env(settings, payload["env"])
     repo = payload.get("repo")
-    if isinstance(repo, dict) and SEALED_URL in repo:
-        plain = {k: v for k, v in repo.items() if k != SEALED_URL}
-        payload = {**payload, "repo": {**plain, "url": repo_url(settings, repo)}}
+    if isinstance(repo, dict) and isinstance(repo.get("url"), str):
+        payload = {**payload, "repo": {**repo, "url": unseal_url(settings, repo["url"])}}
     return payload
+
+
+def seal_url(settings: Settings, url: str) -> str:
+    """An https URL carrying ``user:token@`` is stored sealed (shown as ``qai-sealed:...``);
+    any other URL holds no secret and stays readable."""
+    parts = urlsplit(url) if url.lower().startswith("https://") else None
+    if parts is None or "@" not in parts.netloc:
+        return url
+    return SEALED_URL + _box(settings).encrypt(url.encode()).decode()
+
+
+def unseal_url(settings: Settings, url: str) -> str:
+    if not url.startswith(SEALED_URL):
+        return url
+    try:
+        return _box(settings).decrypt(url[len(SEALED_URL) :].encode()).decode()
+    except InvalidToken:
+        raise ConfigurationError(
+            "cannot decrypt the repository URL: WORKSPACE_SECRET_KEY differs from the key it "
+            "was sealed with"
+        ) from None

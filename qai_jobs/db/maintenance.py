@@ -23,9 +23,8 @@ _IDLE = sa.text(
 )
 
 
-# Through ix_actions_prunable (its predicate, word for word): what a rebuild replays, the
-# succeeded ensure/write actions since the last destroy, and that destroy, are never in it, so
-# a sandbox recreated after months asleep still gets its files back.
+# Through ix_actions_prunable (its predicate, word for word). A sandbox recreated after months
+# asleep gets its files from the file record (file_record.py), not from old payloads.
 _PRUNE_ACTIONS = sa.text(
     f"""
     DELETE FROM actions WHERE id IN (

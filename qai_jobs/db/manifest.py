@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from qai_jobs.db import file_record
+
 
 @dataclass
 class Manifest:
@@ -34,6 +36,12 @@ class ManifestUpdate:
     delete: set[str] = field(default_factory=set)
     replace: bool = False  # forget every recorded path first (an adopted sandbox)
     clear: bool = False  # the workspace is gone: forget everything, no seq
+    # The file record (file_record.py): the content hash qai-jobs wrote at each synced path,
+    # and the content by hash. Upserted paths not in ``contents`` (drift found in the sandbox)
+    # keep the content they had.
+    contents: dict[str, str] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    rewrite_blobs: bool = False  # repairing a failed rebuild: a stored blob may be corrupt
 
 
 # One statement, so the seq and the rows come from the same snapshot of the database; one JSON
@@ -64,24 +72,42 @@ def apply(conn: Connection, project_id: str, seq: int, update: ManifestUpdate) -
             sa.text("DELETE FROM workspace_files WHERE project_id = :p"), {"p": project_id}
         )
     if update.clear:
+        file_record.forget_deletions(conn, project_id)
         conn.execute(
             sa.text("UPDATE workspaces SET manifest_seq = NULL WHERE project_id = :p"),
             {"p": project_id},
         )
         return
     if update.delete:
-        conn.execute(
-            sa.text("DELETE FROM workspace_files WHERE project_id = :p AND path = ANY(:paths)"),
+        gone = conn.execute(
+            sa.text(
+                """DELETE FROM workspace_files WHERE project_id = :p AND path = ANY(:paths)
+                RETURNING path"""
+            ),
             {"p": project_id, "paths": sorted(update.delete)},
         )
+        file_record.record_deletions(conn, project_id, [r.path for r in gone])
     if update.upsert:
+        contents = [update.contents.get(path) for path in update.upsert]
+        held = {
+            p: h for p, h in update.contents.items() if p in update.upsert and h in update.blobs
+        }
+        file_record.store_blobs(conn, project_id, held, update.blobs, update.rewrite_blobs)
         conn.execute(
             sa.text(
-                """INSERT INTO workspace_files (project_id, path, sha256)
-                SELECT :p, * FROM unnest(CAST(:paths AS text[]), CAST(:hashes AS text[]))
-                ON CONFLICT (project_id, path) DO UPDATE SET sha256 = EXCLUDED.sha256"""
+                """INSERT INTO workspace_files (project_id, path, sha256, content_sha256)
+                SELECT :p, * FROM unnest(CAST(:paths AS text[]), CAST(:hashes AS text[]),
+                                         CAST(:contents AS text[]))
+                ON CONFLICT (project_id, path) DO UPDATE SET sha256 = EXCLUDED.sha256,
+                    content_sha256 = coalesce(EXCLUDED.content_sha256,
+                                              workspace_files.content_sha256)"""
             ),
-            {"p": project_id, "paths": list(update.upsert), "hashes": list(update.upsert.values())},
+            {
+                "p": project_id,
+                "paths": list(update.upsert),
+                "hashes": list(update.upsert.values()),
+                "contents": [h if h in update.blobs else None for h in contents],
+            },
         )
     conn.execute(
         sa.text("UPDATE workspaces SET manifest_seq = :seq WHERE project_id = :p"),

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -95,10 +96,10 @@ class Workspace(Base):
     )
 
 
-PRUNABLE = (
-    "status IN ('failed', 'cancelled') "
-    "OR (status = 'succeeded' AND kind NOT IN ('ensure', 'write', 'destroy'))"
-)
+# Every finished action: a rebuild restores from the file record (file_record.py), and the
+# settings it needs besides (commands, env, repo, network) are on the workspace row, so no
+# payload is needed once it has settled.
+PRUNABLE = "status IN ('succeeded', 'failed', 'cancelled')"
 
 
 class Host(Base):
@@ -154,8 +155,7 @@ class Action(Base):
         ),
         Index("ix_actions_status_created", "status", "created_at"),
         Index("ix_actions_finished", "finished_at"),
-        # What the prune sweep may delete, oldest first; a rebuild replays the succeeded
-        # ensure/write actions since the last destroy, so those (and it) are not in it.
+        # What the prune sweep may delete, oldest first.
         Index(
             "ix_actions_prunable",
             "finished_at",
@@ -178,6 +178,37 @@ class WorkspaceFile(Base):
     )
     path: Mapped[str] = mapped_column(Text, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
+    # The content qai-jobs last wrote here, which a rebuild restores (file_record.py); null
+    # when none is held (recorded before migration 0010 with no payload left to say).
+    content_sha256: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("file_blobs.sha256"), index=True
+    )
+
+
+class FileBlob(Base):
+    """File content by its sha256, once however many workspaces and paths hold it."""
+
+    __tablename__ = "file_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WorkspaceDeletion(Base):
+    """A recorded path a sync deleted, and when: a rebuild from an older snapshot deletes it
+    too. Kept only while the workspace's last snapshot is older (the prune sweep)."""
+
+    __tablename__ = "workspace_deletions"
+
+    project_id: Mapped[str] = mapped_column(
+        String(128),
+        ForeignKey("workspaces.project_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Snapshot(Base):

@@ -99,8 +99,9 @@ class WorkspaceState:
         # manifest that wake verifies against (same sandbox only).
         old = self.sandbox or {}
         carried = {k: old[k] for k in ("dev_server_wanted",) if k in old}
-        if old.get("sandbox_id") == sb.sandbox_id and "sleep_manifest" in old:
-            carried["sleep_manifest"] = old["sleep_manifest"]
+        if old.get("sandbox_id") == sb.sandbox_id:
+            # and, same sandbox, that a failed rebuild left it partial (runner/rebuild.py)
+            carried |= {k: old[k] for k in ("sleep_manifest", "rebuild_incomplete") if k in old}
         self.sandbox = {**sb.to_json(), **carried}
         self.sandbox_id = sb.sandbox_id
         self.provider = sb.provider

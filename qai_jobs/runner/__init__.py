@@ -5,7 +5,7 @@ recreate) -> ``devserver`` -> ``install`` -> ``context``; ``files`` (sync, manif
 beside them on ``context``.
 """
 
-from qai_jobs.runner.context import ActionContext, FileChanges, TakenSnapshot
+from qai_jobs.runner.context import ActionContext, FileRecord, TakenSnapshot
 from qai_jobs.runner.handlers import execute
 
-__all__ = ["ActionContext", "FileChanges", "TakenSnapshot", "execute"]
+__all__ = ["ActionContext", "FileRecord", "TakenSnapshot", "execute"]

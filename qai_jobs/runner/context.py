@@ -8,14 +8,16 @@ in the action's fenced finishing transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from pydantic import BaseModel
 
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
+from qai_jobs.db.file_record import RecordedFile
 from qai_jobs.db.manifest import Manifest, ManifestUpdate
 from qai_jobs.db.workspace_state import WorkspaceState
 from qai_jobs.egress import Egress
@@ -29,10 +31,14 @@ ProgressFn = Callable[[str, int | None, int | None], None]
 """(stage, done, total): reported as the action moves on."""
 OutputFn = Callable[[str, bytes], None]
 """("stdout" | "stderr", chunk): a running command's live output."""
-FileChanges = tuple[list[tuple[str, bytes]], list[str]]
-"""(files written, paths deleted) by one earlier ensure or write."""
-HistoryFn = Callable[[str | None], list[FileChanges]]
-"""The file changes of the project's successful ensure/write actions since a snapshot."""
+
+
+class FileRecord(Protocol):
+    """The workspace's file record (db/file_record.py) as a rebuild reads it."""
+
+    def listing(self) -> list[RecordedFile]: ...
+    def contents(self, paths: Sequence[str]) -> dict[str, bytes]: ...
+    def deleted_since(self, snapshot_id: str | None) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,15 @@ def _no_progress(stage: str, done: int | None, total: int | None) -> None:
     return None
 
 
-def _no_history(snapshot_id: str | None) -> list[FileChanges]:
-    return []
+class NoRecord:
+    def listing(self) -> list[RecordedFile]:
+        return []
+
+    def contents(self, paths: Sequence[str]) -> dict[str, bytes]:
+        return {}
+
+    def deleted_since(self, snapshot_id: str | None) -> list[str]:
+        return []
 
 
 def _nothing_lost(snapshot_id: str | None) -> list[dict[str, object]]:
@@ -80,8 +93,8 @@ class ActionContext:
     # Webhook events this action decided; written with its final status.
     events: list[Event] = field(default_factory=list)
     snapshots: list[TakenSnapshot] = field(default_factory=list)
-    # Read only when a sandbox must be rebuilt (it can be large).
-    history: HistoryFn = _no_history
+    # Read only when a sandbox must be rebuilt, a batch of files at a time.
+    record: FileRecord = field(default_factory=NoRecord)
     # The commands that ran since a snapshot (a rebuild from it loses what they changed).
     lost: Callable[[str | None], list[dict[str, object]]] = _nothing_lost
     # The project's synced-files manifest as this action finds it, and what a successful sync

@@ -12,12 +12,16 @@ from qai_jobs.sync import plan_writes
 WRITE_CHUNK = 500  # files a provider call; progress is reported after each
 
 
-def check_base(ctx: ActionContext, payload: WithFiles, adopting: bool = False) -> Manifest:
-    """The manifest, after refusing a delta computed against another one (nothing changed yet)."""
+def check_base(ctx: ActionContext, payload: WithFiles, untrusted: str | None = None) -> Manifest:
+    """The manifest, after refusing a delta computed against another one (nothing changed yet).
+
+    ``untrusted`` says why the recorded manifest does not describe the sandbox (an adopted
+    one, a partial rebuild): a delta is refused, and a full sync replaces the record.
+    """
     manifest = ctx.manifest()
     base = payload.manifest_base
-    if base is not None and adopting:
-        raise _stale("a delta cannot adopt a sandbox (its files were never synced)")
+    if base is not None and untrusted:
+        raise _stale(f"a delta cannot be applied to {untrusted}")
     if base is not None and base != manifest.seq:
         now = (
             f"is at {manifest.seq}"
@@ -25,7 +29,7 @@ def check_base(ctx: ActionContext, payload: WithFiles, adopting: bool = False) -
             else "has none (never synced, or destroyed)"
         )
         raise _stale(f"this delta was computed against manifest {base}; the workspace's {now}")
-    return Manifest(None, {}) if adopting else manifest
+    return Manifest(None, {}) if untrusted else manifest
 
 
 def _stale(why: str) -> PermanentError:
@@ -72,6 +76,9 @@ def sync_files(
             ctx.progress("syncing", min(total, i + WRITE_CHUNK), total)
         written, unchanged = total, len(plan.unchanged)
         update.upsert.update(plan.hashes)
+        # What a rebuild restores: the content of every file sent, written or already there.
+        update.contents.update(plan.hashes)
+        update.blobs.update((plan.hashes[path], data) for path, data in entries)
     update.delete -= update.upsert.keys()
     ctx.manifest_update = update
     return {"files_written": written, "files_unchanged": unchanged, "files_deleted": deleted}

@@ -38,8 +38,9 @@ from qai_jobs.runner.context import ActionContext, TakenSnapshot
 from qai_jobs.runner.devserver import after_start, dev_server, ready_event, set_wanted, wanted
 from qai_jobs.runner.files import check_base, record_after_install, sync_files
 from qai_jobs.runner.install import install
+from qai_jobs.runner.rebuild import incomplete, mark_complete
 from qai_jobs.runner.reconcile import has_sandbox, prepare, running_sandbox
-from qai_jobs.sealing import seal_env, seal_repo
+from qai_jobs.sealing import seal_env, seal_url
 
 P = TypeVar("P", bound=BaseModel)
 # What an ensure sets on the workspace before it touches the sandbox.
@@ -56,7 +57,12 @@ def execute(ctx: ActionContext) -> ActionResult:
 def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     ws = ctx.ws
     adopting = bool(p.sandbox_id and p.sandbox_id != ws.sandbox_id)
-    manifest = check_base(ctx, p, adopting)  # before anything changes
+    untrusted = (
+        "an adopted sandbox (its files were never synced)"
+        if adopting
+        else (f"a partial rebuild ({incomplete(ws)})" if incomplete(ws) else None)
+    )
+    manifest = check_base(ctx, p, untrusted)  # before anything changes
     if p.env is not None:
         ws.env = seal_env(ctx.settings, p.env)
     if p.dev_command is not None:
@@ -90,9 +96,8 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     if p.repo is not None:
         ctx.progress("fetching repository", None, None)
         head = ctx.provider.git_sync(sb, p.repo.url, p.repo.ref)
-        # The URL's credentials sealed: the workspace row shows the URL without them.
-        repo = {"url": p.repo.url, "ref": p.repo.ref, "head": head}
-        ws.repo = seal_repo(ctx.settings, repo)
+        url = seal_url(ctx.settings, p.repo.url)  # a token in it never lies in the row open
+        ws.repo = {"url": url, "ref": p.repo.ref, "head": head}
     try:
         counts = sync_files(ctx, sb, p, manifest)
     except PermanentError as exc:
@@ -101,6 +106,11 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
             ws.revert(*_ENSURE_SETTINGS)
             _apply_egress(ctx, sb)
         raise
+    if incomplete(ws) and ctx.manifest_update is not None:
+        # The producer's full tree is in: the record is rebuilt from it, blobs and all (the
+        # failed rebuild may have found one corrupt), and nothing of the partial tree is left.
+        ctx.manifest_update.rewrite_blobs = True
+        mark_complete(ws)
     installed = install(ctx, sb, p.install_command)
     if installed:
         record_after_install(ctx, sb)

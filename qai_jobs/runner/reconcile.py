@@ -2,7 +2,7 @@
 
 A workspace with no sandbox is provisioned, a sleeping one woken (dev server included), one near
 its provider's lifetime cap recycled, and one gone behind our back recreated from its last
-snapshot plus the file changes qai-jobs itself made since.
+snapshot plus the workspace's file record: the files qai-jobs itself wrote (runner/rebuild.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from qai_jobs.providers.base import Sandbox, SandboxStatus
 from qai_jobs.providers.select import create_with_fallback
 from qai_jobs.runner.context import ActionContext
 from qai_jobs.runner.devserver import after_start, wanted
-from qai_jobs.sealing import repo_url
+from qai_jobs.runner.rebuild import refuse_if_incomplete, restore_files
 
 
 def has_sandbox(ws: WorkspaceState) -> bool:
@@ -100,8 +100,8 @@ def _move(ctx: ActionContext, from_host: str) -> Sandbox:
 
 
 def _recreate(ctx: ActionContext) -> Sandbox:
-    """Gone behind our back: recreate from the last snapshot we know of, then replay what
-    qai-jobs itself wrote since (a command's own changes since then cannot be recovered)."""
+    """Gone behind our back: recreate from the last snapshot we know of, then restore what
+    qai-jobs itself wrote (a command's own changes since then cannot be recovered)."""
     # A cloud sandbox has no host of ours: its provider is where it was.
     here = ctx.settings.workspace_host_id if ctx.ws.provider == "local" else ctx.ws.provider
     return _rebuild_announced(ctx, "rebuilding lost sandbox", here)
@@ -131,25 +131,12 @@ def _rebuild(ctx: ActionContext) -> tuple[Sandbox, str | None]:
     except PermanentError as exc:
         if exc.code != ErrorCode.SNAPSHOT_NOT_FOUND or snapshot_id is None:
             raise
-        snapshot_id = None  # the provider lost the snapshot too: rebuild from history alone
+        # The provider lost the snapshot too: rebuild from the file record alone, and report
+        # every command as lost (``snapshot_id`` null).
+        snapshot_id = None
         sb = provision(ctx, None)
-    _replay(ctx, sb, snapshot_id)
+    restore_files(ctx, sb, snapshot_id)
     return sb, snapshot_id
-
-
-def _replay(ctx: ActionContext, sb: Sandbox, snapshot_id: str | None) -> None:
-    changes = ctx.history(snapshot_id)
-    if not changes and not ctx.ws.repo:
-        return
-    ctx.progress("restoring files", None, None)
-    provider = ctx.provider
-    if ctx.ws.repo:
-        provider.git_sync(sb, repo_url(ctx.settings, ctx.ws.repo), ctx.ws.repo["ref"])
-    for files, deleted in changes:
-        if files:
-            provider.write_files(sb, files)
-        if deleted:
-            provider.delete_files(sb, deleted)
 
 
 def _verify_after_wake(ctx: ActionContext, sb: Sandbox) -> None:
@@ -168,6 +155,7 @@ def _verify_after_wake(ctx: ActionContext, sb: Sandbox) -> None:
 def prepare(ctx: ActionContext) -> Sandbox:
     """Every kind but ensure: provision a bare workspace first if there is none, or wake it."""
     sb, created = running_sandbox(ctx)
+    refuse_if_incomplete(ctx.ws)  # a partial tree serves nothing until an ensure repairs it
     if created and wanted(ctx.ws):
         after_start(ctx, sb)
     return sb

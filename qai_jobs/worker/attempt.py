@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import WorkspaceStatus
-from qai_jobs.db import history, manifest, ordering, snapshots
+from qai_jobs.db import file_record, history, manifest, ordering, snapshots
 from qai_jobs.db.workspace_state import WorkspaceState, last_activity
 from qai_jobs.errors import (
     DeadlineExceeded,
@@ -33,7 +33,7 @@ from qai_jobs.errors import (
 )
 from qai_jobs.events import Event, error_event
 from qai_jobs.logs import for_action
-from qai_jobs.runner import ActionContext, FileChanges, execute
+from qai_jobs.runner import ActionContext, execute
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 from qai_jobs.sealing import unseal_payload
 from qai_jobs.validation import PayloadLimits, validate_payload
@@ -108,9 +108,6 @@ def run_one(
         events = [error_event(error, action.kind, 1)]
         return Outcome(Verdict.FAILED, error=error, events=events), None
 
-    def changes_since(snapshot_id: str | None) -> list[FileChanges]:
-        return history.file_changes(engine, lease.project_id, action.seq, snapshot_id)
-
     def lost_since(snapshot_id: str | None) -> list[dict[str, object]]:
         return history.lost_since(engine, lease.project_id, action.seq, snapshot_id)
 
@@ -138,7 +135,7 @@ def run_one(
         ws=ws,
         progress=progress_writer(settings, action.id, beat.note_stage, still_ours),
         output=output_publisher(settings, action.id) if action.kind == "command" else None,
-        history=changes_since,
+        record=file_record.RecordReader(engine, lease.project_id),
         lost=lost_since,
         manifest=recorded_manifest,
         last_activity=activity,

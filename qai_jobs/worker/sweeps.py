@@ -207,7 +207,8 @@ def webhooks(settings: Settings, send: Callable[[list[str]], None]) -> dict[str,
 
 
 def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[str, Any]:
-    """Delete finished actions and settled webhook rows older than the retention period.
+    """Delete finished actions and settled webhook rows older than the retention period, and
+    file blobs no workspace's record references.
 
     What is deleted is folded into the metrics' carried totals first, so counters served from
     Postgres never go backwards because history was pruned.
@@ -225,10 +226,23 @@ def prune(settings: Settings, batch: int = 5000, max_batches: int = 20) -> dict[
         if len(gone_actions) < batch and len(gone_events) < batch:
             break
     from qai_jobs.constants import PROVIDER_EVENTS_KEPT_SECONDS
-    from qai_jobs.db import inbound
+    from qai_jobs.db import file_record, inbound
 
     seen = inbound.prune(engine, PROVIDER_EVENTS_KEPT_SECONDS)
-    return {"actions": actions, "events": events, "provider_events": seen}
+    # File content no workspace's record references any more (overwritten, deleted, destroyed).
+    blobs = freed = 0
+    for _ in range(max_batches):
+        n, size = file_record.collect_garbage(engine, batch)
+        blobs, freed = blobs + n, freed + size
+        if n < batch:
+            break
+    return {
+        "actions": actions,
+        "events": events,
+        "provider_events": seen,
+        "blobs": blobs,
+        "blob_bytes": freed,
+    }
 
 
 def orphans(settings: Settings) -> dict[str, Any]:

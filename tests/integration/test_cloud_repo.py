@@ -43,7 +43,7 @@ def _rows_holding(database_url: str, needle: str) -> dict[str, int]:
         with engine.connect() as conn:
             return {
                 table: conn.execute(
-                    sa.text(f"SELECT count(*) FROM {table} t WHERE t::text LIKE :s"),  # noqa: S608
+                    sa.text(f"SELECT count(*) FROM {table} t WHERE t::text LIKE :s"),
                     {"s": f"%{needle}%"},
                 ).scalar_one()
                 for table in ("actions", "workspaces")
@@ -52,9 +52,7 @@ def _rows_holding(database_url: str, needle: str) -> dict[str, int]:
         engine.dispose()
 
 
-def test_the_token_fetches_the_checkout_and_is_then_nowhere(
-    cloud: Cloud, server: GitHttps
-) -> None:
+def test_the_token_fetches_the_checkout_and_is_then_nowhere(cloud: Cloud, server: GitHttps) -> None:
     token = server.password
     head = server.repo("app.git", {"README.md": "private\n"})
     project = f"repo-{uuid.uuid4().hex[:8]}"

@@ -7,23 +7,50 @@ context's callbacks), so the ensure flow and reconciliation can change with a fa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from qai_jobs.config import load_settings
 from qai_jobs.constants import WorkspaceStatus
-from qai_jobs.db.manifest import Manifest
+from qai_jobs.db.file_record import RecordedFile
+from qai_jobs.db.manifest import Manifest, ManifestUpdate
 from qai_jobs.db.workspace_state import WorkspaceState
 from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.events import EventType
 from qai_jobs.providers.breaker import CircuitBreaker, MemoryBreakerStore
-from qai_jobs.runner import ActionContext, FileChanges, execute
+from qai_jobs.runner import ActionContext, execute
 from qai_jobs.sealing import unseal_env
 from qai_jobs.testing import FakeProvider, MemoryStore
 from qai_jobs.validation import validate_payload
 
 PROJECT = "unit-runner"
+
+
+class MemoryRecord:
+    """The file record as the settles would leave it, in memory: path -> (hash, content)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[str, bytes]] = {}
+
+    def apply(self, update: ManifestUpdate) -> None:
+        if update.clear or update.replace:
+            self.files.clear()
+        for path in update.delete:
+            self.files.pop(path, None)
+        for path, digest in update.contents.items():
+            if path in update.upsert:
+                self.files[path] = (digest, update.blobs[digest])
+
+    def listing(self) -> list[RecordedFile]:
+        return [RecordedFile(p, h, h, len(c)) for p, (h, c) in sorted(self.files.items())]
+
+    def contents(self, paths: Sequence[str]) -> dict[str, bytes]:
+        return {p: self.files[p][1] for p in paths if p in self.files}
+
+    def deleted_since(self, snapshot_id: str | None) -> list[str]:
+        return []
 
 
 class World:
@@ -39,7 +66,7 @@ class World:
         self.provider = FakeProvider(self.settings, store=MemoryStore())
         self.breaker = CircuitBreaker(MemoryBreakerStore())
         self.ws = WorkspaceState(PROJECT, uuid.uuid4())
-        self.history: list[FileChanges] = []
+        self.record = MemoryRecord()
         self.manifest = Manifest(None, {})
         self.stages: list[str] = []
 
@@ -51,16 +78,17 @@ class World:
             payload=validate_payload(kind, payload),
             ws=self.ws,
             progress=lambda stage, done, total: self.stages.append(stage),
-            history=lambda snapshot_id: list(self.history),
+            record=self.record,
             manifest=lambda: self.manifest,
             providers=lambda name: self.provider,
             breaker=self.breaker,
         )
         result = dict(execute(ctx))
-        if kind in ("ensure", "write") and "files" in payload:
-            files = payload["files"]
-            entries = files.items() if isinstance(files, dict) else []
-            self.history.append(([(p, c.encode()) for p, c in entries], []))
+        if ctx.manifest_update is not None:  # what the settle records
+            self.record.apply(ctx.manifest_update)
+            hashes = {p: h for p, (h, _) in self.record.files.items()}
+            seq = None if ctx.manifest_update.clear else (self.manifest.seq or 0) + 1
+            self.manifest = Manifest(seq, hashes)
         return result, ctx
 
     def files(self) -> dict[str, bytes]:
@@ -147,7 +175,6 @@ def test_destroy_forgets_everything_and_the_next_ensure_is_a_new_workspace(world
     assert world.ws.status == WorkspaceStatus.DESTROYED and world.ws.sb is None
     assert [e.type for e in ctx.events] == [EventType.DESTROYED]
     assert ctx.manifest_update is not None and ctx.manifest_update.clear
-    world.history.clear()
     result, _ = world.run("ensure", start_dev_server=False)
     assert result["created"] is True and world.ws.id != first_id
 
