@@ -52,8 +52,18 @@ def _rows_holding(database_url: str, needle: str) -> dict[str, int]:
         engine.dispose()
 
 
-def test_the_token_fetches_the_checkout_and_is_then_nowhere(cloud: Cloud, server: GitHttps) -> None:
+def _git_trace(tmp: Path) -> tuple[dict[str, str], Path]:
+    """GIT_TRACE: git writes every command line it runs, its own and its helpers'
+    (``git remote-https origin <url>``), which other sandboxed processes could read."""
+    log = tmp / "git-trace.log"
+    return {"GIT_TRACE": str(log)}, log
+
+
+def test_the_token_fetches_the_checkout_and_is_then_nowhere(
+    cloud: Cloud, server: GitHttps, tmp_path: Path
+) -> None:
     token = server.password
+    path_env, argv_log = _git_trace(tmp_path)
     head = server.repo("app.git", {"README.md": "private\n"})
     project = f"repo-{uuid.uuid4().hex[:8]}"
     url = server.url("app.git", user=USER, password=token)
@@ -61,11 +71,14 @@ def test_the_token_fetches_the_checkout_and_is_then_nowhere(cloud: Cloud, server
         ensured = cloud.client.ensure(
             project,
             repo={"url": url, "ref": "main"},
-            env=TRUST,
+            env={**TRUST, **path_env},
             start_dev_server=False,
             network={"egress": "internet"},
         ).wait(WAIT)
         assert server.authorizations, "the server never saw the credentials"
+        argvs = argv_log.read_text()
+        assert "remote-https" in argvs, argvs  # the trace saw git's command lines...
+        assert token not in argvs and USER not in argvs  # ...never the credentials
         ran = cloud.client.command(
             project,
             cmd="git remote get-url origin; git rev-parse HEAD; git status --porcelain; "
