@@ -11,6 +11,7 @@ again, and `hosts drain` moves it back without losing anything.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from qai_jobs.client import WorkspaceClient
-from tests.conftest import settings_for
+from tests.conftest import isolated, settings_for
 from tests.integration.gateway_support import (
     Gateway,
     free_gateway_port,
@@ -53,6 +54,12 @@ def files_named(root: Path, name: str) -> list[Path]:
     return [p for p in root.glob(f"*/**/{name}") if p.is_file()]
 
 
+def log_name(host: str) -> str:
+    """A log file of the worker's own: the session's log directory outlives a test, and a
+    worker's start waits for " ready." in its log."""
+    return f"{host}-{uuid.uuid4().hex[:6]}"
+
+
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*QAI, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=WAIT
@@ -72,6 +79,15 @@ def store_env(
 
 
 @pytest.fixture
+def fleet_env(
+    tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, str]
+) -> Iterator[dict[str, str]]:
+    """A database of each test's own: hosts are rows, and one test's must not be another's."""
+    with isolated(tmp_path_factory, base_env) as env:
+        yield env
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver(fail_first=0)
     yield r
@@ -79,14 +95,14 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
-    isolated_env: dict[str, str],
+    fleet_env: dict[str, str],
     log_dir: Path,
     tmp_path: Path,
     receiver: Receiver,
     store_env: dict[str, str],
 ) -> None:
     env = {
-        **isolated_env,
+        **fleet_env,
         **env_for(receiver.url("/flaky")),
         **store_env,
         "WORKSPACE_RUNTIME": "local",
@@ -100,7 +116,7 @@ def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
     procs: dict[str, Proc] = {}
     try:
         for host in roots:
-            procs[host] = start_worker(host_env(host), log_dir, concurrency=2, name=host)
+            procs[host] = start_worker(host_env(host), log_dir, concurrency=2, name=log_name(host))
             assert f".host.{host}" in procs[host].log()  # it consumes its host's queue
         lc = WorkspaceClient(settings_for(env))
         project = f"fl-{uuid.uuid4().hex[:10]}"
@@ -159,7 +175,7 @@ def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
         # The dead host comes back: it stops what it still ran of the workspace and never
         # writes to it again.
         before = log.stat().st_mtime_ns
-        procs[owner] = start_worker(host_env(owner), log_dir, concurrency=2, name=owner + "-2")
+        procs[owner] = start_worker(host_env(owner), log_dir, concurrency=2, name=log_name(owner))
         wait_until(lambda: not answers(url), 30, "the old host to stop its dev server")
         for _ in range(3):
             lc.command(project, "echo again >> log.txt").wait(WAIT)
@@ -179,7 +195,7 @@ def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
         assert answers(lc.get_workspace(project)["preview_url"])
         lc.destroy(project).wait(WAIT)
         if secret := store_env.get("AWS_SECRET_ACCESS_KEY"):
-            assert not [p for p in log_dir.glob("*.log") if secret in p.read_text("replace")]
+            assert not [p for p in log_dir.glob("*.log") if secret in p.read_text(errors="replace")]
     finally:
         for proc in procs.values():
             if proc.popen.poll() is None:
@@ -187,7 +203,7 @@ def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
 
 
 def test_hosts_in_their_own_network_namespaces_serve_previews_from_their_address(
-    isolated_env: dict[str, str], log_dir: Path, tmp_path: Path, receiver: Receiver
+    fleet_env: dict[str, str], log_dir: Path, tmp_path: Path, receiver: Receiver
 ) -> None:
     """Each host a network namespace with its own address, the snapshots in S3: the gateway
     reaches a workspace's dev server at its host's address, and at the other's once it moved."""
@@ -195,7 +211,7 @@ def test_hosts_in_their_own_network_namespaces_serve_previews_from_their_address
     with s3_server(log_dir) as s3, host_namespaces(2) as spaces:
         env = gateway_env(
             {
-                **isolated_env,
+                **fleet_env,
                 **env_for(receiver.url("/flaky")),
                 **s3.env("netns"),
                 "WORKSPACE_HOST_DEAD_SECONDS": str(DEAD_SECONDS),
@@ -227,7 +243,11 @@ def test_hosts_in_their_own_network_namespaces_serve_previews_from_their_address
         gateway: Gateway | None = None
         try:
             for host, ns in hosts.items():
-                procs[host] = start_worker(host_env(host), log_dir, name=host, prefix=ns.prefix)
+                procs[host] = start_worker(
+                    host_env(host), log_dir, name=log_name(host), prefix=ns.prefix
+                )
+                netns = os.readlink(f"/proc/{procs[host].pid}/ns/net")
+                assert netns != os.readlink("/proc/self/ns/net")
             gateway = start_gateway(env, log_dir, port)
             lc = WorkspaceClient(settings_for(env))
             project = f"ns-{uuid.uuid4().hex[:10]}"

@@ -124,3 +124,15 @@ def test_credentials_are_required_and_never_shown(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(ConfigurationError, match="AWS_ACCESS_KEY_ID"):
         provider_for(tmp_path, s3, prefix)
+
+
+def test_an_endpoint_with_credentials_in_it_is_refused_without_echoing_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qai_jobs.config import load_settings
+
+    monkeypatch.setenv("WORKSPACE_S3_ENDPOINT_URL", "http://AKIAX:very-secret@minio:9000")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(_env_file=None)
+    assert "WORKSPACE_S3_ENDPOINT_URL" in str(info.value)
+    assert "very-secret" not in str(info.value)
