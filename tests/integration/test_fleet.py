@@ -270,11 +270,12 @@ def test_hosts_in_their_own_network_namespaces_serve_previews_from_their_address
             procs[owner].kill()
             died = time.monotonic()
             stop_processes_under(tmp_path / owner)
+            sent = time.monotonic() - died
             out = lc.command(project, "cat kept.txt").wait(WAIT)
             ran = time.monotonic() - died
             wait_until(lambda: gateway.get(url).status_code == 200, WAIT, "the moved app")
             serving = time.monotonic() - died
-            print(f"\nnetns: host death -> action done: {ran:.2f} s; serving: {serving:.2f} s")
+            print(f"\nnetns: death -> sent {sent:.2f}, done {ran:.2f}, serving {serving:.2f} s")
             assert out["stdout"].split() == ["kept"]
             moved = lc.get_workspace(project)
             assert moved["host_id"] == other and moved["preview_url"] == url
