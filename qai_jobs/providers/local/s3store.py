@@ -10,10 +10,10 @@ snapshot at the very moment its last other holder lets go may find it gone: that
 with ``snapshot_not_found``, never with a partial tree.
 
 Archives stream both ways: written to an unlinked temporary file under WORKSPACE_ROOT, then
-uploaded by boto3's transfer manager (multipart above 16 MB); read straight from the response
-body, member after member. Reads are bounded by size before they start. Credentials are boto3's
-(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles) and never pass through
-this code, so no message of ours can show them.
+uploaded by boto3's transfer manager (multipart above 16 MB, at most 32 MB of it in memory);
+read straight from the response body, member after member. Reads are bounded by size before
+they start. Credentials are boto3's (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
+instance roles) and never pass through this code, so no message of ours can show them.
 """
 
 from __future__ import annotations
@@ -165,7 +165,11 @@ class S3SnapshotStore(SnapshotStore):
         with tempfile.TemporaryFile(dir=self.spool, prefix=".snapshot-") as out:
             yield out
             out.seek(0)
-            transfer = TransferConfig(multipart_threshold=16 * MIB, max_concurrency=4)
+            transfer = TransferConfig(
+                multipart_threshold=16 * MIB, multipart_chunksize=8 * MIB, max_concurrency=4
+            )
+            # What the upload holds in memory: 4 parts of 8 MB (s3transfer's default is 10).
+            transfer.max_in_memory_upload_chunks = 4
             with self._calling("uploading the archive"):
                 self.client.upload_fileobj(out, self.bucket, key, Config=transfer)
 
