@@ -10,6 +10,7 @@ import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -29,6 +30,10 @@ from qai_jobs.sources import parse_schemes
 
 KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
 _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# S3 bucket names (the DNS-compatible rules), and the key prefix's parts: never '.' or '..',
+# which some S3-compatible servers resolve like a path.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 # Spellings of this machine that one deployment's processes may use for the same database.
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/qai_jobs"
@@ -100,6 +105,9 @@ class Settings(BaseSettings):
     # A directory (shared between hosts, e.g. NFS) or s3://bucket/prefix; unset: a
     # `snapshots` directory beside WORKSPACE_ROOT.
     workspace_snapshot_store: str | None = None
+    # An S3-compatible server's URL (MinIO, Ceph, R2...) for an s3:// store; unset: AWS S3.
+    # Credentials and region come from the standard AWS variables and files, never from here.
+    workspace_s3_endpoint_url: str | None = None
     workspace_max_attempts: PositiveInt = 5
     # Which deployment's sandboxes these are, on cloud accounts several deployments share
     # (staging and production): sandboxes are tagged with it and the orphan sweeps touch only
@@ -267,13 +275,40 @@ class Settings(BaseSettings):
         if not value:
             return None
         if value.startswith("s3://"):
-            raise ValueError("s3:// stores are not supported yet; use a shared directory")
+            bucket, _, prefix = value.removeprefix("s3://").partition("/")
+            if not _BUCKET.match(bucket):
+                raise ValueError("s3://BUCKET/prefix: 3 to 63 lowercase letters, digits, '.', '-'")
+            parts = [p for p in prefix.split("/") if p]
+            if any(p in {".", ".."} or not _KEY_PART.match(p) for p in parts):
+                raise ValueError("s3://bucket/PREFIX: letters, digits, '.', '_', '-' between '/'")
+            return "/".join(["s3:/", bucket, *parts])
         return str(Path(value).expanduser().resolve())
+
+    @field_validator("workspace_s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if url.username or url.password:
+            raise ValueError("must not hold credentials: use AWS_ACCESS_KEY_ID and friends")
+        return value
+
+    @property
+    def snapshot_s3(self) -> tuple[str, str] | None:
+        """Bucket and key prefix of an s3:// snapshot store; None for a directory."""
+        store = self.workspace_snapshot_store
+        if not store or not store.startswith("s3://"):
+            return None
+        bucket, _, prefix = store.removeprefix("s3://").partition("/")
+        return bucket, prefix
 
     @property
     def snapshot_dir(self) -> Path:
         """Where local snapshots live (every host of a fleet must reach the same one)."""
-        if self.workspace_snapshot_store:
+        if self.workspace_snapshot_store and self.snapshot_s3 is None:
             return Path(self.workspace_snapshot_store)
         return self.workspace_root / "snapshots"
 

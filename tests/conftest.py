@@ -6,6 +6,7 @@ without Postgres or Redis.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -140,6 +141,15 @@ def isolated_env(
 ) -> Iterator[dict[str, str]]:
     """A database and Redis DB of the module's own: no other test's worker consumes its
     messages, so a test may kill workers, wipe Redis or restart connections freely."""
+    with isolated(tmp_path_factory, base_env) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def isolated(
+    tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, str]
+) -> Iterator[dict[str, str]]:
+    """A new database and Redis DB (``isolated_env``'s), for fixtures of any scope."""
     database_url = services.create_database()
     redis_url, admin = services.claim_redis_db()
     root = tmp_path_factory.mktemp("iso-workspaces")

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -85,11 +85,17 @@ class Proc:
 
 
 def start_worker(
-    env: Mapping[str, str], log_dir: Path, concurrency: int = 2, name: str | None = None
+    env: Mapping[str, str],
+    log_dir: Path,
+    concurrency: int = 2,
+    name: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> Proc:
+    """A `qai-jobs worker`; ``prefix`` runs it through another command (``nsenter ...``)."""
     name = name or f"w{time.monotonic_ns()}"
     proc = Proc(
         [
+            *prefix,
             *QAI,
             "worker",
             f"--concurrency={concurrency}",

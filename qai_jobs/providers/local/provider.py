@@ -59,7 +59,8 @@ from qai_jobs.providers.local.proc import (
     stop_recorded,
 )
 from qai_jobs.providers.local.processes import LocalProcesses
-from qai_jobs.providers.local.store import PortRegistry, SnapshotStore, atomic_write
+from qai_jobs.providers.local.snapshots import open_store
+from qai_jobs.providers.local.store import PortRegistry, atomic_write
 from qai_jobs.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,7 @@ class LocalProvider(LocalFiles, LocalProcesses, Provider):
         self.ports = PortRegistry(
             self.root, settings.workspace_local_port_min, settings.workspace_local_port_max
         )
-        self.snapshots = SnapshotStore(
-            settings.snapshot_dir,
-            settings.workspace_local_snapshots_kept,
-            settings.tracked_max_file_bytes,
-        )
+        self.snapshots = open_store(settings)
         if (why := refusal(settings) or enforce.refusal(settings)) is not None:
             raise ConfigurationError(why)
         self.disk_quota = no_disk_quota() is None
