@@ -277,22 +277,34 @@ class Provider(abc.ABC):
         (local paths under bwrap) override it.
         """
         from qai_jobs.errors import PermanentError
-        from qai_jobs.sources import scrub, without_credentials
+        from qai_jobs.sources import SourcePolicy, scrub
 
+        source = SourcePolicy.from_settings(self.settings).check(url)
         script = (
             "set -e; if [ ! -d .git ]; then git init -q . ; fi; "
             'git remote add origin "$QAI_REPO_ORIGIN" 2>/dev/null || '
             'git remote set-url origin "$QAI_REPO_ORIGIN"; '
-            'git fetch -q --depth 1 "$QAI_REPO_URL" "$QAI_REPO_REF"; '
+            'git fetch -q --depth 1 -- "$QAI_REPO_URL" "$QAI_REPO_REF"; '
             "git reset -q --hard FETCH_HEAD; git rev-parse HEAD"
         )
-        env = {"QAI_REPO_URL": url, "QAI_REPO_REF": ref, "GIT_TERMINAL_PROMPT": "0"}
-        env["QAI_REPO_ORIGIN"] = without_credentials(url)
+        env = {
+            "QAI_REPO_URL": source.fetch_url,  # no credentials: not on git's argv either
+            "QAI_REPO_ORIGIN": source.origin,
+            "QAI_REPO_REF": ref,
+            "GIT_TERMINAL_PROMPT": "0",
+        }
+        if source.auth_header:
+            # Through the environment only (git >= 2.31), never argv or the checkout's config.
+            env |= {
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "http.extraHeader",
+                "GIT_CONFIG_VALUE_0": source.auth_header,
+            }
         result = self.run(sb, ["bash", "-lc", script], env=env, timeout_s=600)
         if result.exit_code != 0:
-            tail = scrub(result.stderr.strip()[-500:])
+            tail = scrub(result.stderr.strip()[-500:], source.auth_header or "")
             raise PermanentError(
-                f"could not fetch {ref!r} from the repository: {tail}",
+                f"could not fetch {ref!r} from {source.origin!r}: {tail}",
                 code=ErrorCode.REPO_UNAVAILABLE,
             )
         return result.stdout.strip().splitlines()[-1]

@@ -43,6 +43,8 @@ from qai_jobs.runner.reconcile import has_sandbox, prepare, running_sandbox
 from qai_jobs.sealing import seal_env, seal_url
 
 P = TypeVar("P", bound=BaseModel)
+# What an ensure sets on the workspace before it touches the sandbox.
+_ENSURE_SETTINGS = ("env", "dev_command", "install_command", "port", "network")
 Handler = Callable[[ActionContext], ActionResult]
 
 
@@ -79,11 +81,18 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
         ws.status = WorkspaceStatus.READY
         ws.dev_process = None
         ws.install_hash = None
-    sb, created = running_sandbox(ctx)
-    if created:
-        ws.status = WorkspaceStatus.PROVISIONING
-    # In order: what this ensure does next (fetch, install, dev server) runs under its policy.
-    _apply_egress(ctx, sb)
+    try:
+        sb, created = running_sandbox(ctx)
+        if created:
+            ws.status = WorkspaceStatus.PROVISIONING
+        # In order: what this ensure does next (fetch, install, dev server) runs under its policy.
+        _apply_egress(ctx, sb)
+    except PermanentError as exc:
+        if exc.code == ErrorCode.UNSUPPORTED_NETWORK_POLICY:
+            # Refused before the sandbox changed: the workspace keeps the settings it had, or
+            # every later action would fail on the policy this ensure asked for.
+            ws.revert(*_ENSURE_SETTINGS)
+        raise
     if p.repo is not None:
         ctx.progress("fetching repository", None, None)
         head = ctx.provider.git_sync(sb, p.repo.url, p.repo.ref)
@@ -94,7 +103,7 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     except PermanentError as exc:
         if exc.code == ErrorCode.MANIFEST_STALE:
             # Refused: the new settings wait for the full sync that follows.
-            ws.revert("env", "dev_command", "install_command", "port", "network")
+            ws.revert(*_ENSURE_SETTINGS)
             _apply_egress(ctx, sb)
         raise
     if incomplete(ws) and ctx.manifest_update is not None:

@@ -43,8 +43,11 @@ from e2b import (
     SnapshotInfo,
     TimeoutException,
 )
+from e2b.connection_config import ApiParams
+from e2b.sandbox.sandbox_api import SandboxLifecycle, SandboxNetworkOpts, SandboxNetworkUpdate
 
 from .box import Box
+from .surface import Journal, bind, typed_keys
 
 
 @dataclass
@@ -61,22 +64,11 @@ class _State:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-class World:
-    def __init__(self, base: Path) -> None:
-        self.base = base
+class World(Journal):
+    def __init__(self, base: Path, journal: Path | None = None) -> None:
+        super().__init__(base, journal)
         self.sandboxes: dict[str, _State] = {}
         self.templates: dict[str, Path | None] = {"base": None}
-        self.faults: dict[str, list[BaseException]] = {}
-        self.calls: list[str] = []
-
-    def fail(self, op: str, exc: BaseException, times: int = 1) -> None:
-        self.faults.setdefault(op, []).extend([exc] * times)
-
-    def check(self, op: str) -> None:
-        self.calls.append(op)
-        pending = self.faults.get(op)
-        if pending:
-            raise pending.pop(0)
 
     def live(self, sandbox_id: str) -> _State:
         state = self.sandboxes.get(sandbox_id)
@@ -151,7 +143,7 @@ class Commands:
         *,
         retain_output: bool = True,
     ) -> CommandResult[str]:
-        self._world.check("commands.run")
+        self._world.check("commands.run", sandbox_id=self._id, cmd=cmd[:4000])
         state = self._world.sandboxes.get(self._id)
         if state is None or state.killed or state.state != "running":
             raise SandboxNotRunningException(
@@ -288,8 +280,8 @@ class _Paginator:
         return page
 
 
-def build(base: Path) -> Any:
-    world = World(base)
+def build(base: Path, journal: Path | None = None) -> Any:
+    world = World(base, journal)
 
     class Sandbox:
         def __init__(self, sandbox_id: str) -> None:
@@ -299,18 +291,19 @@ def build(base: Path) -> Any:
             self.commands = Commands(world, sandbox_id)
 
         @classmethod
-        def create(
-            cls,
-            template: str | None = None,
-            timeout: int | None = None,
-            metadata: dict[str, str] | None = None,
-            envs: dict[str, str] | None = None,
-            lifecycle: Any = None,
-            network: Any = None,
-            allow_internet_access: bool | None = None,
-            **opts: Any,
-        ) -> Sandbox:
-            world.check("Sandbox.create")
+        def create(cls, *args: Any, **kwargs: Any) -> Sandbox:
+            a = bind(e2b.Sandbox.create, *args, **kwargs)  # TypeError as the real SDK's
+            template, timeout, metadata, envs = (
+                a["template"], a["timeout"], a["metadata"], a["envs"],
+            )  # fmt: skip
+            lifecycle, network = a["lifecycle"], a["network"]
+            allow_internet_access = a["allow_internet_access"]
+            typed_keys(ApiParams, a["opts"], "create's options")
+            typed_keys(SandboxNetworkOpts, network, "create's network")
+            typed_keys(SandboxLifecycle, lifecycle, "create's lifecycle")
+            world.check(
+                "Sandbox.create", network=network, allow_internet_access=allow_internet_access
+            )
             rules = _network_rules(network)
             if allow_internet_access is False:  # the same as deny_out ALL_TRAFFIC
                 rules["deny_out"] = sorted({*rules.get("deny_out", []), "0.0.0.0/0"})
@@ -320,6 +313,7 @@ def build(base: Path) -> Any:
             if lifecycle and lifecycle.get("on_timeout") not in (None, "pause", "kill"):
                 raise InvalidArgumentException("invalid lifecycle")
             sandbox_id = f"i{uuid.uuid4().hex[:19]}"
+            world.record("Sandbox.created", sandbox_id=sandbox_id, network=rules)
             world.sandboxes[sandbox_id] = _State(
                 Box(world.base, world.templates[template]),
                 template,
@@ -331,9 +325,13 @@ def build(base: Path) -> Any:
             return cls(sandbox_id)
 
         @_variant
-        def update_network(cls, sandbox_id: str, network: Any, **opts: Any) -> None:
+        def update_network(cls, sandbox_id: str, *args: Any, **kwargs: Any) -> None:
             """Replaces every egress rule at once: fields left out are cleared."""
-            world.check("Sandbox.update_network")
+            a = bind(e2b.Sandbox.update_network, *args, **kwargs)
+            network = a["network"]
+            typed_keys(ApiParams, a["opts"], "update_network's options")
+            typed_keys(SandboxNetworkUpdate, network, "update_network's network")
+            world.check("Sandbox.update_network", sandbox_id=sandbox_id, network=network)
             state = world.sandboxes.get(sandbox_id)
             if state is None or state.killed:
                 raise SandboxNotFoundException(f"Sandbox {sandbox_id} not found")
@@ -383,7 +381,7 @@ def build(base: Path) -> Any:
 
         @_variant
         def kill(cls, sandbox_id: str, **opts: Any) -> bool:
-            world.check("Sandbox.kill")
+            world.check("Sandbox.kill", sandbox_id=sandbox_id)
             state = world.sandboxes.get(sandbox_id)
             if state is None or state.killed:
                 return False

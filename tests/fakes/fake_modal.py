@@ -23,31 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import modal
 import modal.exception as exception
 from modal_version import __version__
 
 from .box import Box
+from .surface import Journal, bind
 
 MAX_BUFFER_SIZE = 2 * 1024 * 1024  # modal.io_streams.MAX_BUFFER_SIZE
 
 
-class World:
-    def __init__(self, base: Path) -> None:
-        self.base = base
+class World(Journal):
+    def __init__(self, base: Path, journal: Path | None = None) -> None:
+        super().__init__(base, journal)
         self.apps: dict[str, FakeApp] = {}
         self.sandboxes: dict[str, _SandboxState] = {}
         self.images: dict[str, Path] = {}
-        self.faults: dict[str, list[BaseException]] = {}
-        self.calls: list[str] = []
-
-    def fail(self, op: str, exc: BaseException, times: int = 1) -> None:
-        self.faults.setdefault(op, []).extend([exc] * times)
-
-    def check(self, op: str) -> None:
-        self.calls.append(op)
-        pending = self.faults.get(op)
-        if pending:
-            raise pending.pop(0)
 
     def vanish(self, sandbox_id: str) -> None:
         state = self.sandboxes[sandbox_id]
@@ -295,9 +286,9 @@ class Image:
         return cls("registry", "debian-slim")
 
 
-def build(base: Path) -> Any:
+def build(base: Path, journal: Path | None = None) -> Any:
     """A fresh fake ``modal`` module (as a namespace) over its own world under ``base``."""
-    world = World(base)
+    world = World(base, journal)
 
     class App:
         @staticmethod
@@ -332,34 +323,31 @@ def build(base: Path) -> Any:
             return state
 
         @staticmethod
-        def create(
-            *args: str,
-            app: Any = None,
-            name: str | None = None,
-            tags: dict[str, str] | None = None,
-            image: Image | None = None,
-            env: dict[str, str | None] | None = None,
-            timeout: int | None = 300,
-            idle_timeout: int | None = None,
-            workdir: str | None = None,
-            encrypted_ports: Any = (),
-            client: Any = None,
-            block_network: bool = False,
-            outbound_cidr_allowlist: Any = None,
-            outbound_domain_allowlist: Any = None,
-            cidr_allowlist: Any = None,
-            **kwargs: Any,
-        ) -> Sandbox:
-            world.check("Sandbox.create")
-            if cidr_allowlist is not None:  # deprecated spelling, still accepted
+        def create(*args: str, **kwargs: Any) -> Sandbox:
+            a = bind(modal.Sandbox.create, *args, **kwargs)  # TypeError as the real SDK's
+            app, image, timeout, workdir = a["app"], a["image"], a["timeout"], a["workdir"]
+            encrypted_ports, tags, env = a["encrypted_ports"], a["tags"], a["env"]
+            outbound_cidr_allowlist = a["outbound_cidr_allowlist"]
+            network_kwargs = {
+                k: a[k]
+                for k in (
+                    "block_network",
+                    "outbound_cidr_allowlist",
+                    "outbound_domain_allowlist",
+                    "cidr_allowlist",
+                    "inbound_cidr_allowlist",
+                )
+            }
+            if a["cidr_allowlist"] is not None:  # deprecated spelling, still accepted
                 if outbound_cidr_allowlist is not None:
                     raise exception.InvalidError(
                         "Cannot specify both `cidr_allowlist` and `outbound_cidr_allowlist`."
                     )
-                outbound_cidr_allowlist = cidr_allowlist
+                outbound_cidr_allowlist = a["cidr_allowlist"]
+            world.check("Sandbox.create", ports=list(encrypted_ports), **network_kwargs)
             network = _network_access(
-                block_network, list(encrypted_ports), outbound_cidr_allowlist,
-                outbound_domain_allowlist,
+                a["block_network"], list(encrypted_ports), outbound_cidr_allowlist,
+                a["outbound_domain_allowlist"],
             )  # fmt: skip
             if app is None:
                 raise exception.InvalidError("App is required outside a Modal container")
@@ -374,6 +362,7 @@ def build(base: Path) -> Any:
                 template = world.images[image.ref]
             box = Box(world.base, template)
             sandbox_id = f"sb-{uuid.uuid4().hex[:16]}"
+            world.record("Sandbox.created", sandbox_id=sandbox_id, network=network)
             world.sandboxes[sandbox_id] = _SandboxState(
                 box,
                 app.app_id,
@@ -418,27 +407,19 @@ def build(base: Path) -> Any:
             return self._state().returncode
 
         def terminate(self, *, wait: bool = False) -> int | None:
-            world.check("Sandbox.terminate")
+            world.check("Sandbox.terminate", sandbox_id=self.object_id)
             state = self._state()
             if state.returncode is None:
                 state.box.kill_all()
                 state.returncode = 137
             return state.returncode if wait else None
 
-        def exec(
-            self,
-            *args: str,
-            stdout: Any = None,
-            stderr: Any = None,
-            timeout: int | None = None,
-            workdir: str | None = None,
-            env: dict[str, str | None] | None = None,
-            secrets: Any = None,
-            text: bool = True,
-            bufsize: int = -1,
-            pty: bool = False,
-        ) -> ContainerProcess:
-            world.check("Sandbox.exec")
+        def exec(self, *args: str, **kwargs: Any) -> ContainerProcess:
+            a = bind(modal.Sandbox.exec, *args, **kwargs)
+            args, workdir, env, timeout, text = (
+                a["args"], a["workdir"], a["env"], a["timeout"], a["text"],
+            )  # fmt: skip
+            world.check("Sandbox.exec", sandbox_id=self.object_id, argv=[x[:2000] for x in args])
             state = self._state()
             if state.returncode is not None:
                 raise exception.ConflictError("Sandbox already finished")
@@ -466,7 +447,7 @@ def build(base: Path) -> Any:
         def snapshot_filesystem(
             self, timeout: int = 55, *, ttl: int | None = 30 * 24 * 3600
         ) -> Image:
-            world.check("Sandbox.snapshot_filesystem")
+            world.check("Sandbox.snapshot_filesystem", sandbox_id=self.object_id)
             state = self._state()
             if state.returncode is not None:
                 raise exception.ConflictError("Sandbox already finished")

@@ -10,7 +10,8 @@
             logs/            dev server logs
         procs/               the registry of started processes
         net/                 the network namespace and its helpers (net.py)
-        meta.json            project, workspace, port, env, egress policy of the sandbox
+        meta.json            project, workspace, port, egress policy of the sandbox (never
+                             env values: those stay sealed in Postgres)
         sleeping             marker: {"snapshot_id"} while asleep
     .disks/<sandbox_id>.img  the image of its disk/
     snapshots/<id>.tar.gz + <id>.json
@@ -30,6 +31,7 @@ from typing import Any
 from qai_jobs.errors import PermanentError, SandboxGone
 from qai_jobs.providers.base import Sandbox
 from qai_jobs.providers.local.disk import MOUNT
+from qai_jobs.providers.local.store import atomic_write
 
 
 class Layout:
@@ -54,7 +56,14 @@ class Layout:
             meta: dict[str, Any] = json.loads(self.meta.read_bytes())
         except (OSError, ValueError):
             return {}
+        if "env" in meta:  # unsealed env values, as earlier versions wrote them
+            self.write_meta(meta)
         return meta
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        meta.pop("env", None)
+        atomic_write(self.meta, json.dumps(meta).encode())
+        self.meta.chmod(0o600)
 
     @classmethod
     def of(cls, root: Path, sb: Sandbox) -> Layout:

@@ -135,7 +135,9 @@ class LocalProvider(LocalFiles, LocalProcesses, Provider):
         return net
 
     def _env(self, layout: Layout, env: Mapping[str, str] | None) -> dict[str, str]:
-        merged = {**layout.read_meta().get("env", {}), **(env or {})}
+        # Only what the caller passes: the workspace's env lives sealed in Postgres and the
+        # runner hands it to every run and start, so no value is ever written to disk here.
+        merged = dict(env or {})
         check_env(merged)
         return merged
 
@@ -157,15 +159,13 @@ class LocalProvider(LocalFiles, LocalProcesses, Provider):
             "project_id": spec.project_id,
             "workspace_id": spec.workspace_id,
             "port": self.ports.allocate(layout.base.name),
-            "env": dict(spec.env),
             "egress": check_egress(self.settings, spec.egress),
             "created_at": time.time(),
             # Whose rows own it (local/orphans.py): a root shared by two deployments is a
             # mistake, but one whose sweep must not stop the other's sandboxes.
             "deployment": self.settings.deployment_id,
         }
-        atomic_write(layout.meta, json.dumps(meta).encode())
-        layout.meta.chmod(0o600)  # env may hold the user's secrets
+        layout.write_meta(meta)
         return meta
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -292,8 +292,7 @@ class LocalProvider(LocalFiles, LocalProcesses, Provider):
         if self.settings.isolation == "bwrap":
             SandboxNet(layout.base).apply(egress)  # before the record: a failure is retried
         meta["egress"] = egress
-        atomic_write(layout.meta, json.dumps(meta).encode())
-        layout.meta.chmod(0o600)
+        layout.write_meta(meta)
 
     def dev_port(self, sb: Sandbox, requested: int) -> int:
         """The workspace's own host port. Under bwrap the dev server listens on the same number

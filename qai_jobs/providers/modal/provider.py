@@ -49,6 +49,8 @@ class ModalProvider(ModalSdk):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _new(self, spec_state: dict[str, Any], image_id: str | None) -> Sandbox:
+        # First: a policy Modal cannot express is refused before any app or sandbox is made.
+        network = modal_network(spec_state.get("egress", INTERNET))
         sdk = self._sdk()
         app, client = self._app_obj(), self._client_obj()
         ports = sorted({int(spec_state["port"]), self.settings.workspace_preview_port})
@@ -58,7 +60,6 @@ class ModalProvider(ModalSdk):
             else:
                 image = sdk.Image.from_registry(self.settings.workspace_image or DEFAULT_IMAGE)
         idle_backstop = int(max(self.settings.inactivity_seconds * 3, 3600))
-        network = modal_network(spec_state.get("egress", INTERNET))
         try:
             with self._guard():
                 handle = sdk.Sandbox.create(
