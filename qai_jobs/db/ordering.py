@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from qai_jobs.db import manifest
 from qai_jobs.errors import LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
@@ -208,6 +210,22 @@ class Started:
     payload: dict[str, Any]
     attempts: int
     seq: int
+    # The synced-files manifest, read in the transaction that started a sync (see
+    # with_manifest): the runner then needs no read-only transaction of its own for it.
+    manifest: manifest.Manifest | None = None
+
+
+# Kinds whose runner diffs against the recorded manifest.
+_SYNC_KINDS = frozenset({"ensure", "write"})
+
+
+def with_manifest(conn: Connection, lease: Lease, started: Started | None) -> Started | None:
+    """``started`` with the project's manifest when its kind syncs files, read in ``conn``'s
+    transaction: the one that started it under the lease, after whatever the previous action
+    of that transaction changed, so it is what the action would read itself."""
+    if started is None or started.kind not in _SYNC_KINDS:
+        return started
+    return dataclasses.replace(started, manifest=manifest.read(conn, lease.project_id))
 
 
 # The stage an action starts in: the runner reports the same one before running a command, and

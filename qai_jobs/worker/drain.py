@@ -189,7 +189,9 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
             # Refused: nothing of it runs here; the holding host's own queue gets the work.
             ordering.release(conn, lease)
             return _Acquired(lease, ws, None, settled, forward=holder.forward)
-        first = got.readopted or ordering.start_next(conn, lease)
+        first = ordering.with_manifest(
+            conn, lease, got.readopted or ordering.start_next(conn, lease)
+        )
         delay = None
         if first is None:
             delay = ordering.pending_delay(conn, project_id)
@@ -289,6 +291,7 @@ def _settle(
             # did stands (its webhook deliveries are left to the sweep).
             ws.mark_clean()
             following = ordering.own_running(conn, lease) if start_another else None
+            following = ordering.with_manifest(conn, lease, following)
             return _Settlement(following, [], _give_back(conn, lease, following))
         write_changes(conn, ws)
         if ctx is None or ctx.counts_as_activity:
@@ -316,6 +319,7 @@ def _settle(
             conn, settings, lease.project_id, action.id, outcome.events
         )
         following = ordering.start_next(conn, lease) if start_another else None
+        following = ordering.with_manifest(conn, lease, following)
         delay = _give_back(conn, lease, following)
     ws.mark_clean()
     return _Settlement(following, event_ids, delay)
