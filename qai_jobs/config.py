@@ -17,6 +17,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from qai_jobs.egress import INTERNET, Egress, parse_egress
 from qai_jobs.errors import ConfigurationError
+from qai_jobs.sources import parse_schemes
 
 KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
 _DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -82,6 +84,13 @@ class Settings(BaseSettings):
     workspace_local_port_max: Annotated[int, Field(ge=1024, le=65535)] = 41999
     # What sandboxed code may reach (egress.py), and where this host's previews are reached.
     workspace_egress: Annotated[Egress, NoDecode] = INTERNET
+    # Which repositories an ensure may fetch (sources.py): https by default; ssh only with the
+    # operator's key (never the worker's own ~/.ssh), file for development and tests.
+    workspace_repo_schemes: Annotated[frozenset[str], NoDecode] = frozenset({"https"})
+    workspace_repo_ssh_key: Path | None = Field(default=None, validate_default=True)
+    # known_hosts for ssh sources; unset: hosts are trusted on first use, remembered in
+    # WORKSPACE_ROOT/.ssh_known_hosts.
+    workspace_repo_ssh_known_hosts: Path | None = None
     workspace_host_address: str = "127.0.0.1"
     # This worker's host in a fleet: a local workspace lives on one host, and only that host's
     # workers (consuming its own queue) run its actions. A host silent for the dead period is
@@ -209,6 +218,23 @@ class Settings(BaseSettings):
     @classmethod
     def _egress(cls, value: object) -> object:
         return parse_egress(value)
+
+    @field_validator("workspace_repo_schemes", mode="before")
+    @classmethod
+    def _repo_schemes(cls, value: object) -> object:
+        return parse_schemes(value)
+
+    @field_validator("workspace_repo_ssh_key")
+    @classmethod
+    def _ssh_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "ssh" not in info.data.get("workspace_repo_schemes", ()):
+            return value
+        if value is None:
+            raise ValueError("required when WORKSPACE_REPO_SCHEMES includes ssh (a key file)")
+        value = value.expanduser().resolve()
+        if not value.is_file():
+            raise ValueError("names no readable key file")
+        return value
 
     @field_validator("workspace_deployment_id")
     @classmethod

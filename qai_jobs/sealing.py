@@ -14,6 +14,7 @@ import hmac
 import json
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -21,6 +22,7 @@ from qai_jobs.config import Settings
 from qai_jobs.errors import ConfigurationError
 
 SEALED = "sealed"
+SEALED_URL = "qai-sealed:"
 
 
 @lru_cache(maxsize=8)
@@ -85,12 +87,15 @@ def unseal_env(settings: Settings, sealed: object) -> dict[str, str]:
 
 
 def seal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as stored: the same, with ``env`` sealed."""
+    """The payload as stored: the same, with ``env`` and a repo URL's credentials sealed."""
     if "env" in payload:
         payload = dict(payload)
         sealed = seal_env(settings, payload.pop("env"))
         if sealed:
             payload["env"] = sealed
+    repo = payload.get("repo")
+    if isinstance(repo, dict) and isinstance(repo.get("url"), str):
+        payload = {**payload, "repo": {**repo, "url": seal_url(settings, repo["url"])}}
     return payload
 
 
@@ -98,4 +103,28 @@ def unseal_payload(settings: Settings, payload: dict[str, Any]) -> dict[str, Any
     if "env" in payload:
         payload = dict(payload)
         payload["env"] = unseal_env(settings, payload["env"])
+    repo = payload.get("repo")
+    if isinstance(repo, dict) and isinstance(repo.get("url"), str):
+        payload = {**payload, "repo": {**repo, "url": unseal_url(settings, repo["url"])}}
     return payload
+
+
+def seal_url(settings: Settings, url: str) -> str:
+    """An https URL carrying ``user:token@`` is stored sealed (shown as ``qai-sealed:...``);
+    any other URL holds no secret and stays readable."""
+    parts = urlsplit(url) if url.lower().startswith("https://") else None
+    if parts is None or "@" not in parts.netloc:
+        return url
+    return SEALED_URL + _box(settings).encrypt(url.encode()).decode()
+
+
+def unseal_url(settings: Settings, url: str) -> str:
+    if not url.startswith(SEALED_URL):
+        return url
+    try:
+        return _box(settings).decrypt(url[len(SEALED_URL) :].encode()).decode()
+    except InvalidToken:
+        raise ConfigurationError(
+            "cannot decrypt the repository URL: WORKSPACE_SECRET_KEY differs from the key it "
+            "was sealed with"
+        ) from None

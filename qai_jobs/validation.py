@@ -13,16 +13,20 @@ from pydantic import BaseModel, ValidationError
 
 from qai_jobs.config import Settings
 from qai_jobs.errors import PayloadTooLarge, ValidationFailed
-from qai_jobs.schemas import KINDS, PAYLOAD_MODELS, CommandPayload, FileEntry
+from qai_jobs.schemas import KINDS, PAYLOAD_MODELS, CommandPayload, EnsurePayload, FileEntry
+from qai_jobs.sources import SourcePolicy
 
 
 class PayloadLimits(BaseModel):
-    """How much one action may carry; the defaults are the documented ones."""
+    """How much one action may carry, the defaults being the documented ones, and which
+    repositories it may name. Without a source policy (a remote client's defaults) the
+    repository is left to the server, whose settings decide."""
 
     max_file_bytes: int = 10 * 1024 * 1024
     max_action_bytes: int = 100 * 1024 * 1024
     max_files: int = 10_000
     max_timeout_s: float = 3600.0
+    sources: SourcePolicy | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PayloadLimits:
@@ -31,6 +35,7 @@ class PayloadLimits(BaseModel):
             max_action_bytes=settings.workspace_max_action_bytes,
             max_files=settings.workspace_max_files,
             max_timeout_s=settings.workspace_max_timeout_s,
+            sources=SourcePolicy.from_settings(settings),
         )
 
 
@@ -115,6 +120,8 @@ def _check_limits(parsed: BaseModel, limits: PayloadLimits) -> None:
                     f"files[{i}]: {entry.path!r} is given twice", field=f"files[{i}]"
                 )
             seen.add(entry.path)
+    if isinstance(parsed, EnsurePayload) and parsed.repo is not None and limits.sources:
+        limits.sources.check(parsed.repo.url)
     if isinstance(parsed, CommandPayload) and parsed.timeout_s > limits.max_timeout_s:
         raise ValidationFailed(
             f"timeout_s: at most {limits.max_timeout_s:g} seconds", field="timeout_s"

@@ -22,6 +22,7 @@ def run_checks(settings: Settings) -> list[dict[str, Any]]:
         ),
         _postgres(settings),
         _redis(settings),
+        _sources(settings),
     ]
     if "local" in settings.workspace_runtime:
         iso = settings.isolation
@@ -38,6 +39,15 @@ def run_checks(settings: Settings) -> list[dict[str, Any]]:
 
     checks.extend(_cloud(report) for report in cloud_checks(settings))
     return checks
+
+
+def _sources(settings: Settings) -> dict[str, Any]:
+    schemes = settings.workspace_repo_schemes
+    shown = ", ".join(sorted(schemes))
+    if "ssh" in schemes:
+        shown += f" (ssh key {settings.workspace_repo_ssh_key})"
+    # file sources read repositories on the worker host: for development and tests.
+    return _check("repo sources", "warn" if "file" in schemes else "ok", shown)
 
 
 def _local_network(settings: Settings) -> dict[str, Any]:

@@ -277,21 +277,22 @@ class Provider(abc.ABC):
         (local paths under bwrap) override it.
         """
         from qai_jobs.errors import PermanentError
+        from qai_jobs.sources import scrub, without_credentials
 
         script = (
             "set -e; if [ ! -d .git ]; then git init -q . ; fi; "
+            'git remote add origin "$QAI_REPO_ORIGIN" 2>/dev/null || '
+            'git remote set-url origin "$QAI_REPO_ORIGIN"; '
             'git fetch -q --depth 1 "$QAI_REPO_URL" "$QAI_REPO_REF"; '
             "git reset -q --hard FETCH_HEAD; git rev-parse HEAD"
         )
-        result = self.run(
-            sb,
-            ["bash", "-lc", script],
-            env={"QAI_REPO_URL": url, "QAI_REPO_REF": ref, "GIT_TERMINAL_PROMPT": "0"},
-            timeout_s=600,
-        )
+        env = {"QAI_REPO_URL": url, "QAI_REPO_REF": ref, "GIT_TERMINAL_PROMPT": "0"}
+        env["QAI_REPO_ORIGIN"] = without_credentials(url)
+        result = self.run(sb, ["bash", "-lc", script], env=env, timeout_s=600)
         if result.exit_code != 0:
+            tail = scrub(result.stderr.strip()[-500:])
             raise PermanentError(
-                f"could not fetch {ref!r} from the repository: {result.stderr.strip()[-500:]}",
+                f"could not fetch {ref!r} from the repository: {tail}",
                 code=ErrorCode.REPO_UNAVAILABLE,
             )
         return result.stdout.strip().splitlines()[-1]

@@ -39,7 +39,7 @@ from qai_jobs.runner.devserver import after_start, dev_server, ready_event, set_
 from qai_jobs.runner.files import check_base, record_after_install, sync_files
 from qai_jobs.runner.install import install
 from qai_jobs.runner.reconcile import has_sandbox, prepare, running_sandbox
-from qai_jobs.sealing import seal_env
+from qai_jobs.sealing import seal_env, seal_url
 
 P = TypeVar("P", bound=BaseModel)
 Handler = Callable[[ActionContext], ActionResult]
@@ -81,7 +81,8 @@ def ensure(ctx: ActionContext, p: s.EnsurePayload) -> EnsureResult:
     if p.repo is not None:
         ctx.progress("fetching repository", None, None)
         head = ctx.provider.git_sync(sb, p.repo.url, p.repo.ref)
-        ws.repo = {"url": p.repo.url, "ref": p.repo.ref, "head": head}
+        url = seal_url(ctx.settings, p.repo.url)  # a token in it never lies in the row open
+        ws.repo = {"url": url, "ref": p.repo.ref, "head": head}
     try:
         counts = sync_files(ctx, sb, p, manifest)
     except PermanentError as exc:

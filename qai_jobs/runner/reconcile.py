@@ -18,6 +18,7 @@ from qai_jobs.providers.base import Sandbox, SandboxStatus
 from qai_jobs.providers.select import create_with_fallback
 from qai_jobs.runner.context import ActionContext
 from qai_jobs.runner.devserver import after_start, wanted
+from qai_jobs.sealing import unseal_url
 
 
 def has_sandbox(ws: WorkspaceState) -> bool:
@@ -143,7 +144,8 @@ def _replay(ctx: ActionContext, sb: Sandbox, snapshot_id: str | None) -> None:
     ctx.progress("restoring files", None, None)
     provider = ctx.provider
     if ctx.ws.repo:
-        provider.git_sync(sb, ctx.ws.repo["url"], ctx.ws.repo["ref"])
+        url = unseal_url(ctx.settings, ctx.ws.repo["url"])
+        provider.git_sync(sb, url, ctx.ws.repo["ref"])
     for files, deleted in changes:
         if files:
             provider.write_files(sb, files)

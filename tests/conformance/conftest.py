@@ -102,6 +102,8 @@ def make_settings(tmp: Path, **extra: Any) -> Settings:
         "workspace_max_output_bytes": 64 * 1024,
         # Sealing without Postgres (where the deployment's key lives otherwise).
         "workspace_secret_key": "conformance-sealing-key",
+        # The git tests fetch from repositories in the test's tmp dir.
+        "workspace_repo_schemes": "https,file",
         **extra,
     }
     return Settings(_env_file=None, **fields)  # type: ignore[call-arg]

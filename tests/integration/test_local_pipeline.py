@@ -40,6 +40,7 @@ def env(isolated_env: dict[str, str]) -> dict[str, str]:
         # Small so the never-listening dev server fails fast; hello answers well within it.
         "WORKSPACE_DEV_SERVER_TIMEOUT_SECONDS": str(DEV_TIMEOUT),
         "WORKSPACE_MAX_OUTPUT_BYTES": str(MAX_OUTPUT),
+        "WORKSPACE_REPO_SCHEMES": "https,file",  # the git tests' origins are local
     }
 
 

@@ -442,8 +442,11 @@ def test_restore_keeps_ignored_dirs(local: Local) -> None:
 
 
 # -- git -------------------------------------------------------------------------------------
-def test_git_sync_runs_nothing_planted_in_the_tree(local: Local) -> None:
-    provider, sb = local.pair(workspace_local_isolation="none")
+@needs_bwrap
+def test_git_sync_runs_nothing_planted_in_the_tree_on_the_host(local: Local) -> None:
+    """A planted .git/config is the sandbox's own: only git inside the jail reads it, where
+    the host's paths (``pwned``) do not exist."""
+    provider, sb = local.pair(workspace_repo_schemes="https,file")
     repo = local.tmp / "repo"
     env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null"}
     ident = ["-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=main"]

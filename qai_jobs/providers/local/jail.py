@@ -74,6 +74,9 @@ class Jail:
     resolv: Path | None = None
     # Size of each of /tmp and /var/tmp; None: bubblewrap's default, half the RAM.
     tmp_mb: int | None = None
+    # Host directories shown read-only at a path inside (host path, sandbox path): the private
+    # git mirror a checkout fetches from, for that one command.
+    ro_binds: tuple[tuple[str, str], ...] = ()
 
     def command(
         self,
@@ -110,6 +113,8 @@ class Jail:
         if os.path.isdir("/opt"):
             args += ["--ro-bind", "/opt", "/opt"]
         args += ["--bind", str(self.tree), "/workspace", "--bind", str(self.home), SANDBOX_HOME]
+        for host_path, inside in self.ro_binds:
+            args += ["--ro-bind", host_path, inside]
         # Fresh tmpfs mounts: nothing of the host's /tmp is visible. Sized, as each would
         # otherwise take up to half the host's RAM (charged to the sandbox's memory cgroup).
         for tmp in ("/tmp", "/var/tmp"):  # noqa: S108

@@ -16,7 +16,7 @@ from qai_jobs.config import Settings
 from qai_jobs.errors import ErrorCode, PermanentError
 from qai_jobs.providers.base import ExecResult, OutputCallback, Sandbox
 from qai_jobs.providers.local.fs import SafeTree
-from qai_jobs.providers.local.jail import Jail
+from qai_jobs.providers.local.jail import Jail, Launch
 from qai_jobs.providers.local.layout import Layout
 from qai_jobs.providers.local.limits import SandboxLimits
 from qai_jobs.providers.local.proc import alive as pid_alive
@@ -65,11 +65,23 @@ class LocalProcesses:
             raise PermanentError(
                 f"working directory {cwd!r} does not exist", code=ErrorCode.INVALID_CWD
             )
+        merged = self._env(layout, env)
+        launch = self._jail(layout).command(argv, cwd, merged, foreground=True)
+        return self._run_confined(sb, launch, timeout_s, on_output, cancel)
+
+    def _run_confined(
+        self,
+        sb: Sandbox,
+        launch: Launch,
+        timeout_s: float,
+        on_output: OutputCallback | None = None,
+        cancel: Cancel | None = None,
+    ) -> ExecResult:
+        """Run a jailed launch to completion under the sandbox's cgroup limits."""
         limits = SandboxLimits(self.settings, sb.sandbox_id)
         confine = limits.confine(limits.prepare())
-        merged = self._env(layout, env)
         return run_captured(
-            self._jail(layout).command(argv, cwd, merged, foreground=True),
+            launch,
             confine=confine,
             timeout_s=max(timeout_s, 0.001),
             max_bytes=self.settings.workspace_max_output_bytes,

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,8 +23,11 @@ from qai_jobs.config import Settings
 from qai_jobs.egress import Egress
 from qai_jobs.errors import (
     ConfigurationError,
+    ErrorCode,
+    PermanentError,
     QaiJobsError,
     SandboxGone,
+    ValidationFailed,
     not_owned,
 )
 from qai_jobs.providers.base import (
@@ -33,12 +37,12 @@ from qai_jobs.providers.base import (
     SandboxStatus,
     SleepOutcome,
 )
-from qai_jobs.providers.local import enforce
+from qai_jobs.providers.local import checkout, enforce
 from qai_jobs.providers.local.disk import SandboxDisk
 from qai_jobs.providers.local.disk import unsupported as no_disk_quota
 from qai_jobs.providers.local.files import LocalFiles
 from qai_jobs.providers.local.fs import SafeTree
-from qai_jobs.providers.local.git import git_sync
+from qai_jobs.providers.local.git import fetch_mirror
 from qai_jobs.providers.local.hashcache import HashCache
 from qai_jobs.providers.local.jail import Jail, check_env
 from qai_jobs.providers.local.layout import Layout
@@ -56,6 +60,7 @@ from qai_jobs.providers.local.proc import (
 )
 from qai_jobs.providers.local.processes import LocalProcesses
 from qai_jobs.providers.local.store import PortRegistry, SnapshotStore, atomic_write
+from qai_jobs.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
 _SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -316,6 +321,19 @@ class LocalProvider(LocalFiles, LocalProcesses, Provider):
 
     # -- source ------------------------------------------------------------------------------
     def git_sync(self, sb: Sandbox, url: str, ref: str) -> str:
-        """Host-side git: a local path or file:// URL is not visible inside bwrap."""
-        layout = self._existing(sb)
-        return git_sync(layout.tree, layout.git, layout.home, url, ref)
+        """Fetch host-side into the private mirror (the source policy re-checked: settings
+        may have changed since the ensure was accepted), then check out inside the jail."""
+        layout = self._awake(sb)
+        try:
+            source = SourcePolicy.from_settings(self.settings).check(url)
+        except ValidationFailed as exc:
+            raise PermanentError(exc.message, code=ErrorCode.REPO_UNAVAILABLE) from None
+        fetched = fetch_mirror(self.settings, layout.git, source, ref)
+        jail, mirror = self._jail(layout), str(layout.git)
+        if jail.isolation == "bwrap":
+            inside = checkout.SOURCE_MOUNT
+            jail, mirror = replace(jail, ro_binds=((mirror, inside),)), inside
+        env = checkout.checkout_env(source, fetched, ref, mirror)
+        launch = jail.command(["bash", "-c", checkout.SCRIPT], None, env, foreground=True)
+        result = self._run_confined(sb, launch, checkout.TIMEOUT_S)
+        return checkout.checked_out(result, fetched, ref)
