@@ -53,6 +53,26 @@ def _plot(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
+_CURVE_HEADING = "## Throughput against the number of projects"
+
+
+def _fake(per: dict[str, Any]) -> str:
+    fake = per.get("fake_provider_redis")
+    return "included" if fake is None else f"{fake:.1f}"
+
+
+def _other_sections(text: str) -> str:
+    """The page's ``## `` sections other than the curve's (history, notes), kept as they are."""
+    kept: list[str] = []
+    keep = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            keep = line.strip() != _CURVE_HEADING
+        if keep:
+            kept.append(line)
+    return ("\n" + "".join(kept)) if kept else ""
+
+
 def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
     """Write ``benchmarks.md`` (and ``benchmarks.png`` when matplotlib is there) into ``docs``."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -65,7 +85,9 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
         f"--runs {report['runs']} --concurrency {report['concurrency']}"
     )
     lines = [
-        "# Throughput against the number of projects",
+        "# Benchmarks",
+        "",
+        _CURVE_HEADING,
         "",
         "Written by `qai-jobs bench` when `--projects` lists several counts. Each point is "
         "the median of its runs. qai-jobs runs `write` actions on the fake provider, in FIFO "
@@ -73,8 +95,10 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
         "(late acks, task events on, results ignored, default prefetch) running no-op tasks on "
         "a worker of the same concurrency; one producer thread on each side, timed from the "
         "first enqueue to the last completion. Counts are per action (per task for Celery), "
-        "from `pg_stat_database` and Redis `INFO commandstats` around the run. The checker "
-        "reads every action's timestamps back from Postgres.",
+        "from `pg_stat_database` and Redis `INFO commandstats` around the run; the fake "
+        "provider, a stand-in for a remote sandbox service, keeps its sandboxes on a Redis "
+        "server of its own and its commands are shown apart. The checker reads every "
+        "action's timestamps back from Postgres.",
         "",
         f"Command: `{command}`",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.uname().nodename} "
@@ -86,8 +110,9 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
     lines += [
         "| projects | qai-jobs actions/s | plain Celery tasks/s | ratio (runs) | "
         "Postgres commits / rollbacks per action | Redis commands per action (Celery) | "
+        "fake provider's Redis commands | "
         "enqueue p50 / p99 | enqueue→start p50 / p99 at half load (Celery) | violations |",
-        "|---:|---:|---:|---|---|---|---|---|---|",
+        "|---:|---:|---:|---|---|---|---|---|---|---|",
     ]
     for p in curve:
         d, b = p["durable"], p["baseline"]
@@ -99,10 +124,11 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
             f"| {p['projects']} | {d['per_second']:.0f} | {b['per_second']:.0f} | "
             f"**{p['ratio']:.2f}x** ({ratios}) | {per['pg_commits']:.2f} / "
             f"{per['pg_rollbacks']:.2f} | {per['redis_commands']:.1f} "
-            f"({base_per['redis_commands']:.1f}) | {d['enqueue']['p50_ms']:.2f} / "
+            f"({base_per['redis_commands']:.1f}) | {_fake(per)} | {d['enqueue']['p50_ms']:.2f} / "
             f"{d['enqueue']['p99_ms']:.2f} ms | {half['p50_ms']:.1f} / {half['p99_ms']:.1f} ms "
             f"({bhalf['p50_ms']:.1f} / {bhalf['p99_ms']:.1f}) | {bad} |"
         )
     page = docs / "benchmarks.md"
-    page.write_text("\n".join(lines) + "\n")
+    kept = _other_sections(page.read_text()) if page.exists() else ""
+    page.write_text("\n".join(lines) + "\n" + kept)
     return [page, png] if plotted else [page]

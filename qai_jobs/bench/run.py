@@ -225,6 +225,13 @@ def _counts(label: str, per: dict[str, Any]) -> str:
     )
 
 
+def _fake_line(per: dict[str, Any]) -> str:
+    fake = per.get("fake_provider_redis")
+    if fake is None:
+        return "  fake provider's Redis commands: on the broker's server, included above"
+    return f"  fake provider (own Redis server, not counted above) {fake:6.2f} Redis commands"
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"qai-jobs bench  (worker concurrency {report['concurrency']}, {report['cpus']} CPUs, "
@@ -246,6 +253,7 @@ def format_report(report: dict[str, Any]) -> str:
             _lat("plain Celery enqueue", base["enqueue"]),
             _counts("per action", dur["per_action"]),
             _counts("per plain Celery task", base["per_task"]),
+            _fake_line(dur["per_action"]),
             "  checker: {overlaps} overlapping runs, {out_of_order} out-of-order starts, "
             "{never_started} never started".format(**report["checker"]),
         ]

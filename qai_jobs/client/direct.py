@@ -79,7 +79,15 @@ class WorkspaceClient(KindMethods, Syncing):
         stored: dict[str, Any],
         idempotency_key: str | None,
     ) -> enqueue.Enqueued:
-        with self.engine.begin() as conn:
+        # Without a key, enqueue is one statement (bump and insert): on an autocommit
+        # connection it is its own transaction, committed as durably (the server's synchronous
+        # commit) in one round trip instead of BEGIN, statement and COMMIT.
+        opened = (
+            self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            if idempotency_key is None
+            else self.engine.begin()
+        )
+        with opened as conn:
             return enqueue.enqueue(
                 conn,
                 action_id=action_id,

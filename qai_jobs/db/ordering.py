@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from qai_jobs.db import manifest
 from qai_jobs.errors import LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
@@ -37,37 +38,48 @@ class Lease:
     owner: str
 
 
+# One statement takes the lease, settles what an earlier holder left running and carries this
+# owner's own running action over (the hot path's first round trip):
+# * `got`: the grant; the other two change nothing when it fails.
+# * `settled`: actions left `running` by an earlier holder (whose lease expired: it died or lost
+#   touch). Idempotent kinds go back to the queue; a command is not run twice behind the
+#   user's back. (A holder that settled one while this statement waited for the row lock
+#   changed its status: READ COMMITTED re-checks the row and leaves it.)
+# * `own`: the same owner taking the lease again: the commit of its first grant (which started
+#   the head action) succeeded but was not seen, and the grant is being retried. That action
+#   is its own, not a dead holder's: it is carried over to the new generation and run.
 _ACQUIRE = sa.text(
     """
-    UPDATE workspaces
-    SET lease_gen = lease_gen + 1, lease_owner = :o,
-        lease_expires_at = now() + make_interval(secs => :ttl)
-    WHERE project_id = :p
-      AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
-    RETURNING lease_gen
-    """
-)
-# Actions left `running` by an earlier holder (whose lease expired: it died or lost touch).
-# Idempotent kinds go back to the queue; a command is not run twice behind the user's back.
-_SETTLE = sa.text(
-    """
-    UPDATE actions
-    SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN 'queued' ELSE 'failed' END,
-        error = CAST(:error AS jsonb),
-        finished_at = CASE WHEN kind = ANY(:idem) AND attempts < :max THEN NULL ELSE now() END,
-        worker = NULL, next_attempt_at = NULL, stage = NULL
-    WHERE project_id = :p AND status = 'running' AND worker IS DISTINCT FROM :o
-    RETURNING id, kind, status, attempts
-    """
-)
-# The same owner taking the lease again: the commit of its first grant (which started the
-# head action) succeeded but was not seen, and the grant is being retried. That action is its
-# own, not a dead holder's: it is carried over to the new generation and run.
-_READOPT = sa.text(
-    """
-    UPDATE actions SET lease_gen = :g, heartbeat_at = now()
-    WHERE project_id = :p AND status = 'running' AND worker = :o
-    RETURNING id, kind, payload, attempts, seq
+    WITH got AS (
+        UPDATE workspaces
+        SET lease_gen = lease_gen + 1, lease_owner = :o,
+            lease_expires_at = now() + make_interval(secs => :ttl)
+        WHERE project_id = :p
+          AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
+        RETURNING lease_gen
+    ), settled AS (
+        UPDATE actions
+        SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max
+                          THEN 'queued' ELSE 'failed' END,
+            error = CAST(:error AS jsonb),
+            finished_at = CASE WHEN kind = ANY(:idem) AND attempts < :max
+                               THEN NULL ELSE now() END,
+            worker = NULL, next_attempt_at = NULL, stage = NULL
+        WHERE project_id = :p AND status = 'running' AND worker IS DISTINCT FROM :o
+          AND EXISTS (SELECT 1 FROM got)
+        RETURNING id, kind, status, attempts
+    ), own AS (
+        UPDATE actions SET lease_gen = (SELECT lease_gen FROM got), heartbeat_at = now()
+        WHERE project_id = :p AND status = 'running' AND worker = :o
+          AND EXISTS (SELECT 1 FROM got)
+        RETURNING id, kind, payload, attempts, seq
+    )
+    SELECT (SELECT lease_gen FROM got) AS gen,
+           (SELECT json_agg(json_build_object('id', id, 'kind', kind, 'status', status,
+                                              'attempts', attempts)) FROM settled) AS settled,
+           (SELECT json_build_object('id', id, 'kind', kind, 'payload', payload,
+                                     'attempts', attempts, 'seq', seq)
+            FROM own LIMIT 1) AS own
     """
 )
 
@@ -84,31 +96,35 @@ class Settled:
 class Acquired:
     lease: Lease
     settled: list[Settled]  # what a dead holder left running, now re-queued or failed
-    readopted: Started | None  # this owner's own running action (see _READOPT)
+    readopted: Started | None  # this owner's own running action (see _ACQUIRE)
 
 
 def acquire(
     conn: Connection, project_id: str, owner: str, ttl: float, max_attempts: int = 5
 ) -> Acquired | None:
-    gen = conn.execute(_ACQUIRE, {"p": project_id, "o": owner, "ttl": ttl}).scalar()
-    if gen is None:
+    params = {
+        "p": project_id,
+        "o": owner,
+        "ttl": ttl,
+        "idem": sorted(IDEMPOTENT_KINDS),
+        "error": json.dumps(WorkerLost().to_dict()),
+        "max": max_attempts,
+    }
+    row = conn.execute(_ACQUIRE, params).one()
+    if row.gen is None:
         return None
-    error = WorkerLost().to_dict()
-    rows = conn.execute(
-        _SETTLE,
-        {
-            "p": project_id,
-            "o": owner,
-            "idem": sorted(IDEMPOTENT_KINDS),
-            "error": json.dumps(error),
-            "max": max_attempts,
-        },
-    ).all()
-    own = conn.execute(_READOPT, {"p": project_id, "o": owner, "g": gen}).first()
-    readopted = Started(own.id, own.kind, own.payload, own.attempts, own.seq) if own else None
+    own = row.own
+    readopted = (
+        Started(uuid.UUID(own["id"]), own["kind"], own["payload"], own["attempts"], own["seq"])
+        if own
+        else None
+    )
     return Acquired(
-        Lease(project_id, gen, owner),
-        [Settled(r.id, r.kind, r.status, r.attempts) for r in rows],
+        Lease(project_id, row.gen, owner),
+        [
+            Settled(uuid.UUID(r["id"]), r["kind"], r["status"], r["attempts"])
+            for r in row.settled or []
+        ],
         readopted,
     )
 
@@ -159,25 +175,10 @@ _RELEASE = sa.text(
     WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o
     """
 )
-_PENDING = sa.text(
-    """
-    SELECT coalesce(next_attempt_at, created_at) AS due, now() AS now
-    FROM actions WHERE project_id = :p AND status = 'queued'
-    ORDER BY seq LIMIT 1
-    """
-)
 
 
 def release(conn: Connection, lease: Lease) -> None:
     conn.execute(_RELEASE, {"p": lease.project_id, "g": lease.gen, "o": lease.owner})
-
-
-def pending_delay(conn: Connection, project_id: str) -> float | None:
-    """Seconds until the project's next queued action is due (0 if due now); None if none."""
-    row = conn.execute(_PENDING, {"p": project_id}).first()
-    if row is None:
-        return None
-    return max(0.0, float((row.due - row.now).total_seconds()))
 
 
 # --- running actions -------------------------------------------------------------------------
@@ -208,6 +209,9 @@ class Started:
     payload: dict[str, Any]
     attempts: int
     seq: int
+    # The synced-files manifest, read in the transaction that started a sync (see
+    # qai_jobs.db.handover): the runner then needs no read-only transaction of its own for it.
+    manifest: manifest.Manifest | None = None
 
 
 # The stage an action starts in: the runner reports the same one before running a command, and
@@ -244,20 +248,12 @@ _RETRY = sa.text(
 )
 
 
-_SETTLED_BY = sa.text("SELECT status, lease_gen FROM actions WHERE id = :id")
 _OWN_RUNNING = sa.text(
     """
     SELECT id, kind, payload, attempts, seq FROM actions
     WHERE project_id = :p AND status = 'running' AND lease_gen = :g AND worker = :o
     """
 )
-
-
-def already_settled(conn: Connection, lease: Lease, action_id: uuid.UUID) -> bool:
-    """Whether this lease already moved the action on from running (finished it, or put it
-    back for a retry): a retried transaction whose first commit succeeded unseen."""
-    row = conn.execute(_SETTLED_BY, {"id": action_id}).first()
-    return row is not None and row.status != "running" and row.lease_gen == lease.gen
 
 
 def own_running(conn: Connection, lease: Lease) -> Started | None:

@@ -112,6 +112,8 @@ def run_one(
         return history.lost_since(engine, lease.project_id, action.seq, snapshot_id)
 
     def recorded_manifest() -> manifest.Manifest:
+        if action.manifest is not None:  # read when the action started, in that transaction
+            return action.manifest
         with engine.connect() as conn:
             return manifest.read(conn, lease.project_id)
 

@@ -21,9 +21,9 @@ from sqlalchemy.engine import Engine
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import ActionStatus
-from qai_jobs.db import hosts, manifest, ordering, outbox, snapshots
+from qai_jobs.db import handover, hosts, manifest, ordering, outbox, snapshots
 from qai_jobs.db.session import db_retry, engine_for
-from qai_jobs.db.workspace_state import MUTABLE, WorkspaceState, touch_activity, write_changes
+from qai_jobs.db.workspace_state import MUTABLE, WorkspaceState, write_changes
 from qai_jobs.errors import DeadlineExceeded, ErrorCode, LeaseLost, WorkerLost
 from qai_jobs.events import error_event
 from qai_jobs.logs import for_action, for_project
@@ -189,11 +189,11 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
             # Refused: nothing of it runs here; the holding host's own queue gets the work.
             ordering.release(conn, lease)
             return _Acquired(lease, ws, None, settled, forward=holder.forward)
-        first = got.readopted or ordering.start_next(conn, lease)
-        delay = None
-        if first is None:
-            delay = ordering.pending_delay(conn, project_id)
-            ordering.release(conn, lease)
+        delay: float | None = None
+        if got.readopted is not None:
+            first = handover.with_manifest(conn, lease, got.readopted)
+        else:
+            first, delay = handover.start_or_release(conn, lease)
     return _Acquired(lease, ws, first, settled, delay)
 
 
@@ -283,16 +283,17 @@ def _settle(
     """One fenced transaction: workspace changes, the action's status, outbox rows, and the
     start of the next action, or, with none to start, the lease given back."""
     with engine.begin() as conn:
-        ordering.fence(conn, lease, settings.lease_seconds)
-        if ordering.already_settled(conn, lease, action.id):
+        touch = ctx is None or ctx.counts_as_activity
+        if handover.fence_for_settle(conn, lease, settings.lease_seconds, action.id, touch=touch):
             # A retry of this very transaction, whose first commit succeeded unseen: what it
             # did stands (its webhook deliveries are left to the sweep).
             ws.mark_clean()
             following = ordering.own_running(conn, lease) if start_another else None
-            return _Settlement(following, [], _give_back(conn, lease, following))
+            if following is not None:
+                return _Settlement(handover.with_manifest(conn, lease, following), [])
+            _, delay = handover.start_or_release(conn, lease, start=False)
+            return _Settlement(None, [], delay)
         write_changes(conn, ws)
-        if ctx is None or ctx.counts_as_activity:
-            touch_activity(conn, lease.project_id)
         if ctx is not None and ctx.snapshots:
             taken = [(t.snapshot_id, t.kind, t.manifest) for t in ctx.snapshots]
             snapshots.record(conn, lease.project_id, ws.provider or "", taken)
@@ -315,23 +316,9 @@ def _settle(
         event_ids = outbox.record_events(
             conn, settings, lease.project_id, action.id, outcome.events
         )
-        following = ordering.start_next(conn, lease) if start_another else None
-        delay = _give_back(conn, lease, following)
+        following, delay = handover.start_or_release(conn, lease, start=start_another)
     ws.mark_clean()
     return _Settlement(following, event_ids, delay)
-
-
-def _give_back(
-    conn: sa.Connection, lease: ordering.Lease, following: ordering.Started | None
-) -> float | None:
-    """With no next action started: give the lease back in this transaction (an action
-    enqueued meanwhile waits on the workspace row it holds, then finds the lease free), and
-    say when the next queued one is due."""
-    if following is not None:
-        return None
-    delay = ordering.pending_delay(conn, lease.project_id)
-    ordering.release(conn, lease)
-    return delay
 
 
 def _abandon(

@@ -92,7 +92,7 @@ class Heartbeat:
         with self._lock:
             self._watched = None
             self._stage = None
-            self._stage_written = ordering.START_STAGE  # what start_next writes
+            self._stage_written = ordering.START_STAGE  # what starting an action writes
 
     def note_stage(self, stage: dict[str, Any]) -> None:
         """The running action reached ``stage``: recorded with the next heartbeat."""

@@ -7,6 +7,7 @@ steer and observe worker processes it does not share memory with.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -14,6 +15,9 @@ from typing import Any, Protocol
 from qai_jobs.constants import FAKE_KEY
 
 PREFIX = FAKE_KEY
+# Where the sandboxes live when not on the broker's Redis: `qai-jobs bench` gives them a server
+# of its own, so their commands are not counted as the job system's (qai_jobs.bench.fakestore).
+STORE_URL_ENV = "QAI_FAKE_STORE_URL"
 
 
 class Store(Protocol):
@@ -96,7 +100,7 @@ class RedisStore:
 
         from qai_jobs.notify import client
 
-        self.r = client(url)
+        self.r = client(os.environ.get(STORE_URL_ENV) or url)
         self._take = self.r.register_script(_TAKE_FAULT_LUA)
 
     def get(self, key: str) -> bytes | None:

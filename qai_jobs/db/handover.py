@@ -1,0 +1,133 @@
+"""The drain's hot path in few round trips: settle an action and hand the lease on.
+
+An action's settling transaction is fenced on the lease (``ordering``); these statements fold
+what used to be several into one each, because every statement is a round trip paid per action:
+
+* :func:`fence_for_settle`: prove the lease, lock the workspace row, record the activity and
+  learn whether this very transaction already committed once (a retry) — one ``UPDATE``.
+* :func:`start_or_release`: start the project's head action if it is due, reading the synced
+  files' manifest for a sync in the same statement; with none started, give the lease back and
+  say when the next queued action is due — one statement either way, where it was three.
+
+The release stays in the transaction that found nothing to start: an action enqueued meanwhile
+waits on the workspace row this transaction locked (its ``next_seq`` bump), so it commits after
+the release and its message finds the lease free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from qai_jobs.db import manifest
+from qai_jobs.db.ordering import START_STAGE, Lease, Started
+from qai_jobs.errors import LeaseLost
+
+# Kinds whose runner diffs against the recorded manifest.
+SYNC_KINDS = ("ensure", "write")
+
+_FENCE_FOR_SETTLE = sa.text(
+    """
+    UPDATE workspaces
+    SET lease_expires_at = now() + make_interval(secs => :ttl),
+        last_activity_at = CASE WHEN :touch THEN now() ELSE last_activity_at END
+    WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o
+    RETURNING (SELECT a.status <> 'running' AND a.lease_gen = :g
+               FROM actions a WHERE a.id = :id) AS settled
+    """
+)
+
+
+def fence_for_settle(
+    conn: Connection, lease: Lease, ttl: float, action_id: uuid.UUID, *, touch: bool
+) -> bool:
+    """Fence ``conn`` on the lease (LeaseLost if it is gone), count the action as activity when
+    ``touch``, and say whether this lease already moved the action on from running: a retried
+    transaction whose first commit succeeded unseen."""
+    params = {
+        "p": lease.project_id,
+        "g": lease.gen,
+        "o": lease.owner,
+        "ttl": ttl,
+        "id": action_id,
+        "touch": touch,
+    }
+    row = conn.execute(_FENCE_FOR_SETTLE, params).first()
+    if row is None:
+        raise LeaseLost(f"lease {lease.gen} of project {lease.project_id} was lost")
+    return bool(row.settled)
+
+
+_START_OR_RELEASE = sa.text(
+    """
+    WITH head AS (
+        SELECT id FROM actions
+        WHERE project_id = :p AND status = 'queued'
+        ORDER BY seq LIMIT 1
+    ), started AS (
+        UPDATE actions a
+        SET status = 'running', started_at = coalesce(a.started_at, now()),
+            attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
+            next_attempt_at = NULL, stage = CAST(:stage AS jsonb)
+        FROM head
+        WHERE :start AND a.id = head.id AND a.status = 'queued'
+          AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
+        RETURNING a.id, a.kind, a.payload, a.attempts, a.seq
+    ), released AS (
+        UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL
+        WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o
+          AND NOT EXISTS (SELECT 1 FROM started)
+        RETURNING 1
+    )
+    SELECT s.id, s.kind, s.payload, s.attempts, s.seq,
+           CASE WHEN s.kind = ANY(:sync) THEN w.manifest_seq END AS manifest_seq,
+           CASE WHEN s.kind = ANY(:sync) AND w.manifest_seq IS NOT NULL THEN
+               (SELECT json_object_agg(f.path, f.sha256) FROM workspace_files f
+                WHERE f.project_id = :p) END AS manifest_files,
+           (SELECT extract(epoch FROM coalesce(q.next_attempt_at, q.created_at) - now())
+            FROM actions q WHERE q.project_id = :p AND q.status = 'queued'
+            ORDER BY q.seq LIMIT 1) AS due_in
+    FROM (SELECT 1) AS one
+    LEFT JOIN started s ON true
+    LEFT JOIN workspaces w ON w.project_id = :p
+    """
+)
+
+
+def start_or_release(
+    conn: Connection, lease: Lease, *, start: bool = True
+) -> tuple[Started | None, float | None]:
+    """Start the head action if ``start`` and it is due (the caller has fenced ``conn`` or took
+    the lease in it); else give the lease back. Returns the started action, or None and the
+    seconds until the next queued one is due (0: due now; None: nothing queued)."""
+    params = {
+        "p": lease.project_id,
+        "g": lease.gen,
+        "o": lease.owner,
+        "start": start,
+        "stage": json.dumps(START_STAGE),
+        "sync": list(SYNC_KINDS),
+    }
+    row = conn.execute(_START_OR_RELEASE, params).one()
+    if row.id is None:
+        return None, None if row.due_in is None else max(0.0, float(row.due_in))
+    recorded = None
+    if row.kind in SYNC_KINDS:
+        recorded = (
+            manifest.Manifest(row.manifest_seq, dict(row.manifest_files or {}))
+            if row.manifest_seq is not None
+            else manifest.Manifest(None, {})
+        )
+    return Started(row.id, row.kind, row.payload, row.attempts, row.seq, recorded), None
+
+
+def with_manifest(conn: Connection, lease: Lease, started: Started | None) -> Started | None:
+    """``started`` (started by another statement of ``conn``'s transaction) with the project's
+    manifest when its kind syncs files, read in that transaction: what the action would read."""
+    if started is None or started.kind not in SYNC_KINDS:
+        return started
+    return dataclasses.replace(started, manifest=manifest.read(conn, lease.project_id))
