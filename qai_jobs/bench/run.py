@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from qai_jobs.config import Settings
+from qai_jobs.db.synthetic import clear
 
 Log = Callable[[str], None]
 
@@ -171,9 +171,7 @@ def run_bench(
     migrate(bsettings.database_url)
     client = WorkspaceClient(bsettings)
     with client.engine.begin() as conn:
-        conn.execute(
-            sa.text("TRUNCATE actions, snapshots, webhook_events, workspace_files, workspaces")
-        )
+        clear(conn)
     report: dict[str, Any] = {"concurrency": concurrency, "cpus": os.cpu_count(), "runs": runs}
     logs_dir = Path(tempfile.mkdtemp(prefix="qai-bench-"))
     if "pipeline" in scenarios:

@@ -23,6 +23,7 @@ from qai_jobs.bench.http import _free_port, _start_api, _stop
 from qai_jobs.bench.run import summarize
 from qai_jobs.config import Settings
 from qai_jobs.db.session import engine_for
+from qai_jobs.db.synthetic import clear
 
 Log = Callable[[str], None]
 WORKSPACES = 10_000
@@ -76,7 +77,6 @@ _FILL = [
     "ANALYZE actions",
     "ANALYZE webhook_events",
 ]
-_EMPTY = "TRUNCATE actions, snapshots, webhook_events, workspace_files, workspaces"
 
 
 def _fill(engine: sa.Engine) -> float:
@@ -84,7 +84,7 @@ def _fill(engine: sa.Engine) -> float:
     params = {"w": WORKSPACES, "hot": HOT_ACTIONS, "rest": ACTIONS - HOT_ACTIONS}
     params["dead"] = DEAD_WEBHOOKS
     with engine.begin() as conn:
-        conn.execute(sa.text(_EMPTY))
+        clear(conn)
         for statement in _FILL:
             conn.execute(sa.text(statement), params)
     return time.perf_counter() - started
@@ -141,7 +141,7 @@ def run_ui_scenario(settings: Settings, n: int, log: Log) -> dict[str, Any]:
     finally:
         _stop(api)
         with engine.begin() as conn:
-            conn.execute(sa.text(_EMPTY))
+            clear(conn)
     baseline = summarize(timings["baseline GET /v1/projects/{id}"])["p50_ms"]
     for label, values in timings.items():
         stats = summarize(values)

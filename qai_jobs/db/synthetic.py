@@ -149,11 +149,17 @@ def load_chunk(conn: Connection, w0: int, w1: int, total_actions: int) -> None:
     conn.execute(_FILES, {"w0": w0, "w1": w1})
 
 
+# Every table a workspace's history fills, the file record's content included (workspace_files
+# references file_blobs, so TRUNCATE must name both).
+_CLEAR = (
+    "TRUNCATE actions, snapshots, webhook_events, workspace_files, file_blobs,"
+    " workspace_deletions, workspaces"
+)
+
+
 def clear(conn: Connection) -> None:
     """Forget every row the bench's database holds (it never holds real workspaces)."""
-    conn.execute(
-        sa.text("TRUNCATE actions, snapshots, webhook_events, workspace_files, workspaces")
-    )
+    conn.execute(sa.text(_CLEAR))
 
 
 def analyze(conn: Connection) -> None:
