@@ -26,7 +26,7 @@ def check_base(ctx: ActionContext, payload: WithFiles, untrusted: str | None = N
         now = (
             f"is at {manifest.seq}"
             if manifest.seq is not None
-            else "has none (never synced, or destroyed)"
+            else "has none (never synced, destroyed, or restored)"
         )
         raise _stale(f"this delta was computed against manifest {base}; the workspace's {now}")
     return Manifest(None, {}) if untrusted else manifest

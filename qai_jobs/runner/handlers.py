@@ -307,6 +307,9 @@ def restore(ctx: ActionContext, p: s.RestorePayload) -> RestoreResult:
     sb = ctx.provider.restore(sb, p.snapshot_id)
     ctx.ws.set_sandbox(sb)
     ctx.ws.last_snapshot_id = p.snapshot_id
+    # The tree is now the snapshot's: a rebuild starts from it, and what qai-jobs wrote or
+    # deleted before the restore must not be re-applied on top (nor a delta computed before it).
+    ctx.manifest_update = ManifestUpdate(clear=True)
     preview_url = after_start(ctx, sb)
     ready_event(ctx, sb)
     return {"preview_url": preview_url}

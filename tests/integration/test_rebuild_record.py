@@ -134,6 +134,24 @@ def test_a_lost_sandbox_comes_back_from_the_record_after_its_payloads_were_prune
     assert client.get_workspace(project)["status"] == "ready"
 
 
+def test_a_rebuild_after_a_restore_gives_back_the_restored_tree(
+    workers: Any, client: Any, settings: Settings, project: str
+) -> None:
+    workers(concurrency=1)
+    client.ensure(project, files={"a.txt": "v1", "b.txt": "b"}, start_dev_server=False).wait(30)
+    snapshot_id = client.snapshot(project).wait(30)["snapshot_id"]
+    # Written and deleted after the snapshot, then undone by restoring it.
+    client.write(project, files={"a.txt": "v2", "new.txt": "n"}, delete=["b.txt"]).wait(30)
+    client.restore(project, snapshot_id).wait(30)
+    restored = _tree(settings, _sandbox(client, project))
+    assert restored == {"a.txt": b"v1", "b.txt": b"b"}
+
+    _vanish(settings, _sandbox(client, project))
+    got = client.read(project, paths=["a.txt", "b.txt"]).wait(30)
+    assert [f["content"] for f in got["files"]] == ["v1", "b"]
+    assert _tree(settings, _sandbox(client, project)) == restored
+
+
 def test_a_record_that_cannot_be_honoured_fails_history_incomplete_until_a_full_ensure(
     workers: Any, client: Any, settings: Settings, project: str
 ) -> None:
