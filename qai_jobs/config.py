@@ -165,9 +165,14 @@ class Settings(BaseSettings):
 
         return check_domain(value) if value else None
 
-    @field_validator("workspace_runtime", mode="before")
+    @field_validator(
+        "workspace_runtime",
+        "workspace_callback_url",
+        "workspace_webhook_retry_schedule",
+        mode="before",
+    )
     @classmethod
-    def _runtime_list(cls, value: object) -> object:
+    def _lists(cls, value: object) -> object:
         return _split_list(value)
 
     @field_validator("workspace_runtime")
@@ -182,11 +187,6 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("workspace_callback_url", mode="before")
-    @classmethod
-    def _callback_list(cls, value: object) -> object:
-        return _split_list(value)
-
     @field_validator("workspace_callback_url")
     @classmethod
     def _callback_urls(cls, value: list[str]) -> list[str]:
@@ -194,11 +194,6 @@ class Settings(BaseSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError("each URL must start with http:// or https://")
         return value
-
-    @field_validator("workspace_webhook_retry_schedule", mode="before")
-    @classmethod
-    def _schedule_list(cls, value: object) -> object:
-        return _split_list(value)
 
     @field_validator("workspace_webhook_retry_schedule")
     @classmethod
@@ -244,9 +239,9 @@ class Settings(BaseSettings):
             raise ValueError("names no readable key file")
         return value
 
-    @field_validator("workspace_deployment_id")
+    @field_validator("workspace_deployment_id", "workspace_host_id")
     @classmethod
-    def _deployment_id(cls, value: str | None) -> str | None:
+    def _name(cls, value: str | None) -> str | None:
         if value is not None and not _DEPLOYMENT_ID.match(value):
             raise ValueError(
                 "1 to 63 letters, digits, '.', '_' or '-', starting with one of the first two"
@@ -259,15 +254,6 @@ class Settings(BaseSettings):
         # Made absolute once, at start-up: a worker started in another directory must find
         # the same workspaces, not a fresh empty root beside it.
         return value.expanduser().resolve()
-
-    @field_validator("workspace_host_id")
-    @classmethod
-    def _host_id(cls, value: str) -> str:
-        if not _DEPLOYMENT_ID.match(value):
-            raise ValueError(
-                "1 to 63 letters, digits, '.', '_' or '-', starting with one of the first two"
-            )
-        return value
 
     @field_validator("workspace_snapshot_store")
     @classmethod
