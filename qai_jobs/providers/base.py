@@ -277,7 +277,7 @@ class Provider(abc.ABC):
         (local paths under bwrap) override it.
         """
         from qai_jobs.errors import PermanentError
-        from qai_jobs.sources import SourcePolicy, scrub
+        from qai_jobs.sources import SourcePolicy, git_config_env, scrub
 
         source = SourcePolicy.from_settings(self.settings).check(url)
         script = (
@@ -294,12 +294,7 @@ class Provider(abc.ABC):
             "GIT_TERMINAL_PROMPT": "0",
         }
         if source.auth_header:
-            # Through the environment only (git >= 2.31), never argv or the checkout's config.
-            env |= {
-                "GIT_CONFIG_COUNT": "1",
-                "GIT_CONFIG_KEY_0": "http.extraHeader",
-                "GIT_CONFIG_VALUE_0": source.auth_header,
-            }
+            env |= git_config_env([("http.extraHeader", source.auth_header)])
         result = self.run(sb, ["bash", "-lc", script], env=env, timeout_s=600)
         if result.exit_code != 0:
             tail = scrub(result.stderr.strip()[-500:], source.auth_header or "")

@@ -22,7 +22,7 @@ from pathlib import Path
 from qai_jobs.config import Settings
 from qai_jobs.errors import ErrorCode, PermanentError, TransientError
 from qai_jobs.providers.local.jail import SAFE_PATH
-from qai_jobs.sources import Source, scrub
+from qai_jobs.sources import Source, git_config_env, scrub
 
 _TIMEOUT_S = 600
 SYNC_REF = "refs/heads/qai-sync"  # the fetched commit, which the sandbox's checkout fetches
@@ -48,7 +48,7 @@ def host_env(settings: Settings, source: Source, home: Path, git_dir: Path) -> d
     """The whole environment of host-side git: nothing inherited from the worker."""
     config = list(_SAFE_CONFIG)
     config += [
-        (f"protocol.{scheme}.allow", "always") for scheme in sorted(source_schemes(settings))
+        (f"protocol.{scheme}.allow", "always") for scheme in sorted(settings.workspace_repo_schemes)
     ]
     if source.auth_header:
         config.append(("http.extraHeader", source.auth_header))
@@ -64,16 +64,8 @@ def host_env(settings: Settings, source: Source, home: Path, git_dir: Path) -> d
         "GIT_ASKPASS": "/bin/false",
         "SSH_ASKPASS": "/bin/false",
         "GIT_SSH_COMMAND": ssh_command(settings, home),
-        "GIT_CONFIG_COUNT": str(len(config)),
     }
-    for i, (key, value) in enumerate(config):
-        env[f"GIT_CONFIG_KEY_{i}"] = key
-        env[f"GIT_CONFIG_VALUE_{i}"] = value
-    return env
-
-
-def source_schemes(settings: Settings) -> frozenset[str]:
-    return frozenset(settings.workspace_repo_schemes)
+    return env | git_config_env(config)
 
 
 def ssh_command(settings: Settings, home: Path) -> str:
