@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.db import manifest
-from qai_jobs.db.ordering import START_STAGE, Lease, Started
+from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE, Lease, Started
 from qai_jobs.errors import LeaseLost
 
 # Kinds whose runner diffs against the recorded manifest.
@@ -63,20 +63,9 @@ def fence_for_settle(
 
 
 _START_OR_RELEASE = sa.text(
-    """
-    WITH head AS (
-        SELECT id FROM actions
-        WHERE project_id = :p AND status = 'queued'
-        ORDER BY seq LIMIT 1
-    ), started AS (
-        UPDATE actions a
-        SET status = 'running', started_at = coalesce(a.started_at, now()),
-            attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
-            next_attempt_at = NULL, stage = CAST(:stage AS jsonb)
-        FROM head
-        WHERE :start AND a.id = head.id AND a.status = 'queued'
-          AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
-        RETURNING a.id, a.kind, a.payload, a.attempts, a.seq
+    f"""
+    WITH {HEAD_CTE}, started AS (
+        {START_HEAD}
     ), released AS (
         UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL
         WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o

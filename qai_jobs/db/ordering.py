@@ -183,23 +183,22 @@ def release(conn: Connection, lease: Lease) -> None:
 
 # --- running actions -------------------------------------------------------------------------
 
-_START_NEXT = sa.text(
-    """
-    WITH head AS (
+# The project's head action, and starting it if it is due (and ``:start``): one text for
+# start_next and for the drain's start-or-release statement (handover.py), which embeds it.
+HEAD_CTE = """head AS (
         SELECT id FROM actions
         WHERE project_id = :p AND status = 'queued'
         ORDER BY seq LIMIT 1
-    )
-    UPDATE actions a
-    SET status = 'running', started_at = coalesce(a.started_at, now()),
-        attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
-        next_attempt_at = NULL, stage = CAST(:stage AS jsonb)
-    FROM head
-    WHERE a.id = head.id AND a.status = 'queued'
-      AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
-    RETURNING a.id, a.kind, a.payload, a.attempts, a.seq
-    """
-)
+    )"""
+START_HEAD = """UPDATE actions a
+        SET status = 'running', started_at = coalesce(a.started_at, now()),
+            attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
+            next_attempt_at = NULL, stage = CAST(:stage AS jsonb)
+        FROM head
+        WHERE :start AND a.id = head.id AND a.status = 'queued'
+          AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
+        RETURNING a.id, a.kind, a.payload, a.attempts, a.seq"""
+_START_NEXT = sa.text(f"WITH {HEAD_CTE} {START_HEAD}")
 
 
 @dataclass(frozen=True)
@@ -223,7 +222,8 @@ def start_next(conn: Connection, lease: Lease) -> Started | None:
     """Mark the project's head action running if it is due; the caller has fenced ``conn``
     (or took the lease in it)."""
     params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
-    row = conn.execute(_START_NEXT, {**params, "stage": json.dumps(START_STAGE)}).first()
+    params |= {"stage": json.dumps(START_STAGE), "start": True}
+    row = conn.execute(_START_NEXT, params).first()
     if row is None:
         return None
     return Started(row.id, row.kind, row.payload, row.attempts, row.seq)
