@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     workspace_deployment_id: str | None = None
     # The Celery queue producers send to and workers consume; `qai-jobs bench` uses its own.
     workspace_queue: str = Field(default="celery", min_length=1)
+    # How a producer sends an enqueue's message after the commit: background (a thread of the
+    # process sends it, the enqueue returns at the commit) or inline (before returning).
+    workspace_enqueue_send: Literal["background", "inline"] = "background"
     workspace_heartbeat_seconds: PositiveFloat = 10
     workspace_sweep_seconds: PositiveFloat = 60
     workspace_events_heartbeat_seconds: PositiveFloat = 15  # SSE comment lines on idle streams

@@ -1,24 +1,26 @@
 """``WorkspaceClient``: the Python producer API, straight against Postgres and Redis.
 
 Enqueue = validate, then one transaction that records the action, then (after commit) the
-Celery message; if the broker is down, recovery sends it later. ``wait`` learns of completion
+Celery message, sent by the process's sending thread (``sender``) so the enqueue returns at the
+commit; if the broker is down, recovery sends it later. ``wait`` learns of completion
 by notification (``waiting``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from qai_jobs.client import sender
 from qai_jobs.client.handle import ActionHandle, EventFn
 from qai_jobs.client.kinds import KindMethods
+from qai_jobs.client.sender import Broker, Message
 from qai_jobs.client.waiting import Subscriber, wait_for
 from qai_jobs.config import Settings, load_settings
-from qai_jobs.constants import RECORDED_HEADER, ActionStatus, action_task_name
+from qai_jobs.constants import ActionStatus
 from qai_jobs.db import enqueue, manifest, queries
 from qai_jobs.db.session import db_retry, engine_for
 from qai_jobs.errors import Conflict, NotFound, ValidationFailed
@@ -30,8 +32,6 @@ from qai_jobs.sealing import seal_payload
 from qai_jobs.sync import Syncing
 from qai_jobs.validation import PayloadLimits, payload_to_json, validate_payload
 
-log = logging.getLogger(__name__)
-
 
 class WorkspaceClient(KindMethods, Syncing):
     """Enqueue workspace actions and inspect them, straight against Postgres and Redis."""
@@ -40,7 +40,7 @@ class WorkspaceClient(KindMethods, Syncing):
         self.settings = settings
         self.engine = engine or engine_for(settings.database_url)
         self.limits = PayloadLimits.from_settings(settings)
-        self._pool: tuple[int, Any] | None = None
+        self._link: Broker | None = None
         self._subscriber = Subscriber(settings.redis_url)
 
     @classmethod
@@ -98,35 +98,27 @@ class WorkspaceClient(KindMethods, Syncing):
             )
 
     def _send(self, kind: str, project_id: str, action_id: uuid.UUID) -> None:
-        """Announce after commit; if the broker is down the recovery sweep re-sends it."""
-        from qai_jobs.celery_app import app
+        """Announce after commit: by this process's sending thread unless the settings say
+        inline; if the broker is down the recovery sweep re-sends it."""
+        message = Message(self._broker(), kind, project_id, action_id)
+        if self.settings.workspace_enqueue_send == "inline":
+            message.broker.publish(message)
+        else:
+            sender.current().submit(message)
 
-        try:
-            # This client's own broker (its settings), not whatever the process-wide app was
-            # configured with: one process may hold clients for several deployments.
-            with self._broker().acquire(block=True, timeout=5) as conn:
-                app.send_task(
-                    action_task_name(kind),
-                    kwargs={"project_id": project_id},
-                    task_id=str(action_id),
-                    connection=conn,
-                    retry=False,
-                    headers={RECORDED_HEADER: 1},
-                )
-        except Exception:  # kombu raises many types; the action is durable either way
-            log.warning(
-                "[project_id=%s action_id=%s] broker unavailable; recovery will send it",
-                project_id,
-                action_id,
-            )
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the messages of the enqueues made so far are sent (or, after a broker
+        error, left to recovery); False if ``timeout`` passed first. Runs by itself at
+        interpreter exit; a process killed before then leaves its last messages to recovery."""
+        return sender.flush(timeout)
 
-    def _broker(self) -> Any:
-        """A pool of broker connections for this client, per process (never across a fork)."""
-        if self._pool is None or self._pool[0] != os.getpid():
-            from kombu import Connection
-
-            self._pool = (os.getpid(), Connection(self.settings.redis_url).Pool(limit=16))
-        return self._pool[1]
+    def _broker(self) -> Broker:
+        """This client's own broker (its settings), not whatever the process-wide app was
+        configured with: one process may hold clients for several deployments. Per process:
+        a connection pool never crosses a fork."""
+        if self._link is None or self._link.pid != os.getpid():
+            self._link = Broker(self.settings.redis_url)
+        return self._link
 
     # -- inspection --------------------------------------------------------------------------
     @db_retry

@@ -1,0 +1,195 @@
+"""The Celery message of an enqueue, and the background thread that sends it after the commit.
+
+An enqueue is durable once its row is committed; the message only tells a worker "project P
+has work" (the recovery sweep re-sends it for a queued action nobody picked up). So the
+producer returns at the commit and one daemon thread per process sends the messages right
+after, through each client's own broker pool. When the thread falls behind (a full queue) the
+caller sends inline: backpressure, never a dropped message. ``flush`` waits for what was queued
+so far, and runs at interpreter exit; a process killed before that leaves its last messages to
+recovery.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from qai_jobs.constants import RECORDED_HEADER, action_task_name
+
+log = logging.getLogger(__name__)
+
+# Deep enough to absorb a burst of enqueues while a send is slow; a full queue sends inline.
+QUEUE_SIZE = 1024
+# How long interpreter exit waits for queued messages (a pool wait plus a connect, with room).
+EXIT_FLUSH_SECONDS = 10.0
+POOL_WAIT_SECONDS = 5
+# One connection attempt per send, not kombu's default of retrying for several seconds: the
+# send is a hint that recovery repeats, and one thread sends for the whole process, so a broker
+# that is down must cost each message a refused connect, not six seconds. The socket timeouts
+# keep a broker that hangs from holding the thread (or an inline caller) for ever.
+TRANSPORT_OPTIONS = {"max_retries": 0, "socket_connect_timeout": 5, "socket_timeout": 5}
+
+
+class Broker:
+    """One client's way to its broker in one process: a pool of connections, and whether the
+    sends are failing (a warning once per burst of failures, not once per message)."""
+
+    def __init__(self, redis_url: str):
+        from kombu import Connection
+
+        self.pid = os.getpid()
+        self.pool: Any = Connection(redis_url, transport_options=TRANSPORT_OPTIONS).Pool(limit=16)
+        self._lock = threading.Lock()
+        self._failed = 0
+
+    def publish(self, message: Message) -> None:
+        """Send one message; a broker error is logged (once per burst) and swallowed: the
+        action is durable and recovery sends its message later."""
+        from qai_jobs.celery_app import app
+
+        try:
+            with self.pool.acquire(block=True, timeout=POOL_WAIT_SECONDS) as conn:
+                app.send_task(
+                    action_task_name(message.kind),
+                    kwargs={"project_id": message.project_id},
+                    task_id=str(message.action_id),
+                    connection=conn,
+                    retry=False,
+                    headers={RECORDED_HEADER: 1},
+                )
+        except Exception as exc:  # kombu raises many types; the action is durable either way
+            self._failure(message, exc)
+            return
+        if self._failed:  # read without the lock: only the burst's end takes it
+            self._recovered()
+
+    def _failure(self, message: Message, exc: Exception) -> None:
+        with self._lock:
+            self._failed += 1
+            first = self._failed == 1
+        if first:
+            # The error's type only: its text may carry the broker URL; never the payload.
+            log.warning(
+                "[project_id=%s action_id=%s] broker unavailable (%s); recovery will send it "
+                "and any other message until the broker answers",
+                message.project_id,
+                message.action_id,
+                type(exc).__name__,
+            )
+
+    def _recovered(self) -> None:
+        with self._lock:
+            missed, self._failed = self._failed, 0
+        if missed:
+            log.warning("broker answers again; %d message(s) were left to recovery", missed)
+
+
+@dataclass(frozen=True)
+class Message:
+    broker: Broker
+    kind: str
+    project_id: str
+    action_id: uuid.UUID
+
+
+class Sender:
+    """The process's sending thread and its bounded queue. Counts what was queued and what is
+    done (sent, or given up to recovery) so ``flush`` can wait for a point in the stream."""
+
+    def __init__(self, size: int = QUEUE_SIZE):
+        self.pid = os.getpid()
+        self._queue: queue.Queue[Message] = queue.Queue(size)
+        self._done_changed = threading.Condition()
+        self._queued = 0
+        self._done = 0
+        self._thread = threading.Thread(target=self._run, name="qai-enqueue-sender", daemon=True)
+        self._thread.start()
+
+    def submit(self, message: Message) -> None:
+        with self._done_changed:
+            self._queued += 1
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            # The thread cannot keep up: this caller waits for its own send instead.
+            self._publish(message)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every message submitted before this call is sent (or left to recovery
+        after a broker error); False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._done_changed:
+            target = self._queued
+            while self._done < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._done_changed.wait(left)
+        return True
+
+    def pending(self) -> int:
+        with self._done_changed:
+            return self._queued - self._done
+
+    def _run(self) -> None:
+        while True:
+            self._publish(self._queue.get())
+
+    def _publish(self, message: Message) -> None:
+        try:
+            message.broker.publish(message)
+        except Exception:  # never lose the thread (or a caller) to an unexpected error
+            log.exception("[project_id=%s] sending the message failed", message.project_id)
+        finally:
+            with self._done_changed:
+                self._done += 1
+                self._done_changed.notify_all()
+
+
+_sender: Sender | None = None
+_creating = threading.Lock()
+
+
+def current() -> Sender:
+    """This process's sender, started on first use; a child after fork starts its own (the
+    parent's thread does not survive the fork, and the parent still sends what it queued)."""
+    global _sender
+    current = _sender
+    if current is None or current.pid != os.getpid():
+        with _creating:
+            current = _sender
+            if current is None or current.pid != os.getpid():
+                current = _sender = Sender()
+    return current
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait for this process's queued messages (True at once if it never queued any)."""
+    current = _sender
+    if current is None or current.pid != os.getpid():
+        return True
+    return current.flush(timeout)
+
+
+def _reset_after_fork() -> None:
+    # A lock another thread held at the fork stays held for ever in the child.
+    global _creating
+    _creating = threading.Lock()
+
+
+def _flush_at_exit() -> None:
+    if not flush(EXIT_FLUSH_SECONDS):
+        current = _sender
+        left = current.pending() if current is not None else 0
+        log.warning("exiting with %d message(s) unsent; recovery will send them", left)
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+atexit.register(_flush_at_exit)
