@@ -178,6 +178,8 @@ def idle(settings: Settings, limit: int = 500) -> dict[str, Any]:
     client = WorkspaceClient(settings)
     for project_id, last_activity_at in rows:
         idle_sleep(client, project_id, last_activity_at)
+    # Sent before the task returns: a pool child may be recycled without an interpreter exit.
+    client.flush(10)
     return {"slept": len(rows)}
 
 
