@@ -7,7 +7,8 @@ what used to be several into one each, because every statement is a round trip p
   learn whether this very transaction already committed once (a retry) — one ``UPDATE``.
 * :func:`start_or_release`: start the project's head action if it is due, reading the synced
   files' manifest for a sync in the same statement; with none started, give the lease back and
-  say when the next queued action is due — one statement either way, where it was three.
+  say when the next queued action is due — one statement either way, where it was three. A
+  drain that used its budget records its fairness turn in that same release (see ``Turn``).
 
 The release stays in the transaction that found nothing to start: an action enqueued meanwhile
 waits on the workspace row this transaction locked (its ``next_seq`` bump), so it commits after
@@ -62,17 +63,44 @@ def fence_for_settle(
     return bool(row.settled)
 
 
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """A fairness turn to record with the release: ``token`` is what the turn's own message
+    carries (the only one the lease is granted to meanwhile, ordering._ACQUIRE); the mark lapses
+    after ``seconds``, so a lost message cannot hold the project back for long."""
+
+    token: str
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    started: Started | None
+    # With none started: seconds until the next queued action is due (0: now; None: none).
+    due_in: float | None = None
+    # The turn recorded with the release: only when one was offered and the head is due now
+    # (one not due yet is the backoff's kick; with nothing queued, no message would clear it).
+    turn: str | None = None
+
+
 _START_OR_RELEASE = sa.text(
     f"""
     WITH {HEAD_CTE}, started AS (
         {START_HEAD}
+    ), turn_due AS (
+        SELECT 1 FROM head JOIN actions q ON q.id = head.id
+        WHERE CAST(:turn AS text) IS NOT NULL
+          AND coalesce(q.next_attempt_at, q.created_at) <= now()
     ), released AS (
-        UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL
+        UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL,
+            turn = CASE WHEN EXISTS (SELECT 1 FROM turn_due) THEN CAST(:turn AS text) END,
+            turn_expires_at = CASE WHEN EXISTS (SELECT 1 FROM turn_due)
+                                   THEN now() + make_interval(secs => :turn_s) END
         WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o
           AND NOT EXISTS (SELECT 1 FROM started)
-        RETURNING 1
+        RETURNING turn
     )
-    SELECT s.id, s.kind, s.payload, s.attempts, s.seq,
+    SELECT s.id, s.kind, s.payload, s.attempts, s.seq, (SELECT turn FROM released) AS turn,
            CASE WHEN s.kind = ANY(:sync) THEN w.manifest_seq END AS manifest_seq,
            CASE WHEN s.kind = ANY(:sync) AND w.manifest_seq IS NOT NULL THEN
                (SELECT json_object_agg(f.path, f.sha256) FROM workspace_files f
@@ -88,11 +116,10 @@ _START_OR_RELEASE = sa.text(
 
 
 def start_or_release(
-    conn: Connection, lease: Lease, *, start: bool = True
-) -> tuple[Started | None, float | None]:
+    conn: Connection, lease: Lease, *, start: bool = True, turn: Turn | None = None
+) -> Handover:
     """Start the head action if ``start`` and it is due (the caller has fenced ``conn`` or took
-    the lease in it); else give the lease back. Returns the started action, or None and the
-    seconds until the next queued one is due (0: due now; None: nothing queued)."""
+    the lease in it); else give the lease back, recording ``turn`` if the head is due now."""
     params = {
         "p": lease.project_id,
         "g": lease.gen,
@@ -100,10 +127,13 @@ def start_or_release(
         "start": start,
         "stage": json.dumps(START_STAGE),
         "sync": list(SYNC_KINDS),
+        "turn": None if turn is None else turn.token,
+        "turn_s": 0.0 if turn is None else turn.seconds,
     }
     row = conn.execute(_START_OR_RELEASE, params).one()
     if row.id is None:
-        return None, None if row.due_in is None else max(0.0, float(row.due_in))
+        due_in = None if row.due_in is None else max(0.0, float(row.due_in))
+        return Handover(None, due_in, row.turn)
     recorded = None
     if row.kind in SYNC_KINDS:
         recorded = (
@@ -111,7 +141,7 @@ def start_or_release(
             if row.manifest_seq is not None
             else manifest.Manifest(None, {})
         )
-    return Started(row.id, row.kind, row.payload, row.attempts, row.seq, recorded), None
+    return Handover(Started(row.id, row.kind, row.payload, row.attempts, row.seq, recorded))
 
 
 def with_manifest(conn: Connection, lease: Lease, started: Started | None) -> Started | None:

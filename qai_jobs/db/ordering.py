@@ -7,6 +7,9 @@
 * Every state write is fenced: it first updates the workspace row ``WHERE lease_gen = :mine``,
   which both proves we still hold the lease and locks the row against a takeover until commit.
 * Backoff lives in Postgres (``next_attempt_at``) so a retried action keeps its place at the head.
+* Fairness turns too: a drain that used its budget gives the lease back with a pending ``turn``
+  (handover.py); until that turn's message takes the lease, or the mark expires, the grant is
+  refused to every other message, in the statement that grants it (no round trip of its own).
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ class Lease:
 
 # One statement takes the lease, settles what an earlier holder left running and carries this
 # owner's own running action over (the hot path's first round trip):
-# * `got`: the grant; the other two change nothing when it fails.
+# * `got`: the grant; the other two change nothing when it fails. A pending fairness turn
+#   refuses it to every message but the turn's own (``:turn``) until the mark expires; the
+#   grant clears the mark (the turn's message has come, or the mark outlived its message).
 # * `settled`: actions left `running` by an earlier holder (whose lease expired: it died or lost
 #   touch). Idempotent kinds go back to the queue; a command is not run twice behind the
 #   user's back. (A holder that settled one while this statement waited for the row lock
@@ -53,9 +58,11 @@ _ACQUIRE = sa.text(
     WITH got AS (
         UPDATE workspaces
         SET lease_gen = lease_gen + 1, lease_owner = :o,
-            lease_expires_at = now() + make_interval(secs => :ttl)
+            lease_expires_at = now() + make_interval(secs => :ttl),
+            turn = NULL, turn_expires_at = NULL
         WHERE project_id = :p
           AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
+          AND (turn IS NULL OR turn_expires_at < now() OR turn = CAST(:turn AS text))
         RETURNING lease_gen
     ), settled AS (
         UPDATE actions
@@ -100,11 +107,19 @@ class Acquired:
 
 
 def acquire(
-    conn: Connection, project_id: str, owner: str, ttl: float, max_attempts: int = 5
+    conn: Connection,
+    project_id: str,
+    owner: str,
+    ttl: float,
+    max_attempts: int = 5,
+    turn: str | None = None,
 ) -> Acquired | None:
+    """Take the project's lease; None when another holder has it or the project waits for
+    another message's turn (``turn``: the token of the turn this message carries)."""
     params = {
         "p": project_id,
         "o": owner,
+        "turn": turn,
         "ttl": ttl,
         "idem": sorted(IDEMPOTENT_KINDS),
         "error": json.dumps(WorkerLost().to_dict()),
@@ -303,6 +318,9 @@ _STALE = sa.text(
     WITH stale AS (
         SELECT DISTINCT a.project_id FROM actions a JOIN workspaces w USING (project_id)
         WHERE (w.lease_owner IS NULL OR w.lease_expires_at < now())
+          -- a pending turn's own message is on its way: a kick now would only be refused
+          -- (and hold the next kick back); once the mark expires, the message is lost
+          AND (w.turn IS NULL OR w.turn_expires_at < now())
           AND (
             (a.status = 'queued' AND coalesce(a.next_attempt_at, a.created_at) <= now()
              AND (a.kicked_at IS NULL OR a.kicked_at < now() - make_interval(secs => :stale))
@@ -328,8 +346,9 @@ _STALE_RUNNING_ONLY = sa.text(
 
 
 def stale_projects(engine: Engine, stale_after: float, limit: int = 1000) -> set[str]:
-    """Projects whose work nobody is doing: due queued actions whose message may be lost, or
-    running actions whose holder's lease expired. Marks the queued ones as kicked."""
+    """Projects whose work nobody is doing: due queued actions whose message may be lost
+    (a project waiting for its fairness turn counts once the turn expired), or running actions
+    whose holder's lease expired. Marks the queued ones as kicked."""
     with engine.begin() as conn:
         projects = {
             r.project_id for r in conn.execute(_STALE, {"stale": stale_after, "limit": limit})
