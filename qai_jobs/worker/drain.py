@@ -251,7 +251,20 @@ def _run_batch(
         budget = settings.workspace_drain_budget_seconds
         more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < budget
         action = current
-        settlement = _settle_or_fail(engine, settings, lease, ws, action, outcome, ctx, more)
+        # The budget's cut: the release records the project's fairness turn.
+        offered = None if more else handover.Turn(uuid.uuid4().hex, turn_seconds(settings))
+        try:
+            settlement = _settle_or_fail(
+                engine, settings, lease, ws, action, outcome, ctx, more, offered
+            )
+        except LeaseLost:
+            if offered is not None:
+                # A retried release whose first commit recorded the turn unseen finds the
+                # lease gone: the turn's message must follow all the same, or the project
+                # waits for the mark to expire. Had it not been recorded, the message is
+                # one more ordinary drain message.
+                dispatch.give_turn(lease.project_id, offered.token)
+            raise
         beat.done()
         current, delay, turn = settlement.following, settlement.delay, settlement.turn
         publish(settings.redis_url, action.id, {"type": "done", "status": outcome.verdict})
@@ -271,6 +284,7 @@ def _settle_or_fail(
     outcome: Outcome,
     ctx: ActionContext | None,
     start_another: bool,
+    turn: handover.Turn | None = None,
 ) -> _Settlement:
     """Settle; if Postgres refuses what the action produced (a value it cannot store, say),
     fail the action with result_rejected at once instead of leaving it running: first with
@@ -285,7 +299,7 @@ def _settle_or_fail(
     )
     for attempt, (what, context) in enumerate(((outcome, ctx), (refused, None))):
         try:
-            return _settle(engine, settings, lease, ws, action, what, context, start_another)
+            return _settle(engine, settings, lease, ws, action, what, context, start_another, turn)
         except sa.exc.DBAPIError as exc:
             if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
                 raise
@@ -294,7 +308,7 @@ def _settle_or_fail(
                     "Postgres refused the %s's outcome: %s", action.kind, type(exc.orig).__name__
                 )
     ws.revert(*MUTABLE)  # what the runner changed is what Postgres refuses: keep the row
-    return _settle(engine, settings, lease, ws, action, refused, None, start_another)
+    return _settle(engine, settings, lease, ws, action, refused, None, start_another, turn)
 
 
 @db_retry
@@ -307,11 +321,11 @@ def _settle(
     outcome: Outcome,
     ctx: ActionContext | None,
     start_another: bool,
+    turn: handover.Turn | None = None,
 ) -> _Settlement:
     """One fenced transaction: workspace changes, the action's status, outbox rows, and the
-    start of the next action, or, with none to start, the lease given back. Not to start
-    another is the budget's cut: the release records the project's fairness turn."""
-    turn = None if start_another else handover.Turn(uuid.uuid4().hex, turn_seconds(settings))
+    start of the next action, or, with none to start, the lease given back (recording
+    ``turn``, the budget's cut, when the head is due)."""
     with engine.begin() as conn:
         touch = ctx is None or ctx.counts_as_activity
         if handover.fence_for_settle(conn, lease, settings.lease_seconds, action.id, touch=touch):

@@ -259,6 +259,7 @@ def _turn_row(engine: sa.engine.Engine, project: str) -> Any:
 
 def _cut_after_one(env: dict[str, str], project: str) -> Any:
     """Run the project's head action and settle it as a drain whose budget is used up."""
+    from qai_jobs.db.handover import Turn
     from qai_jobs.db.workspace_state import WorkspaceState
     from qai_jobs.worker import drain
     from qai_jobs.worker.attempt import Outcome, Verdict
@@ -272,7 +273,8 @@ def _cut_after_one(env: dict[str, str], project: str) -> Any:
         ws = WorkspaceState.load(conn, project)
     assert head is not None
     outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
-    return drain._settle(engine, settings, got.lease, ws, head, outcome, None, False)
+    cut = Turn(uuid.uuid4().hex, drain.turn_seconds(settings))
+    return drain._settle(engine, settings, got.lease, ws, head, outcome, None, False, cut)
 
 
 def test_a_project_waiting_for_its_turn_gives_the_lease_to_its_turn_alone(
@@ -364,6 +366,39 @@ def test_a_drain_past_its_budget_hands_on_to_its_turn(
     assert drain.drain(settings, project, dispatch, turn="not-its-turn") == 0
     assert drain.drain(settings, project, dispatch, turn=turns[-1][1]) == 1
     assert ran == ids[:2] and len(turns) == 2 and turns[1][1] != turns[0][1]
+
+
+def test_a_cut_whose_release_committed_unseen_still_sends_its_turn(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget's release recorded the turn, but its commit was not seen and the retry finds
+    the lease gone: the turn's message is sent all the same, so the project does not wait for
+    the mark to expire."""
+    from qai_jobs.errors import LeaseLost
+    from qai_jobs.worker import attempt, drain
+
+    settings = settings_for({**env, "WORKSPACE_DRAIN_BUDGET_SECONDS": "0.001"})
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"turn-{uuid.uuid4().hex[:8]}"
+    ids = _queued_reads(engine, project, 2)
+    monkeypatch.setattr(attempt, "execute", lambda ctx: {})
+    real = drain._settle_or_fail
+
+    def committed_unseen(*args: Any) -> Any:
+        real(*args)
+        raise LeaseLost("the retry of a commit that succeeded unseen")
+
+    monkeypatch.setattr(drain, "_settle_or_fail", committed_unseen)
+    turns: list[tuple[str, str]] = []
+    dispatch = drain.Dispatch(
+        kick=lambda *_: None, deliver=lambda _: None, give_turn=lambda *t: turns.append(t)
+    )
+    assert drain.drain(settings, project, dispatch) == 0  # the settle "failed"
+    assert [t for _, t in turns] == [_turn_row(engine, project).turn]
+    monkeypatch.setattr(drain, "_settle_or_fail", real)
+    assert drain.drain(settings, project, dispatch, turn=turns[0][1]) == 1
+    client = client_for(env)
+    assert [client.get_action(str(i))["status"] for i in ids] == ["succeeded", "succeeded"]
 
 
 def test_foreign_messages_are_recorded_in_the_order_the_producer_sent_them(
