@@ -5,9 +5,10 @@ what used to be several into one each, because every statement is a round trip p
 
 * :func:`fence_for_settle`: prove the lease, lock the workspace row, record the activity and
   learn whether this very transaction already committed once (a retry) — one ``UPDATE``.
-* :func:`start_or_release`: start the project's head action if it is due, reading the synced
-  files' manifest for a sync in the same statement; with none started, give the lease back and
-  say when the next queued action is due — one statement either way, where it was three.
+* :func:`start_or_release`: record the settled action's outcome, start the project's head
+  action if it is due, reading the synced files' manifest for a sync in the same statement;
+  with none started, give the lease back and say when the next queued action is due — one
+  statement either way, where it was four.
 
 The release stays in the transaction that found nothing to start: an action enqueued meanwhile
 waits on the workspace row this transaction locked (its ``next_seq`` bump), so it commits after
@@ -19,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -62,9 +65,19 @@ def fence_for_settle(
     return bool(row.settled)
 
 
+# ``finished``: the settled action's terminal status, in the same statement (no row when :fid
+# is null). The head is read in the statement's snapshot, where the finished action is still
+# running, so it is never the head; a retried one is re-queued by a statement before this one,
+# so that it keeps its place at the head.
 _START_OR_RELEASE = sa.text(
     f"""
-    WITH {HEAD_CTE}, started AS (
+    WITH finished AS (
+        UPDATE actions
+        SET status = :fstatus, result = CAST(:fresult AS jsonb),
+            error = CAST(:ferror AS jsonb), finished_at = now(), stage = NULL, worker = NULL
+        WHERE id = CAST(:fid AS uuid) AND status = 'running' AND lease_gen = :g
+        RETURNING 1
+    ), {HEAD_CTE}, started AS (
         {START_HEAD}
     ), released AS (
         UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL
@@ -79,7 +92,8 @@ _START_OR_RELEASE = sa.text(
                 WHERE f.project_id = :p) END AS manifest_files,
            (SELECT extract(epoch FROM coalesce(q.next_attempt_at, q.created_at) - now())
             FROM actions q WHERE q.project_id = :p AND q.status = 'queued'
-            ORDER BY q.seq LIMIT 1) AS due_in
+            ORDER BY q.seq LIMIT 1) AS due_in,
+           (SELECT count(*) FROM finished) AS finished
     FROM (SELECT 1) AS one
     LEFT JOIN started s ON true
     LEFT JOIN workspaces w ON w.project_id = :p
@@ -87,10 +101,25 @@ _START_OR_RELEASE = sa.text(
 )
 
 
+@dataclass(frozen=True)
+class Finish:
+    """The running action's terminal outcome, recorded by :func:`start_or_release`."""
+
+    action_id: uuid.UUID
+    status: str
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 def start_or_release(
-    conn: Connection, lease: Lease, *, start: bool = True
+    conn: Connection, lease: Lease, *, start: bool = True, finish: Finish | None = None
 ) -> tuple[Started | None, float | None]:
-    """Start the head action if ``start`` and it is due (the caller has fenced ``conn`` or took
+    """Record ``finish`` (LeaseLost when the action is no longer this lease's to finish), then
+    start the head action if ``start`` and it is due (the caller has fenced ``conn`` or took
     the lease in it); else give the lease back. Returns the started action, or None and the
     seconds until the next queued one is due (0: due now; None: nothing queued)."""
     params = {
@@ -100,8 +129,14 @@ def start_or_release(
         "start": start,
         "stage": json.dumps(START_STAGE),
         "sync": list(SYNC_KINDS),
+        "fid": finish.action_id if finish else None,
+        "fstatus": finish.status if finish else None,
+        "fresult": _json(finish.result) if finish else None,
+        "ferror": _json(finish.error) if finish else None,
     }
     row = conn.execute(_START_OR_RELEASE, params).one()
+    if finish is not None and not row.finished:
+        raise LeaseLost(f"action {finish.action_id} is no longer ours to finish")
     if row.id is None:
         return None, None if row.due_in is None else max(0.0, float(row.due_in))
     recorded = None

@@ -300,23 +300,20 @@ def _settle(
         succeeded = outcome.verdict is Verdict.SUCCEEDED
         if succeeded and ctx is not None and ctx.manifest_update is not None:
             manifest.apply(conn, lease.project_id, action.seq, ctx.manifest_update)
+        finish: handover.Finish | None = None
         if outcome.verdict is Verdict.RETRY:
             ordering.retry_later(
                 conn, lease, action.id, error=outcome.error or {}, delay=outcome.delay
             )
         else:
-            ordering.finish(
-                conn,
-                lease,
-                action.id,
-                status=ActionStatus.SUCCEEDED if succeeded else ActionStatus.FAILED,
-                result=outcome.result,
-                error=outcome.error,
-            )
+            status = ActionStatus.SUCCEEDED if succeeded else ActionStatus.FAILED
+            finish = handover.Finish(action.id, status, outcome.result, outcome.error)
         event_ids = outbox.record_events(
             conn, settings, lease.project_id, action.id, outcome.events
         )
-        following, delay = handover.start_or_release(conn, lease, start=start_another)
+        following, delay = handover.start_or_release(
+            conn, lease, start=start_another, finish=finish
+        )
     ws.mark_clean()
     return _Settlement(following, event_ids, delay)
 
