@@ -156,7 +156,12 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
     settled = _Settled()
     with engine.begin() as conn:
         got = ordering.acquire(
-            conn, project_id, owner, settings.lease_seconds, settings.workspace_max_attempts
+            conn,
+            project_id,
+            owner,
+            settings.lease_seconds,
+            settings.workspace_max_attempts,
+            settings.workspace_host_dead_seconds,
         )
         if got is None:
             return None
@@ -167,12 +172,14 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
             settings.workspace_host_id,
             settings.workspace_host_dead_seconds,
             settings.workspace_runtime[0] == "local",
+            seen=got.workspace,
         )
         if holder.moved_from is not None:
             for_project(project_id).warning(
                 "host %s is gone: its workspace moves here", holder.moved_from
             )
-        ws = WorkspaceState.load(conn, project_id)
+        # As the grant left it; a placement by claim changes host_id, which it does not hold.
+        ws = WorkspaceState.from_row(project_id, got.workspace)
         for row in got.settled:
             alog = for_action(project_id, row.id)
             if row.status == ActionStatus.FAILED:
