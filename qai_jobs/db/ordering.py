@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from qai_jobs.db import manifest
+from qai_jobs.db.workspace_state import MUTABLE
 from qai_jobs.errors import LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
@@ -50,6 +51,8 @@ class Lease:
 #   touch). Idempotent kinds go back to the queue; a command is not run twice behind the
 #   user's back. (A holder that settled one while this statement waited for the row lock
 #   changed its status: READ COMMITTED re-checks the row and leaves it.)
+# The grant also returns the workspace row and whether its host is alive: what the drainer
+# would otherwise read with two more statements (hosts.claim, WorkspaceState) right after.
 # * `own`: the same owner taking the lease again: the commit of its first grant (which started
 #   the head action) succeeded but was not seen, and the grant is being retried. That action
 #   is its own, not a dead holder's: it is carried over to the new generation and run.
@@ -63,7 +66,7 @@ _ACQUIRE = sa.text(
         WHERE project_id = :p
           AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
           AND (turn IS NULL OR turn_expires_at < now() OR turn = CAST(:turn AS text))
-        RETURNING lease_gen
+        RETURNING lease_gen, host_id, {WORKSPACE_COLUMNS}
     ), settled AS (
         UPDATE actions
         SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max
@@ -81,13 +84,20 @@ _ACQUIRE = sa.text(
           AND EXISTS (SELECT 1 FROM got)
         RETURNING id, kind, payload, attempts, seq
     )
-    SELECT (SELECT lease_gen FROM got) AS gen,
+    SELECT got.lease_gen AS gen, got.host_id, {GOT_COLUMNS},
+           coalesce(h.last_seen_at > now() - make_interval(secs => :dead), false) AS alive,
+           coalesce(h.draining, false) AS draining,
            (SELECT json_agg(json_build_object('id', id, 'kind', kind, 'status', status,
                                               'attempts', attempts)) FROM settled) AS settled,
            (SELECT json_build_object('id', id, 'kind', kind, 'payload', payload,
                                      'attempts', attempts, 'seq', seq)
             FROM own LIMIT 1) AS own
-    """
+    FROM (SELECT 1) AS one
+    LEFT JOIN got ON true
+    LEFT JOIN hosts h ON h.host_id = got.host_id
+    """.replace("{WORKSPACE_COLUMNS}", ", ".join(MUTABLE)).replace(
+        "{GOT_COLUMNS}", ", ".join(f"got.{c}" for c in MUTABLE)
+    )
 )
 
 
@@ -104,6 +114,9 @@ class Acquired:
     lease: Lease
     settled: list[Settled]  # what a dead holder left running, now re-queued or failed
     readopted: Started | None  # this owner's own running action (see _ACQUIRE)
+    # The workspace row as the grant left it (MUTABLE columns, host_id) and its host's
+    # liveness (alive, draining): hosts.claim and WorkspaceState take it from here.
+    workspace: dict[str, Any]
 
 
 def acquire(
@@ -112,6 +125,7 @@ def acquire(
     owner: str,
     ttl: float,
     max_attempts: int = 5,
+    host_dead_seconds: float = 30.0,
     turn: str | None = None,
 ) -> Acquired | None:
     """Take the project's lease; None when another holder has it or the project waits for
@@ -124,6 +138,7 @@ def acquire(
         "idem": sorted(IDEMPOTENT_KINDS),
         "error": json.dumps(WorkerLost().to_dict()),
         "max": max_attempts,
+        "dead": host_dead_seconds,
     }
     row = conn.execute(_ACQUIRE, params).one()
     if row.gen is None:
@@ -141,6 +156,7 @@ def acquire(
             for r in row.settled or []
         ],
         readopted,
+        {k: v for k, v in row._mapping.items() if k not in ("gen", "settled", "own")},
     )
 
 

@@ -181,6 +181,7 @@ def _acquire(
             owner,
             settings.lease_seconds,
             settings.workspace_max_attempts,
+            settings.workspace_host_dead_seconds,
             turn=turn,
         )
         if got is None:
@@ -192,12 +193,14 @@ def _acquire(
             settings.workspace_host_id,
             settings.workspace_host_dead_seconds,
             settings.workspace_runtime[0] == "local",
+            seen=got.workspace,
         )
         if holder.moved_from is not None:
             for_project(project_id).warning(
                 "host %s is gone: its workspace moves here", holder.moved_from
             )
-        ws = WorkspaceState.load(conn, project_id)
+        # As the grant left it; a placement by claim changes host_id, which it does not hold.
+        ws = WorkspaceState.from_row(project_id, got.workspace)
         for row in got.settled:
             alog = for_action(project_id, row.id)
             if row.status == ActionStatus.FAILED:
@@ -344,23 +347,20 @@ def _settle(
         succeeded = outcome.verdict is Verdict.SUCCEEDED
         if succeeded and ctx is not None and ctx.manifest_update is not None:
             manifest.apply(conn, lease.project_id, action.seq, ctx.manifest_update)
+        finish: handover.Finish | None = None
         if outcome.verdict is Verdict.RETRY:
             ordering.retry_later(
                 conn, lease, action.id, error=outcome.error or {}, delay=outcome.delay
             )
         else:
-            ordering.finish(
-                conn,
-                lease,
-                action.id,
-                status=ActionStatus.SUCCEEDED if succeeded else ActionStatus.FAILED,
-                result=outcome.result,
-                error=outcome.error,
-            )
+            status = ActionStatus.SUCCEEDED if succeeded else ActionStatus.FAILED
+            finish = handover.Finish(action.id, status, outcome.result, outcome.error)
         event_ids = outbox.record_events(
             conn, settings, lease.project_id, action.id, outcome.events
         )
-        handed = handover.start_or_release(conn, lease, start=start_another, turn=turn)
+        handed = handover.start_or_release(
+            conn, lease, start=start_another, finish=finish, turn=turn
+        )
     ws.mark_clean()
     return _Settlement(handed.started, event_ids, handed.due_in, handed.turn)
 
