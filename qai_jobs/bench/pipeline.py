@@ -133,12 +133,12 @@ class Durable:
         names: list[str],
         poller: benchcheck.DonePoller,
     ) -> dict[str, Any]:
-        already = poller.done(prefix)
+        already = poller.done()
         start = time.time()
         sends = _send_all(
             n, rate, lambda i: self.client.write(names[i % len(names)], {"bench.txt": str(i)})
         )
-        while poller.done(prefix) < already + n:
+        while poller.done() < already + n:
             if time.time() - start > TIMEOUT_S:
                 raise TimeoutError("the durable actions did not finish")
             time.sleep(0.02)
