@@ -66,7 +66,6 @@ METRICS_CARRIED_KEY = "qai:metrics:carried"  # counters carried over pruned rows
 SWEEP_CLAIM_KEY = "qai:sweep:"  # + sweep name: one run per period
 SWEEPS_LAST_KEY = "qai:sweeps:last"  # hash: sweep name -> last run (epoch seconds)
 SWEEP_RUNS_KEY = "qai:sweeps:runs:"  # + sweep name: recent runs, newest first
-TURN_KEY = "qai:turn:"  # + project: it gave its slot up and waits at the back of the queue
 BENCH_KEY = "qai:bench:"
 
 # How long an inbound provider hook's event id is remembered (deduplication); an E2B event

@@ -61,6 +61,37 @@ def _fake(per: dict[str, Any]) -> str:
     return "included" if fake is None else f"{fake:.1f}"
 
 
+def _cpu_total(per: dict[str, Any]) -> str:
+    used = per.get("cpu_ms")
+    return f"{used['total']:.1f}" if used else "—"
+
+
+def _cpu_table(curve: list[dict[str, Any]]) -> list[str]:
+    """Where the CPU time of one action goes, by process (the qai-jobs side of each point)."""
+    roles = ["worker", "postgres", "redis", "fake_provider_redis", "bench"]
+    if not any(p["durable"]["per_action"].get("cpu_ms") for p in curve):
+        return []
+    lines = [
+        "",
+        "CPU milliseconds per action by process, read from `/proc` around the timed window "
+        "(worker: the `qai-jobs worker` and its pool processes, the fake provider's client "
+        "calls included; bench: the producer thread and its completion polling); plain "
+        "Celery's per task in brackets, where it has the role:",
+        "",
+        "| projects | " + " | ".join(roles) + " | total |",
+        "|---:|" + "---:|" * (len(roles) + 1),
+    ]
+    for p in curve:
+        used = p["durable"]["per_action"].get("cpu_ms") or {}
+        base = p["baseline"]["per_task"].get("cpu_ms") or {}
+        cells = [
+            f"{used.get(r, float('nan')):.2f}" + (f" ({base[r]:.2f})" if r in base else "")
+            for r in [*roles, "total"]
+        ]
+        lines.append(f"| {p['projects']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _other_sections(text: str) -> str:
     """The page's ``## `` sections other than the curve's (history, notes), kept as they are."""
     kept: list[str] = []
@@ -111,8 +142,9 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
         "| projects | qai-jobs actions/s | plain Celery tasks/s | ratio (runs) | "
         "Postgres commits / rollbacks per action | Redis commands per action (Celery) | "
         "fake provider's Redis commands | "
-        "enqueue p50 / p99 | enqueue→start p50 / p99 at half load (Celery) | violations |",
-        "|---:|---:|---:|---|---|---|---|---|---|---|",
+        "enqueue p50 / p99 | enqueue→start p50 / p99 at half load (Celery) | "
+        "CPU ms per action (Celery) | violations |",
+        "|---:|---:|---:|---|---|---|---|---|---|---|---|",
     ]
     for p in curve:
         d, b = p["durable"], p["baseline"]
@@ -126,8 +158,10 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
             f"{per['pg_rollbacks']:.2f} | {per['redis_commands']:.1f} "
             f"({base_per['redis_commands']:.1f}) | {_fake(per)} | {d['enqueue']['p50_ms']:.2f} / "
             f"{d['enqueue']['p99_ms']:.2f} ms | {half['p50_ms']:.1f} / {half['p99_ms']:.1f} ms "
-            f"({bhalf['p50_ms']:.1f} / {bhalf['p99_ms']:.1f}) | {bad} |"
+            f"({bhalf['p50_ms']:.1f} / {bhalf['p99_ms']:.1f}) | "
+            f"{_cpu_total(per)} ({_cpu_total(base_per)}) | {bad} |"
         )
+    lines += _cpu_table(curve)
     page = docs / "benchmarks.md"
     kept = _other_sections(page.read_text()) if page.exists() else ""
     page.write_text("\n".join(lines) + "\n" + kept)

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from qai_jobs.bench import baseline
+from qai_jobs.bench import baseline, cpu
 from qai_jobs.bench.counts import Counter
 from qai_jobs.bench.fakestore import FakeStoreServer
 from qai_jobs.bench.run import Log, Subprocess, Worker, summarize
@@ -133,12 +133,12 @@ class Durable:
         names: list[str],
         poller: benchcheck.DonePoller,
     ) -> dict[str, Any]:
-        already = poller.done(prefix)
+        already = poller.done()
         start = time.time()
         sends = _send_all(
             n, rate, lambda i: self.client.write(names[i % len(names)], {"bench.txt": str(i)})
         )
-        while poller.done(prefix) < already + n:
+        while poller.done() < already + n:
             if time.time() - start > TIMEOUT_S:
                 raise TimeoutError("the durable actions did not finish")
             time.sleep(0.02)
@@ -189,9 +189,19 @@ def run_pipeline(
         base.run(min(200, n))  # warm-up
         log(f"plain Celery: {n} no-op tasks, one producer")
         before = counter.read(end=False)
+        meter = cpu.CpuMeter(
+            {
+                "worker": lambda: cpu.tree(base.proc.pid),
+                "redis": cpu.redis_server(settings.redis_url),
+                "bench": lambda: [os.getpid()],
+            }
+        )
+        meter.start()
         report["baseline"] = base.run(n)
+        used = meter.stop()
         spent = counter.read(end=True).minus(before)
         report["baseline"]["per_task"] = spent.per(n)
+        report["baseline"]["per_task"]["cpu_ms"] = cpu.per_action(used, n)
         rate = report["baseline"]["per_second"] / 2
         report["baseline"]["half_load"] = base.run(_paced_n(rate, n), rate)
     finally:
@@ -207,11 +217,23 @@ def run_pipeline(
         durable.run(min(projects, n), tag="")  # every project has its sandbox before the clock
         log(f"durable: {n} write actions over {projects} project(s), one producer")
         before, fake_before = counter.read(end=False), fake.commands()
+        roles = {
+            "worker": lambda: cpu.tree(worker.proc.pid),
+            "postgres": cpu.postgres_backends(settings.database_url),
+            "redis": cpu.redis_server(settings.redis_url),
+            "bench": lambda: [os.getpid()],
+        }
+        if fake.proc is not None:
+            roles["fake_provider_redis"] = lambda: [fake.proc.pid] if fake.proc else []
+        meter = cpu.CpuMeter(roles)
+        meter.start()
         report["durable"] = durable.run(n)
+        used = meter.stop()
         spent = counter.read(end=True).minus(before)
         per = spent.per(n, own_commits=report["durable"]["polls"])
         # The sandbox service's own traffic, apart (None: it shared the broker's server).
         per["fake_provider_redis"] = (fake.commands() - fake_before) / n if fake.url else None
+        per["cpu_ms"] = cpu.per_action(used, n)
         report["durable"]["per_action"] = per
         rate = report["durable"]["per_second"] / 2
         log(f"durable: half load, {rate:.0f} actions/s")

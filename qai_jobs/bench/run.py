@@ -223,6 +223,14 @@ def _counts(label: str, per: dict[str, Any]) -> str:
     )
 
 
+def _cpu(label: str, per: dict[str, Any]) -> str:
+    used = per.get("cpu_ms")
+    if not used:
+        return f"  {label:30} (not measured: no /proc)"
+    parts = ", ".join(f"{role} {ms:.2f}" for role, ms in used.items() if role != "total")
+    return f"  {label:30} {used['total']:5.2f} ms ({parts})"
+
+
 def _fake_line(per: dict[str, Any]) -> str:
     fake = per.get("fake_provider_redis")
     if fake is None:
@@ -252,6 +260,8 @@ def format_report(report: dict[str, Any]) -> str:
             _counts("per action", dur["per_action"]),
             _counts("per plain Celery task", base["per_task"]),
             _fake_line(dur["per_action"]),
+            _cpu("CPU per action", dur["per_action"]),
+            _cpu("CPU per plain Celery task", base["per_task"]),
             "  checker: {overlaps} overlapping runs, {out_of_order} out-of-order starts, "
             "{never_started} never started".format(**report["checker"]),
         ]

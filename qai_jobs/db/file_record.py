@@ -89,6 +89,68 @@ def store_blobs(
         conn.execute(_INSERT_BLOBS, {"h": list(chunk), "c": list(chunk.values())})
 
 
+# The settle of a small sync (every blob together under FOLD_BYTES) records in one statement
+# what store_blobs, the workspace_files upsert and the manifest stamp do in four or more: each is
+# a round trip paid on the hot path. It sends every changed blob's content (store_blobs sends
+# only the missing ones, at the cost of asking first), which is why it is kept for small syncs.
+# The same steps as store_blobs, in one snapshot: the blobs whose reference changes, existing
+# ones locked (KEY SHARE) so the prune sweep passes them by, missing ones inserted; then the
+# files, then the stamp. Data-modifying CTEs always run to completion, read or not; the foreign
+# key on content_sha256 is checked at the statement's end, when the inserted blobs are there.
+FOLD_BYTES = 256 * 1024
+_RECORD_SMALL = sa.text(
+    """
+    WITH want AS (
+        SELECT * FROM unnest(CAST(:paths AS text[]), CAST(:hashes AS text[]),
+                             CAST(:contents AS text[])) AS t(path, sha256, content_sha256)
+    ), changed AS (
+        SELECT DISTINCT w.content_sha256 AS h FROM want w
+        WHERE w.content_sha256 IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM workspace_files f
+                          WHERE f.project_id = :p AND f.path = w.path
+                            AND f.content_sha256 = w.content_sha256)
+    ), locked AS (
+        SELECT sha256 FROM file_blobs WHERE sha256 IN (SELECT h FROM changed) FOR KEY SHARE
+    ), blobs AS (
+        INSERT INTO file_blobs (sha256, content, size)
+        SELECT t.h, t.c, octet_length(t.c)
+        FROM unnest(CAST(:bh AS text[]), CAST(:bc AS bytea[])) AS t(h, c)
+        WHERE t.h IN (SELECT h FROM changed) AND t.h NOT IN (SELECT sha256 FROM locked)
+        ON CONFLICT (sha256) DO NOTHING
+    ), files AS (
+        INSERT INTO workspace_files (project_id, path, sha256, content_sha256)
+        SELECT :p, path, sha256, content_sha256 FROM want
+        ON CONFLICT (project_id, path) DO UPDATE SET sha256 = EXCLUDED.sha256,
+            content_sha256 = coalesce(EXCLUDED.content_sha256, workspace_files.content_sha256)
+    )
+    UPDATE workspaces SET manifest_seq = :seq WHERE project_id = :p
+    """
+)
+
+
+def record_small(
+    conn: Connection,
+    project_id: str,
+    seq: int,
+    hashes: Mapping[str, str],
+    contents: Mapping[str, str | None],
+    blobs: Mapping[str, bytes],
+) -> None:
+    """Upsert the files (path -> sha256 seen; path -> content hash written, or None to keep
+    the recorded one), store their blobs and stamp the manifest with ``seq``: one statement.
+    The caller has checked that ``blobs`` is small (FOLD_BYTES)."""
+    params = {
+        "p": project_id,
+        "seq": seq,
+        "paths": list(hashes),
+        "hashes": list(hashes.values()),
+        "contents": [contents.get(path) for path in hashes],
+        "bh": list(blobs),
+        "bc": list(blobs.values()),
+    }
+    conn.execute(_RECORD_SMALL, params)
+
+
 def _changed(conn: Connection, params: Mapping[str, object]) -> list[str]:
     return sorted(r.h for r in conn.execute(_CHANGED, params))
 

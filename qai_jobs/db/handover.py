@@ -5,9 +5,11 @@ what used to be several into one each, because every statement is a round trip p
 
 * :func:`fence_for_settle`: prove the lease, lock the workspace row, record the activity and
   learn whether this very transaction already committed once (a retry) — one ``UPDATE``.
-* :func:`start_or_release`: start the project's head action if it is due, reading the synced
-  files' manifest for a sync in the same statement; with none started, give the lease back and
-  say when the next queued action is due — one statement either way, where it was three.
+* :func:`start_or_release`: record the settled action's outcome, start the project's head
+  action if it is due, reading the synced files' manifest for a sync in the same statement;
+  with none started, give the lease back and say when the next queued action is due — one
+  statement either way, where it was four. A drain that used its budget records its fairness
+  turn in that same release (see ``Turn``).
 
 The release stays in the transaction that found nothing to start: an action enqueued meanwhile
 waits on the workspace row this transaction locked (its ``next_seq`` bump), so it commits after
@@ -19,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -62,24 +66,63 @@ def fence_for_settle(
     return bool(row.settled)
 
 
+@dataclass(frozen=True)
+class Turn:
+    """A fairness turn to record with the release: ``token`` is what the turn's own message
+    carries (the only one the lease is granted to meanwhile, ordering._ACQUIRE); the mark lapses
+    after ``seconds``, so a lost message cannot hold the project back for long."""
+
+    token: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Handover:
+    started: Started | None
+    # With none started: seconds until the next queued action is due (0: now; None: none).
+    due_in: float | None = None
+    # The turn the release recorded (its token): only an offered one, with the head due now.
+    turn: str | None = None
+
+
+# ``finished``: the settled action's terminal status, in the same statement (no row when :fid
+# is null). The head is read in the statement's snapshot, where the finished action is still
+# running, so it is never the head; a retried one is re-queued by a statement before this one,
+# so that it keeps its place at the head. ``turn_due``: the budget's cut records its turn
+# only when the head is due now (one not due yet is the backoff's kick; with nothing queued,
+# no message would come to clear it).
 _START_OR_RELEASE = sa.text(
     f"""
-    WITH {HEAD_CTE}, started AS (
+    WITH finished AS (
+        UPDATE actions
+        SET status = :fstatus, result = CAST(:fresult AS jsonb),
+            error = CAST(:ferror AS jsonb), finished_at = now(), stage = NULL, worker = NULL
+        WHERE id = CAST(:fid AS uuid) AND status = 'running' AND lease_gen = :g
+        RETURNING 1
+    ), {HEAD_CTE}, started AS (
         {START_HEAD}
+    ), turn_due AS (
+        SELECT 1 FROM head JOIN actions q ON q.id = head.id
+        WHERE CAST(:turn AS text) IS NOT NULL
+          AND coalesce(q.next_attempt_at, q.created_at) <= now()
     ), released AS (
-        UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL
+        UPDATE workspaces SET lease_owner = NULL, lease_expires_at = NULL,
+            turn = CASE WHEN EXISTS (SELECT 1 FROM turn_due) THEN CAST(:turn AS text) END,
+            turn_expires_at = CASE WHEN EXISTS (SELECT 1 FROM turn_due)
+                                   THEN now() + make_interval(secs => :turn_s) END
         WHERE project_id = :p AND lease_gen = :g AND lease_owner = :o
           AND NOT EXISTS (SELECT 1 FROM started)
-        RETURNING 1
+        RETURNING turn
     )
-    SELECT s.id, s.kind, s.payload, s.attempts, s.seq,
+    SELECT s.id, s.kind, s.payload, s.attempts, s.seq, (SELECT turn FROM released) AS turn,
            CASE WHEN s.kind = ANY(:sync) THEN w.manifest_seq END AS manifest_seq,
            CASE WHEN s.kind = ANY(:sync) AND w.manifest_seq IS NOT NULL THEN
                (SELECT json_object_agg(f.path, f.sha256) FROM workspace_files f
                 WHERE f.project_id = :p) END AS manifest_files,
            (SELECT extract(epoch FROM coalesce(q.next_attempt_at, q.created_at) - now())
             FROM actions q WHERE q.project_id = :p AND q.status = 'queued'
-            ORDER BY q.seq LIMIT 1) AS due_in
+            ORDER BY q.seq LIMIT 1) AS due_in,
+           (SELECT count(*) FROM finished) AS finished
     FROM (SELECT 1) AS one
     LEFT JOIN started s ON true
     LEFT JOIN workspaces w ON w.project_id = :p
@@ -87,12 +130,31 @@ _START_OR_RELEASE = sa.text(
 )
 
 
+@dataclass(frozen=True)
+class Finish:
+    """The running action's terminal outcome, recorded by :func:`start_or_release`."""
+
+    action_id: uuid.UUID
+    status: str
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 def start_or_release(
-    conn: Connection, lease: Lease, *, start: bool = True
-) -> tuple[Started | None, float | None]:
-    """Start the head action if ``start`` and it is due (the caller has fenced ``conn`` or took
-    the lease in it); else give the lease back. Returns the started action, or None and the
-    seconds until the next queued one is due (0: due now; None: nothing queued)."""
+    conn: Connection,
+    lease: Lease,
+    *,
+    start: bool = True,
+    finish: Finish | None = None,
+    turn: Turn | None = None,
+) -> Handover:
+    """Record ``finish`` (LeaseLost when the action is no longer this lease's to finish), then
+    start the head action if ``start`` and it is due (the caller has fenced ``conn`` or took
+    the lease in it); else give the lease back, recording ``turn`` if the head is due now."""
     params = {
         "p": lease.project_id,
         "g": lease.gen,
@@ -100,10 +162,19 @@ def start_or_release(
         "start": start,
         "stage": json.dumps(START_STAGE),
         "sync": list(SYNC_KINDS),
+        "fid": finish.action_id if finish else None,
+        "fstatus": finish.status if finish else None,
+        "fresult": _json(finish.result) if finish else None,
+        "ferror": _json(finish.error) if finish else None,
+        "turn": None if turn is None else turn.token,
+        "turn_s": 0.0 if turn is None else turn.seconds,
     }
     row = conn.execute(_START_OR_RELEASE, params).one()
+    if finish is not None and not row.finished:
+        raise LeaseLost(f"action {finish.action_id} is no longer ours to finish")
     if row.id is None:
-        return None, None if row.due_in is None else max(0.0, float(row.due_in))
+        due_in = None if row.due_in is None else max(0.0, float(row.due_in))
+        return Handover(None, due_in, row.turn)
     recorded = None
     if row.kind in SYNC_KINDS:
         recorded = (
@@ -111,7 +182,7 @@ def start_or_release(
             if row.manifest_seq is not None
             else manifest.Manifest(None, {})
         )
-    return Started(row.id, row.kind, row.payload, row.attempts, row.seq, recorded), None
+    return Handover(Started(row.id, row.kind, row.payload, row.attempts, row.seq, recorded))
 
 
 def with_manifest(conn: Connection, lease: Lease, started: Started | None) -> Started | None:

@@ -8,7 +8,9 @@ the taker (the lease grant in the same transaction is the fencing event).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -102,11 +104,22 @@ class Holder:
 
 
 def claim(
-    conn: Connection, project_id: str, me: str, dead_seconds: float, local_first: bool
+    conn: Connection,
+    project_id: str,
+    me: str,
+    dead_seconds: float,
+    local_first: bool,
+    seen: Mapping[str, Any] | None = None,
 ) -> Holder:
     """Decide, under the workspace row lock the lease grant holds, whether host ``me`` may run
-    the project's actions; place a new local workspace and take over a dead host's on the way."""
-    row = conn.execute(_HOLDER, {"p": project_id, "dead": dead_seconds}).one()
+    the project's actions; place a new local workspace and take over a dead host's on the way.
+    ``seen``: the row (host_id, provider, status, alive, draining) already read under that
+    lock, by the grant's own statement."""
+    row: Any = (
+        SimpleNamespace(**seen)
+        if seen is not None
+        else conn.execute(_HOLDER, {"p": project_id, "dead": dead_seconds}).one()
+    )
     local = row.provider == "local" or (row.provider is None and local_first)
     if not local:
         if row.host_id is not None:  # it went to a cloud provider: no host holds it

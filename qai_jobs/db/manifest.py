@@ -87,11 +87,14 @@ def apply(conn: Connection, project_id: str, seq: int, update: ManifestUpdate) -
             {"p": project_id, "paths": sorted(update.delete)},
         )
         file_record.record_deletions(conn, project_id, [r.path for r in gone])
+    # Upserted paths whose content qai-jobs wrote (and holds) this time; drift found in the
+    # sandbox keeps the content recorded before.
+    held = {p: h for p, h in update.contents.items() if p in update.upsert and h in update.blobs}
+    blobs = {h: update.blobs[h] for h in set(held.values())}
+    if not update.rewrite_blobs and sum(map(len, blobs.values())) <= file_record.FOLD_BYTES:
+        file_record.record_small(conn, project_id, seq, update.upsert, held, blobs)
+        return
     if update.upsert:
-        contents = [update.contents.get(path) for path in update.upsert]
-        held = {
-            p: h for p, h in update.contents.items() if p in update.upsert and h in update.blobs
-        }
         file_record.store_blobs(conn, project_id, held, update.blobs, update.rewrite_blobs)
         conn.execute(
             sa.text(
@@ -106,7 +109,7 @@ def apply(conn: Connection, project_id: str, seq: int, update: ManifestUpdate) -
                 "p": project_id,
                 "paths": list(update.upsert),
                 "hashes": list(update.upsert.values()),
-                "contents": [h if h in update.blobs else None for h in contents],
+                "contents": [held.get(path) for path in update.upsert],
             },
         )
     conn.execute(

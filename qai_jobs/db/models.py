@@ -83,6 +83,10 @@ class Workspace(Base):
     lease_gen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None]
+    # A drain that used its budget gave the slot up: until its turn's message (carrying this
+    # token) takes the lease, or until it expires, the lease is refused to every other message.
+    turn: Mapped[str | None] = mapped_column(Text)
+    turn_expires_at: Mapped[datetime | None]
     last_activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

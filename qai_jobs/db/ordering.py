@@ -7,6 +7,9 @@
 * Every state write is fenced: it first updates the workspace row ``WHERE lease_gen = :mine``,
   which both proves we still hold the lease and locks the row against a takeover until commit.
 * Backoff lives in Postgres (``next_attempt_at``) so a retried action keeps its place at the head.
+* Fairness turns too: a drain that used its budget gives the lease back with a pending ``turn``
+  (handover.py); until that turn's message takes the lease, or the mark expires, the grant is
+  refused to every other message, in the statement that grants it (no round trip of its own).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from qai_jobs.db import manifest
+from qai_jobs.db.workspace_state import MUTABLE
 from qai_jobs.errors import LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
@@ -40,11 +44,15 @@ class Lease:
 
 # One statement takes the lease, settles what an earlier holder left running and carries this
 # owner's own running action over (the hot path's first round trip):
-# * `got`: the grant; the other two change nothing when it fails.
+# * `got`: the grant; the other two change nothing when it fails. A pending fairness turn
+#   refuses it to every message but the turn's own (``:turn``) until the mark expires; the
+#   grant clears the mark (the turn's message has come, or the mark outlived its message).
 # * `settled`: actions left `running` by an earlier holder (whose lease expired: it died or lost
 #   touch). Idempotent kinds go back to the queue; a command is not run twice behind the
 #   user's back. (A holder that settled one while this statement waited for the row lock
 #   changed its status: READ COMMITTED re-checks the row and leaves it.)
+# The grant also returns the workspace row and whether its host is alive: what the drainer
+# would otherwise read with two more statements (hosts.claim, WorkspaceState) right after.
 # * `own`: the same owner taking the lease again: the commit of its first grant (which started
 #   the head action) succeeded but was not seen, and the grant is being retried. That action
 #   is its own, not a dead holder's: it is carried over to the new generation and run.
@@ -53,10 +61,12 @@ _ACQUIRE = sa.text(
     WITH got AS (
         UPDATE workspaces
         SET lease_gen = lease_gen + 1, lease_owner = :o,
-            lease_expires_at = now() + make_interval(secs => :ttl)
+            lease_expires_at = now() + make_interval(secs => :ttl),
+            turn = NULL, turn_expires_at = NULL
         WHERE project_id = :p
           AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
-        RETURNING lease_gen
+          AND (turn IS NULL OR turn_expires_at < now() OR turn = CAST(:turn AS text))
+        RETURNING lease_gen, host_id, {WORKSPACE_COLUMNS}
     ), settled AS (
         UPDATE actions
         SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max
@@ -74,13 +84,20 @@ _ACQUIRE = sa.text(
           AND EXISTS (SELECT 1 FROM got)
         RETURNING id, kind, payload, attempts, seq
     )
-    SELECT (SELECT lease_gen FROM got) AS gen,
+    SELECT got.lease_gen AS gen, got.host_id, {GOT_COLUMNS},
+           coalesce(h.last_seen_at > now() - make_interval(secs => :dead), false) AS alive,
+           coalesce(h.draining, false) AS draining,
            (SELECT json_agg(json_build_object('id', id, 'kind', kind, 'status', status,
                                               'attempts', attempts)) FROM settled) AS settled,
            (SELECT json_build_object('id', id, 'kind', kind, 'payload', payload,
                                      'attempts', attempts, 'seq', seq)
             FROM own LIMIT 1) AS own
-    """
+    FROM (SELECT 1) AS one
+    LEFT JOIN got ON true
+    LEFT JOIN hosts h ON h.host_id = got.host_id
+    """.replace("{WORKSPACE_COLUMNS}", ", ".join(MUTABLE)).replace(
+        "{GOT_COLUMNS}", ", ".join(f"got.{c}" for c in MUTABLE)
+    )
 )
 
 
@@ -97,18 +114,31 @@ class Acquired:
     lease: Lease
     settled: list[Settled]  # what a dead holder left running, now re-queued or failed
     readopted: Started | None  # this owner's own running action (see _ACQUIRE)
+    # The workspace row as the grant left it (MUTABLE columns, host_id) and its host's
+    # liveness (alive, draining): hosts.claim and WorkspaceState take it from here.
+    workspace: dict[str, Any]
 
 
 def acquire(
-    conn: Connection, project_id: str, owner: str, ttl: float, max_attempts: int = 5
+    conn: Connection,
+    project_id: str,
+    owner: str,
+    ttl: float,
+    max_attempts: int = 5,
+    host_dead_seconds: float = 30.0,
+    turn: str | None = None,
 ) -> Acquired | None:
+    """Take the project's lease; None when another holder has it or the project waits for
+    another message's turn (``turn``: the token of the turn this message carries)."""
     params = {
         "p": project_id,
         "o": owner,
+        "turn": turn,
         "ttl": ttl,
         "idem": sorted(IDEMPOTENT_KINDS),
         "error": json.dumps(WorkerLost().to_dict()),
         "max": max_attempts,
+        "dead": host_dead_seconds,
     }
     row = conn.execute(_ACQUIRE, params).one()
     if row.gen is None:
@@ -126,6 +156,7 @@ def acquire(
             for r in row.settled or []
         ],
         readopted,
+        {k: v for k, v in row._mapping.items() if k not in ("gen", "settled", "own")},
     )
 
 
@@ -303,6 +334,9 @@ _STALE = sa.text(
     WITH stale AS (
         SELECT DISTINCT a.project_id FROM actions a JOIN workspaces w USING (project_id)
         WHERE (w.lease_owner IS NULL OR w.lease_expires_at < now())
+          -- a pending turn's own message is on its way: a kick now would only be refused
+          -- (and hold the next kick back); once the mark expires, the message is lost
+          AND (w.turn IS NULL OR w.turn_expires_at < now())
           AND (
             (a.status = 'queued' AND coalesce(a.next_attempt_at, a.created_at) <= now()
              AND (a.kicked_at IS NULL OR a.kicked_at < now() - make_interval(secs => :stale))
@@ -328,8 +362,9 @@ _STALE_RUNNING_ONLY = sa.text(
 
 
 def stale_projects(engine: Engine, stale_after: float, limit: int = 1000) -> set[str]:
-    """Projects whose work nobody is doing: due queued actions whose message may be lost, or
-    running actions whose holder's lease expired. Marks the queued ones as kicked."""
+    """Projects whose work nobody is doing: due queued actions whose message may be lost
+    (a project waiting for its fairness turn counts once the turn expired), or running actions
+    whose holder's lease expired. Marks the queued ones as kicked."""
     with engine.begin() as conn:
         projects = {
             r.project_id for r in conn.execute(_STALE, {"stale": stale_after, "limit": limit})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -64,12 +65,15 @@ class WorkspaceState:
     @classmethod
     def load(cls, conn: Connection, project_id: str) -> WorkspaceState:
         row = conn.execute(
-            sa.text(
-                f"SELECT project_id, {', '.join(MUTABLE)} FROM workspaces WHERE project_id = :p"
-            ),
+            sa.text(f"SELECT {', '.join(MUTABLE)} FROM workspaces WHERE project_id = :p"),
             {"p": project_id},
         ).one()
-        state = cls(**row._asdict())
+        return cls.from_row(project_id, dict(row._mapping))
+
+    @classmethod
+    def from_row(cls, project_id: str, row: Mapping[str, Any]) -> WorkspaceState:
+        """From a workspace row read by another statement (the lease grant returns it)."""
+        state = cls(project_id=project_id, **{name: row[name] for name in MUTABLE})
         state.mark_clean()
         return state
 

@@ -48,15 +48,22 @@ from qai_jobs.worker.heartbeat import Heartbeat, Watched
 BATCH_ACTIONS = 100
 
 
+def turn_seconds(settings: Settings) -> float:
+    """How long a given-up slot's turn holds the project's other messages back: long enough
+    for its message to come round the queue, short enough that a lost one costs little."""
+    return max(1, int(settings.workspace_drain_budget_seconds * 4 + 30))
+
+
 @dataclass
 class Dispatch:
     """How the drainer talks back to Celery (injected by the tasks, which own the app)."""
 
     kick: Callable[[str, float], None]  # (project_id, countdown seconds)
     deliver: Callable[[list[str]], None]  # outbox event ids
-    # The project used up its budget: its next drain is a message at the back of the queue,
-    # and the messages it already has in the queue leave without draining until then.
-    give_turn: Callable[[str], None]
+    # The project used up its budget and its release recorded a turn (project_id, token): its
+    # next drain is a message at the back of the queue carrying the token, and the messages it
+    # already has in the queue are refused the lease until then (ordering._ACQUIRE).
+    give_turn: Callable[[str, str], None]
     # The project's workspace lives on another live host: its work goes to that host's queue.
     forward: Callable[[str, str], None] = lambda project_id, host_id: None
 
@@ -65,20 +72,24 @@ def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
+def drain(settings: Settings, project_id: str, dispatch: Dispatch, turn: str | None = None) -> int:
     """Run the project's due actions while holding its lease; return how many ran.
 
     The lease is taken together with starting the head action, and given back together with
     settling the last one: a project with one action at a time pays two transactions for it.
+    ``turn``: this message is the project's fairness turn (its token); while another turn is
+    pending the lease is refused, as when another holder has it, and nothing runs.
     """
     engine = engine_for(settings.database_url)
     began = time.monotonic()
     ran = 0
     while True:
-        got = _acquire(engine, settings, project_id, owner_name())
+        got = _acquire(engine, settings, project_id, owner_name(), turn)
+        turn = None  # the grant cleared the mark: a later round takes the lease as any other
         if got is None:
             return ran
         cut = False
+        given: str | None = None
         if got.forward is not None:
             got.settled.announce(settings, dispatch)
             dispatch.forward(project_id, got.forward)
@@ -98,7 +109,7 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
                 # Redis and Celery I/O only now, with the heartbeat keeping the lease: nothing
                 # checks the lease again before the already started first action runs.
                 got.settled.announce(settings, dispatch)
-                done, cut, delay = _run_batch(
+                done, cut, delay, given = _run_batch(
                     engine, settings, got.lease, got.ws, beat, dispatch, got.first, began
                 )
                 ran += done
@@ -112,8 +123,13 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch) -> int:
         if delay > 0:  # not due yet (backoff)
             dispatch.kick(project_id, delay)
             return ran
+        if given is not None:
+            dispatch.give_turn(project_id, given)  # fairness: the rest waits its turn
+            return ran
         if cut or time.monotonic() - began >= settings.workspace_drain_budget_seconds:
-            dispatch.give_turn(project_id)  # fairness: the rest waits its turn
+            # The budget ran out when the release had nothing due to hold a turn for (an
+            # action came due since): the rest goes to the back of the queue, unheld.
+            dispatch.kick(project_id, 0.0)
             return ran
         # Due now: an action committed while the lease was being given back. Take it again.
 
@@ -147,16 +163,26 @@ class _Settlement:
     following: ordering.Started | None  # the next action, started; None: the lease is back
     event_ids: list[str]
     delay: float | None = None  # with no next action: seconds until one is due
+    turn: str | None = None  # the fairness turn the release recorded (its token)
 
 
 @db_retry
-def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) -> _Acquired | None:
+def _acquire(
+    engine: Engine, settings: Settings, project_id: str, owner: str, turn: str | None
+) -> _Acquired | None:
     """Take the lease, settle what a dead holder left running, and start the head action if it
-    is due, or give the lease back at once if none is: one transaction either way."""
+    is due, or give the lease back at once if none is: one transaction either way. None: the
+    lease is held, or the project waits for another message's turn."""
     settled = _Settled()
     with engine.begin() as conn:
         got = ordering.acquire(
-            conn, project_id, owner, settings.lease_seconds, settings.workspace_max_attempts
+            conn,
+            project_id,
+            owner,
+            settings.lease_seconds,
+            settings.workspace_max_attempts,
+            settings.workspace_host_dead_seconds,
+            turn=turn,
         )
         if got is None:
             return None
@@ -167,12 +193,14 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
             settings.workspace_host_id,
             settings.workspace_host_dead_seconds,
             settings.workspace_runtime[0] == "local",
+            seen=got.workspace,
         )
         if holder.moved_from is not None:
             for_project(project_id).warning(
                 "host %s is gone: its workspace moves here", holder.moved_from
             )
-        ws = WorkspaceState.load(conn, project_id)
+        # As the grant left it; a placement by claim changes host_id, which it does not hold.
+        ws = WorkspaceState.from_row(project_id, got.workspace)
         for row in got.settled:
             alog = for_action(project_id, row.id)
             if row.status == ActionStatus.FAILED:
@@ -193,7 +221,8 @@ def _acquire(engine: Engine, settings: Settings, project_id: str, owner: str) ->
         if got.readopted is not None:
             first = handover.with_manifest(conn, lease, got.readopted)
         else:
-            first, delay = handover.start_or_release(conn, lease)
+            handed = handover.start_or_release(conn, lease)
+            first, delay = handed.started, handed.due_in
     return _Acquired(lease, ws, first, settled, delay)
 
 
@@ -206,14 +235,16 @@ def _run_batch(
     dispatch: Dispatch,
     first: ordering.Started,
     started_at: float,
-) -> tuple[int, bool, float | None]:
+) -> tuple[int, bool, float | None, str | None]:
     """Run due actions in order, from ``first`` (started with the lease), until none is due or
     the budget (counted from ``started_at``) is used; the last settle gives the lease back.
-    Returns how many ran, whether the budget cut it, and the seconds until the next is due."""
+    Returns how many ran, whether the budget cut it, the seconds until the next is due, and
+    the fairness turn the cut recorded."""
     current: ordering.Started | None = first
     ran = 0
     more = True
     delay: float | None = None
+    turn: str | None = None
     while current is not None:
         beat.check()
         cancel = Cancel()
@@ -223,15 +254,28 @@ def _run_batch(
         budget = settings.workspace_drain_budget_seconds
         more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < budget
         action = current
-        settlement = _settle_or_fail(engine, settings, lease, ws, action, outcome, ctx, more)
+        # The budget's cut: the release records the project's fairness turn.
+        offered = None if more else handover.Turn(uuid.uuid4().hex, turn_seconds(settings))
+        try:
+            settlement = _settle_or_fail(
+                engine, settings, lease, ws, action, outcome, ctx, more, offered
+            )
+        except LeaseLost:
+            if offered is not None:
+                # A retried release whose first commit recorded the turn unseen finds the
+                # lease gone: the turn's message must follow all the same, or the project
+                # waits for the mark to expire. Had it not been recorded, the message is
+                # one more ordinary drain message.
+                dispatch.give_turn(lease.project_id, offered.token)
+            raise
         beat.done()
-        current, delay = settlement.following, settlement.delay
+        current, delay, turn = settlement.following, settlement.delay, settlement.turn
         publish(settings.redis_url, action.id, {"type": "done", "status": outcome.verdict})
         if settlement.event_ids:
             dispatch.deliver(settlement.event_ids)
         log_outcome(lease.project_id, action, outcome)
         ran += 1
-    return ran, not more, delay
+    return ran, not more, delay, turn
 
 
 def _settle_or_fail(
@@ -243,6 +287,7 @@ def _settle_or_fail(
     outcome: Outcome,
     ctx: ActionContext | None,
     start_another: bool,
+    turn: handover.Turn | None = None,
 ) -> _Settlement:
     """Settle; if Postgres refuses what the action produced (a value it cannot store, say),
     fail the action with result_rejected at once instead of leaving it running: first with
@@ -257,7 +302,7 @@ def _settle_or_fail(
     )
     for attempt, (what, context) in enumerate(((outcome, ctx), (refused, None))):
         try:
-            return _settle(engine, settings, lease, ws, action, what, context, start_another)
+            return _settle(engine, settings, lease, ws, action, what, context, start_another, turn)
         except sa.exc.DBAPIError as exc:
             if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
                 raise
@@ -266,7 +311,7 @@ def _settle_or_fail(
                     "Postgres refused the %s's outcome: %s", action.kind, type(exc.orig).__name__
                 )
     ws.revert(*MUTABLE)  # what the runner changed is what Postgres refuses: keep the row
-    return _settle(engine, settings, lease, ws, action, refused, None, start_another)
+    return _settle(engine, settings, lease, ws, action, refused, None, start_another, turn)
 
 
 @db_retry
@@ -279,9 +324,11 @@ def _settle(
     outcome: Outcome,
     ctx: ActionContext | None,
     start_another: bool,
+    turn: handover.Turn | None = None,
 ) -> _Settlement:
     """One fenced transaction: workspace changes, the action's status, outbox rows, and the
-    start of the next action, or, with none to start, the lease given back."""
+    start of the next action, or, with none to start, the lease given back (recording
+    ``turn``, the budget's cut, when the head is due)."""
     with engine.begin() as conn:
         touch = ctx is None or ctx.counts_as_activity
         if handover.fence_for_settle(conn, lease, settings.lease_seconds, action.id, touch=touch):
@@ -291,8 +338,8 @@ def _settle(
             following = ordering.own_running(conn, lease) if start_another else None
             if following is not None:
                 return _Settlement(handover.with_manifest(conn, lease, following), [])
-            _, delay = handover.start_or_release(conn, lease, start=False)
-            return _Settlement(None, [], delay)
+            handed = handover.start_or_release(conn, lease, start=False, turn=turn)
+            return _Settlement(None, [], handed.due_in, handed.turn)
         write_changes(conn, ws)
         if ctx is not None and ctx.snapshots:
             taken = [(t.snapshot_id, t.kind, t.manifest) for t in ctx.snapshots]
@@ -300,25 +347,22 @@ def _settle(
         succeeded = outcome.verdict is Verdict.SUCCEEDED
         if succeeded and ctx is not None and ctx.manifest_update is not None:
             manifest.apply(conn, lease.project_id, action.seq, ctx.manifest_update)
+        finish: handover.Finish | None = None
         if outcome.verdict is Verdict.RETRY:
             ordering.retry_later(
                 conn, lease, action.id, error=outcome.error or {}, delay=outcome.delay
             )
         else:
-            ordering.finish(
-                conn,
-                lease,
-                action.id,
-                status=ActionStatus.SUCCEEDED if succeeded else ActionStatus.FAILED,
-                result=outcome.result,
-                error=outcome.error,
-            )
+            status = ActionStatus.SUCCEEDED if succeeded else ActionStatus.FAILED
+            finish = handover.Finish(action.id, status, outcome.result, outcome.error)
         event_ids = outbox.record_events(
             conn, settings, lease.project_id, action.id, outcome.events
         )
-        following, delay = handover.start_or_release(conn, lease, start=start_another)
+        handed = handover.start_or_release(
+            conn, lease, start=start_another, finish=finish, turn=turn
+        )
     ws.mark_clean()
-    return _Settlement(following, event_ids, delay)
+    return _Settlement(handed.started, event_ids, handed.due_in, handed.turn)
 
 
 def _abandon(

@@ -22,7 +22,6 @@ from qai_jobs.constants import (
     DRAIN_TASK,
     RECORDED_HEADER,
     TASK_PREFIX,
-    TURN_KEY,
     ActionStatus,
     action_task_name,
 )
@@ -32,7 +31,6 @@ from qai_jobs.db.session import db_retry, dispose_all, engine_for
 from qai_jobs.errors import ErrorCode, QaiJobsError, ValidationFailed
 from qai_jobs.events import error_event
 from qai_jobs.logs import for_action
-from qai_jobs.notify import client as redis_client
 from qai_jobs.notify import publish
 from qai_jobs.notify import reset as reset_redis
 from qai_jobs.schemas import KINDS, check_project_id
@@ -65,13 +63,11 @@ def dispatch() -> Dispatch:
         except Exception as exc:
             log.warning("could not send webhook deliveries: %s", type(exc).__name__)
 
-    def give_turn(project_id: str) -> None:
+    def give_turn(project_id: str, turn: str) -> None:
+        # The release recorded the turn; should this message be lost, the mark expires
+        # (drain.turn_seconds) and the recovery sweep sends the work again.
         settings = current_settings()
-        turn = uuid.uuid4().hex
-        # Bounded: should the turn's message be lost, the project is not held back for long.
-        ttl = max(1, int(settings.workspace_drain_budget_seconds * 4 + 30))
         try:
-            redis_client(settings.redis_url).set(TURN_KEY + project_id, turn, ex=ttl)
             drain_task.apply_async(
                 kwargs={"project_id": project_id, "turn": turn},
                 queue=fleet.queue_for(settings, project_id),
@@ -94,23 +90,6 @@ def dispatch() -> Dispatch:
             )
 
     return Dispatch(kick=kick, deliver=deliver, give_turn=give_turn, forward=forward)
-
-
-def _waits_its_turn(project_id: str, turn: str | None) -> bool:
-    """Whether this message must leave without draining: the project gave its slot up and
-    its turn is another message further back. The turn's own message takes the mark away."""
-    settings = current_settings()
-    try:
-        r = redis_client(settings.redis_url)
-        waiting = r.get(TURN_KEY + project_id)
-        if waiting is None:
-            return False
-        if turn is not None and waiting.decode() == turn:
-            r.delete(TURN_KEY + project_id)
-            return False
-    except Exception:  # a fairness hint only: when Redis cannot say, drain
-        return False
-    return True
 
 
 @db_retry
@@ -217,8 +196,6 @@ def _make_action_task(kind: str) -> Task:  # type: ignore[type-arg]
         if not getattr(self.request, RECORDED_HEADER, None):
             # Recorded on receipt already, unless Postgres failed there: make sure.
             _record_foreign(action_id, kind, project_id, payload)
-        if _waits_its_turn(project_id, None):
-            return {"project_id": project_id, "ran": 0, "waiting": True}
         ran = drain(current_settings(), project_id, dispatch())
         return {"project_id": project_id, "ran": ran}
 
@@ -230,9 +207,8 @@ ACTION_TASKS = {kind: _make_action_task(kind) for kind in KINDS}
 
 @app.task(name=DRAIN_TASK)
 def drain_task(project_id: str, turn: str | None = None) -> dict[str, Any]:
-    if _waits_its_turn(project_id, turn):
-        return {"project_id": project_id, "ran": 0, "waiting": True}
-    ran = drain(current_settings(), project_id, dispatch())
+    # ``turn``: this message is the project's fairness turn (drain.Dispatch.give_turn).
+    ran = drain(current_settings(), project_id, dispatch(), turn)
     return {"project_id": project_id, "ran": ran}
 
 

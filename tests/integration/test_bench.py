@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import make_url
 
 from tests.support import services
@@ -53,7 +54,12 @@ def test_tiny_curve_reports_counts_and_a_clean_checker(
         # The fake provider (a stand-in sandbox service) has a Redis server of its own: its
         # commands are counted apart, not as the job system's.
         assert durable["per_action"]["fake_provider_redis"] > 1
+        # CPU time by process: both workers ran their tasks, our side also used Postgres.
+        ours, theirs = durable["per_action"]["cpu_ms"], plain["per_task"]["cpu_ms"]
+        assert ours["worker"] > 0 and ours["postgres"] > 0 and theirs["worker"] > 0
+        assert "postgres" not in theirs
+        assert ours["total"] == pytest.approx(sum(v for k, v in ours.items() if k != "total"))
     page = (docs / "benchmarks.md").read_text()
-    assert "| 8 |" in page and "--projects 2,8" in page
+    assert "| 8 |" in page and "--projects 2,8" in page and "CPU milliseconds per action" in page
     assert "## History\n\nkept figures" in page and page.count("## Throughput") == 1
     assert (docs / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -231,7 +231,7 @@ def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(
     monkeypatch.setattr(drain, "publish_many", slow_redis)
     monkeypatch.setattr(attempt, "execute", lambda ctx: ran.append(ctx.action_id) or {})
     dispatch = drain.Dispatch(
-        kick=lambda *_: None, deliver=lambda _: None, give_turn=lambda _: None
+        kick=lambda *_: None, deliver=lambda _: None, give_turn=lambda *_: None
     )
     assert drain.drain(settings, project, dispatch) == 1
     assert stolen == [False]  # the heartbeat kept the lease through the hang

@@ -114,3 +114,28 @@ def test_0010_backfills_the_file_record_from_history_and_goes_back_down() -> Non
     finally:
         engine.dispose()
         services.drop_database(url)
+
+
+def test_0011_adds_the_pending_turn_and_goes_back_down() -> None:
+    from alembic import command
+    from qai_jobs.db.migrate import alembic_config, create_database_if_missing, upgrade
+
+    url = services.PG_ADMIN_URL.rsplit("/", 1)[0] + f"/qai_mig_{uuid.uuid4().hex[:8]}"
+    create_database_if_missing(url)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+    def turn_columns() -> set[str]:
+        with engine.connect() as conn:
+            names = {c["name"] for c in sa.inspect(conn).get_columns("workspaces")}
+        return names & {"turn", "turn_expires_at"}
+
+    try:
+        upgrade(url, "0011")
+        assert turn_columns() == {"turn", "turn_expires_at"}
+        command.downgrade(alembic_config(url), "0010")
+        assert turn_columns() == set()
+        upgrade(url, "head")  # and up again
+        assert turn_columns() == {"turn", "turn_expires_at"}
+    finally:
+        engine.dispose()
+        services.drop_database(url)

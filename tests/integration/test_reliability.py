@@ -236,6 +236,171 @@ def test_one_busy_project_cannot_keep_the_only_worker_slot(
     handles[-1].wait(60)
 
 
+def _queued_reads(engine: sa.engine.Engine, project: str, n: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    with engine.begin() as conn:
+        for action_id in ids:
+            enqueue.enqueue(
+                conn, action_id=action_id, project_id=project, kind="read", payload={"paths": ["a"]}
+            )
+    return ids
+
+
+def _turn_row(engine: sa.engine.Engine, project: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT turn, extract(epoch FROM turn_expires_at - now()) AS expires_in "
+                "FROM workspaces WHERE project_id = :p"
+            ),
+            {"p": project},
+        ).one()
+
+
+def _cut_after_one(env: dict[str, str], project: str) -> Any:
+    """Run the project's head action and settle it as a drain whose budget is used up."""
+    from qai_jobs.db.handover import Turn
+    from qai_jobs.db.workspace_state import WorkspaceState
+    from qai_jobs.worker import drain
+    from qai_jobs.worker.attempt import Outcome, Verdict
+
+    settings = settings_for(env)
+    engine = engine_for(env["DATABASE_URL"])
+    with engine.begin() as conn:
+        got = ordering.acquire(conn, project, "budget-holder", ttl=30)
+        assert got is not None
+        head = ordering.start_next(conn, got.lease)
+        ws = WorkspaceState.load(conn, project)
+    assert head is not None
+    outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
+    cut = Turn(uuid.uuid4().hex, drain.turn_seconds(settings))
+    return drain._settle(engine, settings, got.lease, ws, head, outcome, None, False, cut)
+
+
+def test_a_project_waiting_for_its_turn_gives_the_lease_to_its_turn_alone(
+    env: dict[str, str],
+) -> None:
+    """A drain that used its budget gives the lease back with its turn pending: until the
+    turn's message comes round, the project's other messages are refused the lease, as when
+    another worker holds it (so the slot goes to other projects); the turn's message takes it,
+    and after that any message may."""
+    from qai_jobs.worker.drain import turn_seconds
+
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"turn-{uuid.uuid4().hex[:8]}"
+    _queued_reads(engine, project, 3)
+    settled = _cut_after_one(env, project)
+    assert settled.following is None and settled.delay == 0 and settled.turn
+    row = _turn_row(engine, project)
+    assert row.turn == settled.turn
+    ttl = turn_seconds(settings_for(env))
+    assert ttl - 5 < row.expires_in <= ttl  # bounded, like the Redis TTL it replaces
+    with engine.begin() as conn:
+        assert ordering.acquire(conn, project, "ordinary", ttl=30) is None
+        assert ordering.acquire(conn, project, "stale-turn", ttl=30, turn="another") is None
+    with engine.begin() as conn:
+        got = ordering.acquire(conn, project, "the-turn", ttl=30, turn=settled.turn)
+        assert got is not None
+        ordering.release(conn, got.lease)
+    assert tuple(_turn_row(engine, project)) == (None, None)
+    with engine.begin() as conn:
+        assert ordering.acquire(conn, project, "ordinary", ttl=30) is not None
+
+
+def test_a_cut_with_nothing_left_to_do_leaves_no_turn_behind(env: dict[str, str]) -> None:
+    """The budget ran out on the project's last action: no turn message follows, so none may
+    hold the project's next action back."""
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"turn-{uuid.uuid4().hex[:8]}"
+    _queued_reads(engine, project, 1)
+    settled = _cut_after_one(env, project)
+    assert (settled.following, settled.delay, settled.turn) == (None, None, None)
+    assert tuple(_turn_row(engine, project)) == (None, None)
+    _queued_reads(engine, project, 1)
+    with engine.begin() as conn:
+        assert ordering.acquire(conn, project, "next-message", ttl=30) is not None
+
+
+def test_a_lost_turn_holds_the_project_back_only_until_it_expires(env: dict[str, str]) -> None:
+    """The turn's message is lost: recovery leaves the project alone while the turn is pending
+    (a kick would only be refused), then sends its work again, and that message drains."""
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"turn-{uuid.uuid4().hex[:8]}"
+    _queued_reads(engine, project, 2)
+    assert _cut_after_one(env, project).turn
+    assert project not in ordering.stale_projects(engine, stale_after=0)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE workspaces SET turn_expires_at = now() - interval '1 second' "
+                "WHERE project_id = :p"
+            ),
+            {"p": project},
+        )
+    assert project in ordering.stale_projects(engine, stale_after=0)
+    with engine.begin() as conn:  # the kick's message, without the turn's token
+        assert ordering.acquire(conn, project, "kicked", ttl=30) is not None
+    assert tuple(_turn_row(engine, project)) == (None, None)
+
+
+def test_a_drain_past_its_budget_hands_on_to_its_turn(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the drain: one action, then the budget's cut sends the turn's message; the
+    project's ordinary messages run nothing meanwhile, and the turn's message runs the next."""
+    from qai_jobs.worker import attempt, drain
+
+    settings = settings_for({**env, "WORKSPACE_DRAIN_BUDGET_SECONDS": "0.001"})
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"turn-{uuid.uuid4().hex[:8]}"
+    ids = _queued_reads(engine, project, 3)
+    ran: list[uuid.UUID] = []
+    monkeypatch.setattr(attempt, "execute", lambda ctx: ran.append(ctx.action_id) or {})
+    turns: list[tuple[str, str]] = []
+    dispatch = drain.Dispatch(
+        kick=lambda *_: None, deliver=lambda _: None, give_turn=lambda *t: turns.append(t)
+    )
+    assert drain.drain(settings, project, dispatch) == 1
+    assert ran == ids[:1] and [p for p, _ in turns] == [project]
+    assert drain.drain(settings, project, dispatch) == 0  # an ordinary message waits
+    assert drain.drain(settings, project, dispatch, turn="not-its-turn") == 0
+    assert drain.drain(settings, project, dispatch, turn=turns[-1][1]) == 1
+    assert ran == ids[:2] and len(turns) == 2 and turns[1][1] != turns[0][1]
+
+
+def test_a_cut_whose_release_committed_unseen_still_sends_its_turn(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget's release recorded the turn, but its commit was not seen and the retry finds
+    the lease gone: the turn's message is sent all the same, so the project does not wait for
+    the mark to expire."""
+    from qai_jobs.errors import LeaseLost
+    from qai_jobs.worker import attempt, drain
+
+    settings = settings_for({**env, "WORKSPACE_DRAIN_BUDGET_SECONDS": "0.001"})
+    engine = engine_for(env["DATABASE_URL"])
+    project = f"turn-{uuid.uuid4().hex[:8]}"
+    ids = _queued_reads(engine, project, 2)
+    monkeypatch.setattr(attempt, "execute", lambda ctx: {})
+    real = drain._settle_or_fail
+
+    def committed_unseen(*args: Any) -> Any:
+        real(*args)
+        raise LeaseLost("the retry of a commit that succeeded unseen")
+
+    monkeypatch.setattr(drain, "_settle_or_fail", committed_unseen)
+    turns: list[tuple[str, str]] = []
+    dispatch = drain.Dispatch(
+        kick=lambda *_: None, deliver=lambda _: None, give_turn=lambda *t: turns.append(t)
+    )
+    assert drain.drain(settings, project, dispatch) == 0  # the settle "failed"
+    assert [t for _, t in turns] == [_turn_row(engine, project).turn]
+    monkeypatch.setattr(drain, "_settle_or_fail", real)
+    assert drain.drain(settings, project, dispatch, turn=turns[0][1]) == 1
+    client = client_for(env)
+    assert [client.get_action(str(i))["status"] for i in ids] == ["succeeded", "succeeded"]
+
+
 def test_foreign_messages_are_recorded_in_the_order_the_producer_sent_them(
     env: dict[str, str], log_dir: Path, started: list[Proc]
 ) -> None:
