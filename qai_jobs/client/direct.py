@@ -65,9 +65,10 @@ class WorkspaceClient(KindMethods, Syncing):
         stored = seal_payload(self.settings, payload_to_json(parsed))
         action_id = uuid.uuid4()
         got = self._record(action_id, project_id, kind, stored, idempotency_key)
-        # Ours even when not "created": a retry found the row its first attempt committed.
+        # Ours even when not "created": a retry found the row its first attempt committed
+        # (whether it was to carry a message is not known then: it sends one).
         if got.created or got.id == action_id:
-            self._send(kind, project_id, got.id)
+            self._send(kind, project_id, got.id, messaged=got.messaged or not got.created)
         return ActionHandle(self, got.id, project_id, kind)
 
     @db_retry
@@ -97,10 +98,13 @@ class WorkspaceClient(KindMethods, Syncing):
                 idempotency_key=idempotency_key,
             )
 
-    def _send(self, kind: str, project_id: str, action_id: uuid.UUID) -> None:
+    def _send(
+        self, kind: str, project_id: str, action_id: uuid.UUID, *, messaged: bool = True
+    ) -> None:
         """Announce after commit: by this process's sending thread unless the settings say
-        inline; if the broker is down the recovery sweep re-sends it."""
-        message = Message(self._broker(), kind, project_id, action_id)
+        inline; if the broker is down the recovery sweep re-sends it. ``messaged`` False: the
+        project's message in flight stands for it, and monitoring only hears it was sent."""
+        message = Message(self._broker(), kind, project_id, action_id, coalesced=not messaged)
         if self.settings.workspace_enqueue_send == "inline":
             message.broker.publish(message)
         else:

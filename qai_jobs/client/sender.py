@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from qai_jobs import monitoring
 from qai_jobs.constants import RECORDED_HEADER, action_task_name
 
 log = logging.getLogger(__name__)
@@ -56,14 +57,17 @@ class Broker:
 
         try:
             with self.pool.acquire(block=True, timeout=POOL_WAIT_SECONDS) as conn:
-                app.send_task(
-                    action_task_name(message.kind),
-                    kwargs={"project_id": message.project_id},
-                    task_id=str(message.action_id),
-                    connection=conn,
-                    retry=False,
-                    headers={RECORDED_HEADER: 1},
-                )
+                if message.coalesced:
+                    monitoring.sent(app, conn, message.kind, message.project_id, message.action_id)
+                else:
+                    app.send_task(
+                        action_task_name(message.kind),
+                        kwargs={"project_id": message.project_id},
+                        task_id=str(message.action_id),
+                        connection=conn,
+                        retry=False,
+                        headers={RECORDED_HEADER: 1},
+                    )
         except Exception as exc:  # kombu raises many types; the action is durable either way
             self._failure(message, exc)
             return
@@ -97,6 +101,9 @@ class Message:
     kind: str
     project_id: str
     action_id: uuid.UUID
+    # The project's message in flight stands for this action (db/enqueue.py): only the
+    # task-sent event goes out, so monitoring still lists it.
+    coalesced: bool = False
 
 
 class Sender:

@@ -4,6 +4,15 @@ Enqueue bumps the project's ``next_seq`` with ``UPDATE ... RETURNING`` and inser
 with that number in the same transaction: the row lock on the workspace makes sequence numbers
 follow commit order (a global auto-increment would not). The Celery message is sent only after
 the commit, by the caller.
+
+A message only says "project P has work", so a project needs one on its way, not one per
+action: ``workspaces.hint_seq`` names the action whose message has not yet tried to drain.
+An enqueue that finds it set sends no message (``Enqueued.messaged`` is False): that message's
+drain attempt starts after this commit (every attempt clears the mark in its first statement,
+under the same row lock the bump takes), so it, or the lease holder it finds, sees this
+action. Should the message be lost, the recovery sweep kicks the project, as it does for any
+lost message. Actions recorded on receipt of a foreign producer's message leave the mark alone:
+they have their message.
 """
 
 from __future__ import annotations
@@ -25,44 +34,42 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-_BUMP = sa.text(
-    """
-    INSERT INTO workspaces (project_id, id, next_seq) VALUES (:p, :wid, 1)
-    ON CONFLICT (project_id) DO UPDATE SET next_seq = workspaces.next_seq + 1
-    RETURNING next_seq
-    """
-)
+# :hint: whether this enqueue's message may stand for the project (ours) or is its own
+# (foreign); ``hint_seq = next_seq`` afterwards says this action is the one to send it.
+_UPSERT_WORKSPACE = """
+    INSERT INTO workspaces (project_id, id, next_seq, hint_seq)
+    VALUES (:p, :wid, 1, CASE WHEN :hint THEN 1 END)
+    ON CONFLICT (project_id) DO UPDATE SET next_seq = workspaces.next_seq + 1,
+        hint_seq = CASE WHEN :hint THEN coalesce(workspaces.hint_seq, workspaces.next_seq + 1)
+                        ELSE workspaces.hint_seq END
+    RETURNING next_seq, NOT :hint OR hint_seq = next_seq AS messaged
+"""
+_BUMP = sa.text(_UPSERT_WORKSPACE)
 _FIND_KEY = sa.text("SELECT id FROM actions WHERE project_id = :p AND idempotency_key = :k")
 _COLUMNS = """
     INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
-                         idempotency_key, kicked_at)
+                         idempotency_key, kicked_at, messaged)
 """
 # Without an idempotency key there is nothing to look up first: bump and insert in one
 # statement (the common enqueue, one round trip to Postgres besides the commit).
 _BUMP_AND_INSERT = sa.text(
-    """
-    WITH bumped AS (
-        INSERT INTO workspaces (project_id, id, next_seq) VALUES (:p, :wid, 1)
-        ON CONFLICT (project_id) DO UPDATE SET next_seq = workspaces.next_seq + 1
-        RETURNING next_seq
-    )"""
+    f"WITH bumped AS ({_UPSERT_WORKSPACE})"
     + _COLUMNS
     + """
     SELECT :id, :p, bumped.next_seq, :kind, CAST(:payload AS jsonb), :status,
-           CAST(:error AS jsonb), CAST(:finished AS timestamptz), NULL, now()
+           CAST(:error AS jsonb), CAST(:finished AS timestamptz), NULL, now(), bumped.messaged
     FROM bumped
     ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    RETURNING id, messaged
     """
 )
 _INSERT = sa.text(
-    """
-    INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
-                         idempotency_key, kicked_at)
+    _COLUMNS
+    + """
     VALUES (:id, :p, :seq, :kind, CAST(:payload AS jsonb), :status, CAST(:error AS jsonb),
-            CAST(:finished AS timestamptz), :k, now())
+            CAST(:finished AS timestamptz), :k, now(), :messaged)
     ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    RETURNING id, messaged
     """
 )
 
@@ -71,6 +78,8 @@ _INSERT = sa.text(
 class Enqueued:
     id: uuid.UUID
     created: bool  # False when an idempotency key or task id found an existing action
+    # False: the project's message in flight stands for this action too; send none.
+    messaged: bool = True
 
 
 def enqueue(
@@ -82,12 +91,15 @@ def enqueue(
     payload: dict[str, Any],
     idempotency_key: str | None = None,
     failed_error: dict[str, Any] | None = None,
+    hint: bool = True,
 ) -> Enqueued:
     """Record an action in ``conn``'s transaction (the caller commits, then sends the message).
 
     ``failed_error`` records an action that arrived invalid (from a foreign producer) as failed,
-    so whoever sent it can see why. An id already recorded (a redelivered task, or a retry of
-    a transaction whose commit succeeded unseen) comes back with ``created=False``.
+    so whoever sent it can see why. ``hint`` False: the action arrived with a message of its
+    own (a foreign producer's), which leaves the project's mark alone. An id already recorded
+    (a redelivered task, or a retry of a transaction whose commit succeeded unseen) comes back
+    with ``created=False``.
     """
     params: dict[str, Any] = {
         "id": action_id,
@@ -98,16 +110,22 @@ def enqueue(
         "finished": datetime.now(UTC) if failed_error else None,
         "error": _json(failed_error),
     }
+    params["hint"] = hint
     if idempotency_key is None:
         inserted = conn.execute(_BUMP_AND_INSERT, {**params, "wid": uuid.uuid4()}).first()
-        return Enqueued(action_id, created=inserted is not None)
+        if inserted is None:
+            return Enqueued(action_id, created=False)
+        return Enqueued(action_id, created=True, messaged=bool(inserted.messaged))
     # The bump locks the workspace row first, so two enqueues with one key serialise here.
-    seq = conn.execute(_BUMP, {"p": project_id, "wid": uuid.uuid4()}).scalar_one()
+    bumped = conn.execute(_BUMP, {**params, "wid": uuid.uuid4()}).one()
     existing = conn.execute(_FIND_KEY, {"p": project_id, "k": idempotency_key}).scalar()
     if existing is not None:
         return Enqueued(existing, created=False)
-    inserted = conn.execute(_INSERT, {**params, "seq": seq, "k": idempotency_key}).first()
-    return Enqueued(action_id, created=inserted is not None)
+    params |= {"seq": bumped.next_seq, "k": idempotency_key, "messaged": bumped.messaged}
+    inserted = conn.execute(_INSERT, params).first()
+    if inserted is None:
+        return Enqueued(action_id, created=False)
+    return Enqueued(action_id, created=True, messaged=bool(inserted.messaged))
 
 
 _CANCEL = sa.text(

@@ -114,7 +114,8 @@ _START_OR_RELEASE = sa.text(
           AND NOT EXISTS (SELECT 1 FROM started)
         RETURNING turn
     )
-    SELECT s.id, s.kind, s.payload, s.attempts, s.seq, (SELECT turn FROM released) AS turn,
+    SELECT s.id, s.kind, s.payload, s.attempts, s.seq, s.messaged,
+           (SELECT turn FROM released) AS turn,
            CASE WHEN s.kind = ANY(:sync) THEN w.manifest_seq END AS manifest_seq,
            CASE WHEN s.kind = ANY(:sync) AND w.manifest_seq IS NOT NULL THEN
                (SELECT json_object_agg(f.path, f.sha256) FROM workspace_files f
@@ -182,7 +183,10 @@ def start_or_release(
             if row.manifest_seq is not None
             else manifest.Manifest(None, {})
         )
-    return Handover(Started(row.id, row.kind, row.payload, row.attempts, row.seq, recorded))
+    started = Started(
+        row.id, row.kind, row.payload, row.attempts, row.seq, recorded, messaged=row.messaged
+    )
+    return Handover(started)
 
 
 def with_manifest(conn: Connection, lease: Lease, started: Started | None) -> Started | None:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -87,6 +88,9 @@ class Workspace(Base):
     # token) takes the lease, or until it expires, the lease is refused to every other message.
     turn: Mapped[str | None] = mapped_column(Text)
     turn_expires_at: Mapped[datetime | None]
+    # The seq of the action whose Celery message is on its way and has not tried to drain yet:
+    # actions enqueued meanwhile send none (db/enqueue.py); every drain attempt clears it.
+    hint_seq: Mapped[int | None] = mapped_column(BigInteger)
     last_activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
@@ -147,6 +151,9 @@ class Action(Base):
     heartbeat_at: Mapped[datetime | None]
     # When a Celery message was last sent for it (recovery re-sends stale ones).
     kicked_at: Mapped[datetime | None]
+    # False: enqueued behind its project's message in flight, with no message of its own; the
+    # worker then tells monitoring (Flower) of it itself.
+    messaged: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     __table_args__ = (
         UniqueConstraint("project_id", "seq", name="uq_actions_project_seq"),

@@ -62,11 +62,14 @@ _ACQUIRE = sa.text(
         UPDATE workspaces
         SET lease_gen = lease_gen + 1, lease_owner = :o,
             lease_expires_at = now() + make_interval(secs => :ttl),
-            turn = NULL, turn_expires_at = NULL
+            turn = NULL, turn_expires_at = NULL, hint_seq = NULL
         WHERE project_id = :p
           AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
           AND (turn IS NULL OR turn_expires_at < now() OR turn = CAST(:turn AS text))
         RETURNING lease_gen, host_id, {WORKSPACE_COLUMNS}
+    ), unhinted AS (
+        UPDATE workspaces SET hint_seq = NULL
+        WHERE project_id = :p AND hint_seq IS NOT NULL AND NOT EXISTS (SELECT 1 FROM got)
     ), settled AS (
         UPDATE actions
         SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max
@@ -82,7 +85,7 @@ _ACQUIRE = sa.text(
         UPDATE actions SET lease_gen = (SELECT lease_gen FROM got), heartbeat_at = now()
         WHERE project_id = :p AND status = 'running' AND worker = :o
           AND EXISTS (SELECT 1 FROM got)
-        RETURNING id, kind, payload, attempts, seq
+        RETURNING id, kind, payload, attempts, seq, messaged
     )
     SELECT got.lease_gen AS gen, got.host_id, {GOT_COLUMNS},
            coalesce(h.last_seen_at > now() - make_interval(secs => :dead), false) AS alive,
@@ -90,7 +93,7 @@ _ACQUIRE = sa.text(
            (SELECT json_agg(json_build_object('id', id, 'kind', kind, 'status', status,
                                               'attempts', attempts)) FROM settled) AS settled,
            (SELECT json_build_object('id', id, 'kind', kind, 'payload', payload,
-                                     'attempts', attempts, 'seq', seq)
+                                     'attempts', attempts, 'seq', seq, 'messaged', messaged)
             FROM own LIMIT 1) AS own
     FROM (SELECT 1) AS one
     LEFT JOIN got ON true
@@ -145,7 +148,14 @@ def acquire(
         return None
     own = row.own
     readopted = (
-        Started(uuid.UUID(own["id"]), own["kind"], own["payload"], own["attempts"], own["seq"])
+        Started(
+            uuid.UUID(own["id"]),
+            own["kind"],
+            own["payload"],
+            own["attempts"],
+            own["seq"],
+            messaged=own["messaged"],
+        )
         if own
         else None
     )
@@ -228,7 +238,7 @@ START_HEAD = """UPDATE actions a
         FROM head
         WHERE :start AND a.id = head.id AND a.status = 'queued'
           AND (a.next_attempt_at IS NULL OR a.next_attempt_at <= now())
-        RETURNING a.id, a.kind, a.payload, a.attempts, a.seq"""
+        RETURNING a.id, a.kind, a.payload, a.attempts, a.seq, a.messaged"""
 _START_NEXT = sa.text(f"WITH {HEAD_CTE} {START_HEAD}")
 
 
@@ -242,6 +252,8 @@ class Started:
     # The synced-files manifest, read in the transaction that started a sync (see
     # qai_jobs.db.handover): the runner then needs no read-only transaction of its own for it.
     manifest: manifest.Manifest | None = None
+    # False: it had no Celery message of its own (db/enqueue.py); the drain tells monitoring.
+    messaged: bool = True
 
 
 # The stage an action starts in: the runner reports the same one before running a command, and
@@ -257,7 +269,7 @@ def start_next(conn: Connection, lease: Lease) -> Started | None:
     row = conn.execute(_START_NEXT, params).first()
     if row is None:
         return None
-    return Started(row.id, row.kind, row.payload, row.attempts, row.seq)
+    return Started(row.id, row.kind, row.payload, row.attempts, row.seq, messaged=row.messaged)
 
 
 _FINISH = sa.text(
@@ -281,7 +293,7 @@ _RETRY = sa.text(
 
 _OWN_RUNNING = sa.text(
     """
-    SELECT id, kind, payload, attempts, seq FROM actions
+    SELECT id, kind, payload, attempts, seq, messaged FROM actions
     WHERE project_id = :p AND status = 'running' AND lease_gen = :g AND worker = :o
     """
 )
@@ -291,7 +303,9 @@ def own_running(conn: Connection, lease: Lease) -> Started | None:
     """The action this lease has running (started by a commit that succeeded unseen)."""
     params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
     row = conn.execute(_OWN_RUNNING, params).first()
-    return Started(row.id, row.kind, row.payload, row.attempts, row.seq) if row else None
+    if row is None:
+        return None
+    return Started(row.id, row.kind, row.payload, row.attempts, row.seq, messaged=row.messaged)
 
 
 def finish(

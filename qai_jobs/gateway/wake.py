@@ -124,5 +124,5 @@ class Reviver:
         if got.created:
             log.info("[project_id=%s] gateway enqueued %s (%s)", project_id, kind, key)
             # After commit, as every producer does; a lost message is re-sent by recovery.
-            self.client._send(kind, project_id, got.id)
+            self.client._send(kind, project_id, got.id, messaged=got.messaged)
         return got.id

@@ -66,6 +66,10 @@ class Dispatch:
     give_turn: Callable[[str, str], None]
     # The project's workspace lives on another live host: its work goes to that host's queue.
     forward: Callable[[str, str], None] = lambda project_id, host_id: None
+    # Task events for an action with no message of its own (qai_jobs.monitoring): when it
+    # starts, and when it settles (its verdict and runtime).
+    started: Callable[[str, ordering.Started], None] = lambda project_id, action: None
+    finished: Callable[[ordering.Started, str, float], None] = lambda action, verdict, s: None
 
 
 def owner_name() -> str:
@@ -249,6 +253,9 @@ def _run_batch(
         beat.check()
         cancel = Cancel()
         beat.watch(current, cancel, deadline_seconds(settings, current))
+        if not current.messaged:
+            dispatch.started(lease.project_id, current)
+        action_began = time.monotonic()
         outcome, ctx = run_one(settings, engine, lease, ws, current, beat, cancel)
         beat.check()  # lost, or abandoned and settled by the watchdog: record nothing
         budget = settings.workspace_drain_budget_seconds
@@ -271,6 +278,8 @@ def _run_batch(
         beat.done()
         current, delay, turn = settlement.following, settlement.delay, settlement.turn
         publish(settings.redis_url, action.id, {"type": "done", "status": outcome.verdict})
+        if not action.messaged:
+            dispatch.finished(action, outcome.verdict, time.monotonic() - action_began)
         if settlement.event_ids:
             dispatch.deliver(settlement.event_ids)
         log_outcome(lease.project_id, action, outcome)

@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from celery import Task, signals
+from celery import Task, current_task, signals
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
@@ -26,11 +26,13 @@ from qai_jobs.constants import (
     action_task_name,
 )
 from qai_jobs.db import enqueue, queries
+from qai_jobs.db.ordering import Started
 from qai_jobs.db.outbox import record_events
 from qai_jobs.db.session import db_retry, dispose_all, engine_for
 from qai_jobs.errors import ErrorCode, QaiJobsError, ValidationFailed
 from qai_jobs.events import error_event
 from qai_jobs.logs import for_action
+from qai_jobs.monitoring import WorkerEvents
 from qai_jobs.notify import publish
 from qai_jobs.notify import reset as reset_redis
 from qai_jobs.schemas import KINDS, check_project_id
@@ -89,7 +91,20 @@ def dispatch() -> Dispatch:
                 type(exc).__name__,
             )
 
-    return Dispatch(kick=kick, deliver=deliver, give_turn=give_turn, forward=forward)
+    # The worker's name as its own task events carry it (none outside a task: the watchdog).
+    events = WorkerEvents(app, getattr(getattr(current_task, "request", None), "hostname", None))
+
+    def started(project_id: str, action: Started) -> None:
+        events.started(action.kind, project_id, action.id, action.attempts)
+
+    return Dispatch(
+        kick=kick,
+        deliver=deliver,
+        give_turn=give_turn,
+        forward=forward,
+        started=started,
+        finished=lambda action, verdict, runtime: events.finished(action.id, verdict, runtime),
+    )
 
 
 @db_retry
@@ -120,6 +135,7 @@ def _record_foreign(
             kind=kind,
             payload=stored,
             failed_error=error,
+            hint=False,  # it has its message: this one
         )
         if error and got.created:  # a final failure, like any other: announce it
             event_ids = record_events(

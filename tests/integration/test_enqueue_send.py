@@ -50,15 +50,18 @@ def test_flush_sends_every_message_with_its_action_id(
     iso_settings: Settings, queued: Any, project: str
 ) -> None:
     client = WorkspaceClient(iso_settings)
-    handles = [client.write(project, {"a.txt": str(i)}) for i in range(40)]
+    # One project each: a project's later actions ride on its first message (see
+    # test_coalesced_messages), so forty projects make forty messages.
+    handles = [client.write(f"{project}-{i}", {"a.txt": str(i)}) for i in range(40)]
     assert client.flush(10)
     got = queued()
     assert set(got) == {str(h.id) for h in handles}
-    for message in got.values():
+    for handle in handles:
+        message = got[str(handle.id)]
         assert message["headers"]["task"] == "qai_jobs.write"
         assert message["headers"][RECORDED_HEADER] == 1
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        assert (args, kwargs) == ([], {"project_id": project})
+        assert (args, kwargs) == ([], {"project_id": handle.project_id})
 
 
 def test_inline_mode_has_sent_the_message_when_enqueue_returns(
@@ -66,7 +69,7 @@ def test_inline_mode_has_sent_the_message_when_enqueue_returns(
 ) -> None:
     client = WorkspaceClient(iso_settings.model_copy(update={"workspace_enqueue_send": "inline"}))
     for i in range(5):
-        handle = client.write(project, {"a.txt": str(i)})
+        handle = client.write(f"{project}-{i}", {"a.txt": str(i)})
         assert str(handle.id) in queued()  # no flush
 
 
@@ -102,7 +105,7 @@ def _enqueue_in_child(client: WorkspaceClient, project: str, out: Any) -> None:
     # The parent's client, inherited through the fork: its pool and sending thread are the
     # parent's, and the child must make its own. A fork child leaves by os._exit (no atexit
     # flush), so it flushes itself.
-    handle = client.write(project, {"a.txt": "child"})
+    handle = client.write(f"{project}-child", {"a.txt": "child"})
     out.put((str(handle.id), client.flush(10)))
 
 
