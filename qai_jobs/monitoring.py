@@ -46,16 +46,38 @@ def sent(app: Any, connection: Any, kind: str, project_id: str, action_id: uuid.
         )
 
 
-class WorkerEvents:
-    """The worker's side, sent from the drain's pool process under the worker's hostname."""
+class Monitor:
+    """What the drain tells monitoring of an action without a message: nothing, by default."""
+
+    def started(self, kind: str, project_id: str, action_id: uuid.UUID, attempts: int) -> None:
+        """The action starts (``task-received`` and ``task-started``)."""
+
+    def finished(self, action_id: uuid.UUID, verdict: str, runtime: float) -> None:
+        """It settled with ``verdict`` (succeeded, failed, retry) after ``runtime`` seconds."""
+
+    def flush(self) -> None:
+        """Send what is held back (the drain calls it when its batch ends)."""
+
+
+class WorkerEvents(Monitor):
+    """The worker's side, sent from the drain's pool process under the worker's hostname. A
+    finish is held until the next start or the end of the batch, and goes out with it: the
+    events of one step travel in one pipelined round trip (kombu's ``Producer.batch``)."""
 
     def __init__(self, app: Any, hostname: str | None):
         self.app = app
         self.hostname = hostname
+        self._held: list[tuple[str, dict[str, Any]]] = []
 
     def _send(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        events, self._held = [*self._held, *events], []
+        if not events:
+            return
         try:
-            with self.app.events.default_dispatcher(hostname=self.hostname) as dispatcher:
+            with (
+                self.app.events.default_dispatcher(hostname=self.hostname) as dispatcher,
+                dispatcher.producer.batch(),
+            ):
                 for event_type, fields in events:
                     dispatcher.send(event_type, **fields)
         except Exception as exc:  # monitoring only: never fail the drain over it
@@ -63,33 +85,29 @@ class WorkerEvents:
 
     def started(self, kind: str, project_id: str, action_id: uuid.UUID, attempts: int) -> None:
         task = str(action_id)
-        self._send(
-            [
-                (
-                    "task-received",
-                    {
-                        "uuid": task,
-                        "name": action_task_name(kind),
-                        "args": "()",
-                        "kwargs": _kwargs(project_id),
-                        "root_id": task,
-                        "parent_id": None,
-                        "retries": max(0, attempts - 1),
-                        "eta": None,
-                        "expires": None,
-                    },
-                ),
-                ("task-started", {"uuid": task}),  # the dispatcher adds the pid
-            ]
-        )
+        received = {
+            "uuid": task,
+            "name": action_task_name(kind),
+            "args": "()",
+            "kwargs": _kwargs(project_id),
+            "root_id": task,
+            "parent_id": None,
+            "retries": max(0, attempts - 1),
+            "eta": None,
+            "expires": None,
+        }
+        # The dispatcher adds hostname, pid and timestamps to each.
+        self._send([("task-received", received), ("task-started", {"uuid": task})])
 
-    def finished(self, action_id: uuid.UUID, status: str, runtime: float) -> None:
-        """``status``: the action's verdict (succeeded, failed, retry)."""
+    def finished(self, action_id: uuid.UUID, verdict: str, runtime: float) -> None:
         task = str(action_id)
-        if status == "succeeded":
+        if verdict == "succeeded":
             fields = {"uuid": task, "result": "None", "runtime": runtime}
-            self._send([("task-succeeded", fields)])
-        elif status == "failed":
-            self._send([("task-failed", {"uuid": task, "exception": "action failed"})])
+            self._held.append(("task-succeeded", fields))
+        elif verdict == "failed":
+            self._held.append(("task-failed", {"uuid": task, "exception": "action failed"}))
         else:
-            self._send([("task-retried", {"uuid": task, "exception": "retrying"})])
+            self._held.append(("task-retried", {"uuid": task, "exception": "retrying"}))
+
+    def flush(self) -> None:
+        self._send([])

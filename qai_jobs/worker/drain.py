@@ -27,6 +27,7 @@ from qai_jobs.db.workspace_state import MUTABLE, WorkspaceState, write_changes
 from qai_jobs.errors import DeadlineExceeded, ErrorCode, LeaseLost, WorkerLost
 from qai_jobs.events import error_event
 from qai_jobs.logs import for_action, for_project
+from qai_jobs.monitoring import Monitor
 from qai_jobs.notify import publish, publish_many
 from qai_jobs.runner import ActionContext
 from qai_jobs.schemas import IDEMPOTENT_KINDS
@@ -66,10 +67,8 @@ class Dispatch:
     give_turn: Callable[[str, str], None]
     # The project's workspace lives on another live host: its work goes to that host's queue.
     forward: Callable[[str, str], None] = lambda project_id, host_id: None
-    # Task events for an action with no message of its own (qai_jobs.monitoring): when it
-    # starts, and when it settles (its verdict and runtime).
-    started: Callable[[str, ordering.Started], None] = lambda project_id, action: None
-    finished: Callable[[ordering.Started, str, float], None] = lambda action, verdict, s: None
+    # Task events for an action with no message of its own (qai_jobs.monitoring).
+    monitor: Monitor = field(default_factory=Monitor)
 
 
 def owner_name() -> str:
@@ -254,7 +253,7 @@ def _run_batch(
         cancel = Cancel()
         beat.watch(current, cancel, deadline_seconds(settings, current))
         if not current.messaged:
-            dispatch.started(lease.project_id, current)
+            dispatch.monitor.started(current.kind, lease.project_id, current.id, current.attempts)
         action_began = time.monotonic()
         outcome, ctx = run_one(settings, engine, lease, ws, current, beat, cancel)
         beat.check()  # lost, or abandoned and settled by the watchdog: record nothing
@@ -279,11 +278,12 @@ def _run_batch(
         current, delay, turn = settlement.following, settlement.delay, settlement.turn
         publish(settings.redis_url, action.id, {"type": "done", "status": outcome.verdict})
         if not action.messaged:
-            dispatch.finished(action, outcome.verdict, time.monotonic() - action_began)
+            dispatch.monitor.finished(action.id, outcome.verdict, time.monotonic() - action_began)
         if settlement.event_ids:
             dispatch.deliver(settlement.event_ids)
         log_outcome(lease.project_id, action, outcome)
         ran += 1
+    dispatch.monitor.flush()
     return ran, not more, delay, turn
 
 

@@ -26,7 +26,6 @@ from qai_jobs.constants import (
     action_task_name,
 )
 from qai_jobs.db import enqueue, queries
-from qai_jobs.db.ordering import Started
 from qai_jobs.db.outbox import record_events
 from qai_jobs.db.session import db_retry, dispose_all, engine_for
 from qai_jobs.errors import ErrorCode, QaiJobsError, ValidationFailed
@@ -92,18 +91,13 @@ def dispatch() -> Dispatch:
             )
 
     # The worker's name as its own task events carry it (none outside a task: the watchdog).
-    events = WorkerEvents(app, getattr(getattr(current_task, "request", None), "hostname", None))
-
-    def started(project_id: str, action: Started) -> None:
-        events.started(action.kind, project_id, action.id, action.attempts)
-
+    hostname = getattr(getattr(current_task, "request", None), "hostname", None)
     return Dispatch(
         kick=kick,
         deliver=deliver,
         give_turn=give_turn,
         forward=forward,
-        started=started,
-        finished=lambda action, verdict, runtime: events.finished(action.id, verdict, runtime),
+        monitor=WorkerEvents(app, hostname),
     )
 
 
