@@ -143,15 +143,20 @@ def test_heartbeats_keep_an_idle_stream_alive(
 def test_http_client_wait_on_event(api: Api, client: WorkspaceClient, project: str) -> None:
     with HttpWorkspaceClient(api.url, TOKEN, timeout=10) as hc:
         events: list[dict[str, Any]] = []
+        hc.command(project, "sleep 0.3")  # holds the next one until its stream is connected
         result = hc.command(project, "echo via-sse").wait(timeout=30, on_event=events.append)
         assert result["stdout"] == "via-sse\n"
         assert {"type": "output", "stream": "stdout", "offset": 0, "data": "via-sse\n"} in events
         assert events[0]["type"] == "progress"
         # The direct client sees the same events (the stream may repeat the stage the action
-        # was in when it connected).
+        # was in when it connected). Each compared action waits behind a short one of its
+        # project, so that it cannot finish before its watcher has subscribed (a stream that
+        # connects after the end gets the end alone, which a loaded host can make happen).
         direct: list[dict[str, Any]] = []
+        client.command(project, "sleep 0.3")
         client.command(project, "echo via-sse").wait(timeout=30, on_event=direct.append)
         over_http: list[dict[str, Any]] = []
+        hc.command(project, "sleep 0.3")
         hc.command(project, "echo via-sse").wait(timeout=30, on_event=over_http.append)
         assert [e for i, e in enumerate(over_http) if e not in over_http[:i]] == direct
 
