@@ -19,10 +19,11 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     # workspaces.hint_seq: the seq of the action whose Celery message is on its way and has
-    # not yet tried to drain (qai_jobs.db.enqueue); null when none is. actions.messaged: false
+    # not yet tried to drain (qai_jobs.db.enqueue), hint_at when it was set; null when none is. actions.messaged: false
     # for an action enqueued behind such a message, which got no message of its own (the
     # worker announces it to monitoring itself). A constant default rewrites no rows.
     op.add_column("workspaces", sa.Column("hint_seq", sa.BigInteger(), nullable=True))
+    op.add_column("workspaces", sa.Column("hint_at", sa.DateTime(timezone=True), nullable=True))
     op.add_column(
         "actions",
         sa.Column("messaged", sa.Boolean(), nullable=False, server_default=sa.true()),
@@ -31,4 +32,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("actions", "messaged")
+    op.drop_column("workspaces", "hint_at")
     op.drop_column("workspaces", "hint_seq")

@@ -3,7 +3,7 @@
 On a machine whose CPUs the run saturates, throughput is CPU time per action turned upside
 down: the ratio to plain Celery says little about where the difference goes, this does. Each
 role's processes are found when the window opens and closes: the worker's process tree, the
-Postgres backends connected to the bench database, the Redis servers (by the pid they report),
+Postgres server's processes, the Redis servers (by the pid they report),
 and the bench's own process (the producer thread, and on our side its completion polling).
 Linux only; where ``/proc`` or a server's processes are out of reach (Postgres on another
 host) the role is left out.
@@ -22,14 +22,25 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, CPU ticks user + system) of ``pid``, None if it is gone."""
+    """(parent pid, CPU ticks) of ``pid``, None if it is gone: its own user and system time and
+    that of the children it reaped (a Postgres backend's, a worker's finished helpers)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
     except OSError:
         return None
     fields = text[text.rfind(")") + 2 :].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), sum(int(v) for v in fields[11:15])
+
+
+def _named(pid: int, command: str) -> bool:
+    """Whether ``pid`` here is ``command``: a server in a container reports its own pids,
+    which on this host are other processes (pid 1 is init), and are not counted."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == command
+    except OSError:
+        return False
 
 
 def tree(root: int) -> list[int]:
@@ -46,25 +57,31 @@ def tree(root: int) -> list[int]:
     return found
 
 
-def postgres_backends(database_url: str) -> Callable[[], list[int]]:
-    """The pids of the backends connected to the bench database (when Postgres is local)."""
+def postgres_server(database_url: str) -> Callable[[], list[int]]:
+    """Every process of the Postgres server (when it runs here): the postmaster's tree, so
+    the WAL writer, checkpointer and autovacuum count beside the backends."""
     url = sa.engine.make_url(database_url)
     admin = sa.create_engine(url.set(database="postgres"), poolclass=sa.pool.NullPool)
 
     def pids() -> list[int]:
-        with admin.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
-                {"d": url.database},
-            )
-            return [int(r.pid) for r in rows]
+        with admin.connect() as conn:  # its backend is alive while this block runs
+            backend = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+            st = _stat(backend)
+            if st is None or not _named(backend, "postgres") or not _named(st[0], "postgres"):
+                return []
+        return tree(st[0])
 
     return pids
 
 
 def redis_server(url: str) -> Callable[[], list[int]]:
     client = redis.Redis.from_url(url)
-    return lambda: [int(client.info("server")["process_id"])]
+
+    def pids() -> list[int]:
+        pid = int(client.info("server")["process_id"])
+        return [pid] if _named(pid, "redis-server") else []
+
+    return pids
 
 
 @dataclass
@@ -95,7 +112,9 @@ class CpuMeter:
         after = self._read()
         spent: dict[str, float] = {}
         for role, ticks in after.items():
-            before = self._before.get(role, {})
+            if role not in self._before:
+                continue  # not read at the start: its processes' whole past would count
+            before = self._before[role]
             spent[role] = sum(t - before.get(pid, 0) for pid, t in ticks.items()) / _TICK
         return spent
 

@@ -11,8 +11,8 @@ An enqueue that finds it set sends no message (``Enqueued.messaged`` is False): 
 drain attempt starts after this commit (every attempt clears the mark in its first statement,
 under the same row lock the bump takes), so it, or the lease holder it finds, sees this
 action. Should the message be lost, the recovery sweep kicks the project, as it does for any
-lost message. Actions recorded on receipt of a foreign producer's message leave the mark alone:
-they have their message.
+lost message, and a mark older than HINT_TRUST_SECONDS is not trusted. Actions recorded on
+receipt of a foreign producer's message leave the mark alone: they have their message.
 """
 
 from __future__ import annotations
@@ -34,17 +34,33 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+# A mark older than this is not trusted: its message may be lost (a producer killed before
+# sending it, a wiped broker) or held by a worker of a version that does not clear marks. An
+# enqueue then sends a message of its own, so such a loss delays only the actions enqueued
+# within this window (recovery kicks those); a message that is merely slow costs a duplicate.
+HINT_TRUST_SECONDS = 10.0
 # :hint: whether this enqueue's message may stand for the project (ours) or is its own
-# (foreign); ``hint_seq = next_seq`` afterwards says this action is the one to send it.
-_UPSERT_WORKSPACE = """
-    INSERT INTO workspaces (project_id, id, next_seq, hint_seq)
-    VALUES (:p, :wid, 1, CASE WHEN :hint THEN 1 END)
+# (foreign); ``hint_seq = next_seq`` afterwards says this action is the one to send it. (SET
+# expressions read the row as it was: both columns test the same old mark.)
+_FRESH_MARK = (
+    "workspaces.hint_seq IS NOT NULL"
+    " AND workspaces.hint_at >= now() - make_interval(secs => :trust)"
+)
+_UPSERT_WORKSPACE = f"""
+    INSERT INTO workspaces (project_id, id, next_seq, hint_seq, hint_at)
+    VALUES (:p, :wid, 1, CASE WHEN :hint THEN 1 END, CASE WHEN :hint THEN now() END)
     ON CONFLICT (project_id) DO UPDATE SET next_seq = workspaces.next_seq + 1,
-        hint_seq = CASE WHEN :hint THEN coalesce(workspaces.hint_seq, workspaces.next_seq + 1)
-                        ELSE workspaces.hint_seq END
+        hint_seq = CASE WHEN NOT :hint OR ({_FRESH_MARK}) THEN workspaces.hint_seq
+                        ELSE workspaces.next_seq + 1 END,
+        hint_at = CASE WHEN NOT :hint OR ({_FRESH_MARK}) THEN workspaces.hint_at
+                       ELSE now() END
     RETURNING next_seq, NOT :hint OR hint_seq = next_seq AS messaged
 """
 _BUMP = sa.text(_UPSERT_WORKSPACE)
+_UNMARK = sa.text(
+    "UPDATE workspaces SET hint_seq = NULL, hint_at = NULL "
+    "WHERE project_id = :p AND hint_seq = :seq"
+)
 _FIND_KEY = sa.text("SELECT id FROM actions WHERE project_id = :p AND idempotency_key = :k")
 _COLUMNS = """
     INSERT INTO actions (id, project_id, seq, kind, payload, status, error, finished_at,
@@ -110,7 +126,7 @@ def enqueue(
         "finished": datetime.now(UTC) if failed_error else None,
         "error": _json(failed_error),
     }
-    params["hint"] = hint
+    params |= {"hint": hint, "trust": HINT_TRUST_SECONDS}
     if idempotency_key is None:
         inserted = conn.execute(_BUMP_AND_INSERT, {**params, "wid": uuid.uuid4()}).first()
         if inserted is None:
@@ -120,6 +136,8 @@ def enqueue(
     bumped = conn.execute(_BUMP, {**params, "wid": uuid.uuid4()}).one()
     existing = conn.execute(_FIND_KEY, {"p": project_id, "k": idempotency_key}).scalar()
     if existing is not None:
+        if hint and bumped.messaged:  # the mark names this enqueue, which sends nothing
+            conn.execute(_UNMARK, {"p": project_id, "seq": bumped.next_seq})
         return Enqueued(existing, created=False)
     params |= {"seq": bumped.next_seq, "k": idempotency_key, "messaged": bumped.messaged}
     inserted = conn.execute(_INSERT, params).first()

@@ -13,7 +13,8 @@ what used to be several into one each, because every statement is a round trip p
 
 The release stays in the transaction that found nothing to start: an action enqueued meanwhile
 waits on the workspace row this transaction locked (its ``next_seq`` bump), so it commits after
-the release and its message finds the lease free.
+the release, and the message that drains it (its own, or the project's message in flight that
+it rode on: db/enqueue.py) finds the lease free.
 """
 
 from __future__ import annotations

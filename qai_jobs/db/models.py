@@ -91,6 +91,7 @@ class Workspace(Base):
     # The seq of the action whose Celery message is on its way and has not tried to drain yet:
     # actions enqueued meanwhile send none (db/enqueue.py); every drain attempt clears it.
     hint_seq: Mapped[int | None] = mapped_column(BigInteger)
+    hint_at: Mapped[datetime | None]
     last_activity_at: Mapped[datetime] = mapped_column(server_default=func.now())
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

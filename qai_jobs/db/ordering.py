@@ -43,16 +43,21 @@ class Lease:
 
 
 # One statement takes the lease, settles what an earlier holder left running and carries this
-# owner's own running action over (the hot path's first round trip):
-# * `got`: the grant; the other two change nothing when it fails. A pending fairness turn
-#   refuses it to every message but the turn's own (``:turn``) until the mark expires; the
+# owner's own running action over (the hot path's first round trip). The grant also returns
+# the workspace row and whether its host is alive: what the drainer would otherwise read with
+# two more statements (hosts.claim, WorkspaceState) right after.
+# * `got`: the grant; `settled` and `own` change nothing when it fails. A pending fairness
+#   turn refuses it to every message but the turn's own (``:turn``) until the mark expires; the
 #   grant clears the mark (the turn's message has come, or the mark outlived its message).
+# * `unhinted`: a refused attempt still clears the project's message-in-flight mark
+#   (``hint_seq``, db/enqueue.py): this attempt is that message's. `got` was refused on the
+#   statement's snapshot, but `unhinted` waits for the row lock and sees the latest row: if the
+#   lease turned out free by then (its holder gave it back while we waited, maybe without
+#   seeing an enqueue that then found the mark), ``free`` says so and acquire() tries again.
 # * `settled`: actions left `running` by an earlier holder (whose lease expired: it died or lost
 #   touch). Idempotent kinds go back to the queue; a command is not run twice behind the
 #   user's back. (A holder that settled one while this statement waited for the row lock
 #   changed its status: READ COMMITTED re-checks the row and leaves it.)
-# The grant also returns the workspace row and whether its host is alive: what the drainer
-# would otherwise read with two more statements (hosts.claim, WorkspaceState) right after.
 # * `own`: the same owner taking the lease again: the commit of its first grant (which started
 #   the head action) succeeded but was not seen, and the grant is being retried. That action
 #   is its own, not a dead holder's: it is carried over to the new generation and run.
@@ -62,14 +67,17 @@ _ACQUIRE = sa.text(
         UPDATE workspaces
         SET lease_gen = lease_gen + 1, lease_owner = :o,
             lease_expires_at = now() + make_interval(secs => :ttl),
-            turn = NULL, turn_expires_at = NULL, hint_seq = NULL
+            turn = NULL, turn_expires_at = NULL, hint_seq = NULL, hint_at = NULL
         WHERE project_id = :p
           AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
           AND (turn IS NULL OR turn_expires_at < now() OR turn = CAST(:turn AS text))
         RETURNING lease_gen, host_id, {WORKSPACE_COLUMNS}
     ), unhinted AS (
-        UPDATE workspaces SET hint_seq = NULL
+        UPDATE workspaces SET hint_seq = NULL, hint_at = NULL
         WHERE project_id = :p AND hint_seq IS NOT NULL AND NOT EXISTS (SELECT 1 FROM got)
+        RETURNING (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :o)
+              AND (turn IS NULL OR turn_expires_at < now() OR turn = CAST(:turn AS text))
+              AS free
     ), settled AS (
         UPDATE actions
         SET status = CASE WHEN kind = ANY(:idem) AND attempts < :max
@@ -88,6 +96,7 @@ _ACQUIRE = sa.text(
         RETURNING id, kind, payload, attempts, seq, messaged
     )
     SELECT got.lease_gen AS gen, got.host_id, {GOT_COLUMNS},
+           coalesce((SELECT free FROM unhinted), false) AS free,
            coalesce(h.last_seen_at > now() - make_interval(secs => :dead), false) AS alive,
            coalesce(h.draining, false) AS draining,
            (SELECT json_agg(json_build_object('id', id, 'kind', kind, 'status', status,
@@ -144,6 +153,8 @@ def acquire(
         "dead": host_dead_seconds,
     }
     row = conn.execute(_ACQUIRE, params).one()
+    if row.gen is None and row.free:  # refused on a stale snapshot: see `unhinted`
+        row = conn.execute(_ACQUIRE, params).one()
     if row.gen is None:
         return None
     own = row.own
@@ -166,7 +177,7 @@ def acquire(
             for r in row.settled or []
         ],
         readopted,
-        {k: v for k, v in row._mapping.items() if k not in ("gen", "settled", "own")},
+        {k: v for k, v in row._mapping.items() if k not in ("gen", "free", "settled", "own")},
     )
 
 

@@ -121,6 +121,7 @@ def drain(settings: Settings, project_id: str, dispatch: Dispatch, turn: str | N
                 return ran
             finally:
                 beat.stop()
+                dispatch.monitor.flush()  # the last finish, however the batch ended
         if delay is None:
             return ran
         if delay > 0:  # not due yet (backoff)
@@ -283,7 +284,6 @@ def _run_batch(
             dispatch.deliver(settlement.event_ids)
         log_outcome(lease.project_id, action, outcome)
         ran += 1
-    dispatch.monitor.flush()
     return ran, not more, delay, turn
 
 

@@ -57,7 +57,7 @@ def test_tiny_curve_reports_counts_and_a_clean_checker(
         # CPU time by process: both workers ran their tasks, our side also used Postgres.
         ours, theirs = durable["per_action"]["cpu_ms"], plain["per_task"]["cpu_ms"]
         assert ours["worker"] > 0 and ours["postgres"] > 0 and theirs["worker"] > 0
-        assert "postgres" not in theirs
+        assert theirs.get("postgres", 0.0) < ours["postgres"]  # the baseline's is idle
         assert ours["total"] == pytest.approx(sum(v for k, v in ours.items() if k != "total"))
     page = (docs / "benchmarks.md").read_text()
     assert "| 8 |" in page and "--projects 2,8" in page and "CPU milliseconds per action" in page
