@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -171,3 +172,74 @@ def test_a_lost_message_leaves_its_followers_to_recovery_not_stuck(
         assert _messaged(settings, [str(third.id)]) == [True]
     finally:
         worker.stop()
+
+
+def _mark(settings: Settings, project: str) -> Any:
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT hint_seq FROM workspaces WHERE project_id = :p"), {"p": project}
+        ).scalar()
+
+
+def test_an_idempotency_hit_leaves_no_mark_behind(
+    iso_settings: Settings, iso_client: WorkspaceClient, project: str
+) -> None:
+    first = iso_client.enqueue_payload(project, "write", {"files": {"a": "1"}}, "key-1")
+    assert _messaged(iso_settings, [str(first.id)]) == [True]
+    engine = sa.create_engine(iso_settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:  # its message's drain attempt came and cleared the mark
+        conn.execute(
+            sa.text("UPDATE workspaces SET hint_seq = NULL WHERE project_id = :p"), {"p": project}
+        )
+    again = iso_client.enqueue_payload(project, "write", {"files": {"a": "1"}}, "key-1")
+    assert again.id == first.id
+    # The repeat sent nothing, so it must not claim a message is on its way: the next action
+    # would ride on a message that does not exist.
+    assert _mark(iso_settings, project) is None
+    nxt = iso_client.write(project, {"b": "2"})
+    assert _messaged(iso_settings, [str(nxt.id)]) == [True]
+
+
+def test_an_attempt_refused_while_the_holder_settles_does_not_lose_an_enqueue(
+    iso_settings: Settings, iso_client: WorkspaceClient, project: str
+) -> None:
+    """The holder H is in its last settle (the row locked); an enqueue E2 and the attempt A of
+    the project's message in flight both wait for the row, A having read it as H holds it. H
+    gives the lease back without seeing E2. Whichever of the two goes first, E2 must get a
+    message of its own or A the lease (finding E2), or E2 waits for recovery. Postgres wakes
+    waiters in no fixed order, so the race runs several times."""
+    from qai_jobs.db import ordering
+
+    engine = sa.create_engine(iso_settings.database_url)
+    for round_ in range(8):
+        p = f"{project}-{round_}"
+        iso_client.write(p, {"a": "0"})
+        with engine.begin() as conn:
+            held = ordering.acquire(conn, p, "H", ttl=30)
+        assert held is not None
+        iso_client.write(p, {"a": "1"})  # the message in flight: A's
+        assert _mark(iso_settings, p) is not None
+        h_conn = engine.connect()
+        h_tx = h_conn.begin()
+        ordering.fence(h_conn, held.lease, 30)  # H's settle: the row is locked
+        results: dict[str, Any] = {}
+
+        def enqueue(p: str = p, results: dict[str, Any] = results) -> None:
+            results["e2"] = iso_client._record(uuid.uuid4(), p, "write", {"files": {}}, None)
+
+        def attempt(p: str = p, results: dict[str, Any] = results) -> None:
+            with engine.begin() as conn:
+                results["a"] = ordering.acquire(conn, p, "A", ttl=30)
+
+        threads = [threading.Thread(target=enqueue), threading.Thread(target=attempt)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.2)  # each is waiting for the row (A read it with H's lease on it)
+        ordering.release(h_conn, held.lease)
+        h_tx.commit()
+        h_conn.close()
+        for thread in threads:
+            thread.join(10)
+        drained = results["e2"].messaged or results["a"] is not None
+        assert drained, f"round {round_}: nobody will drain E2 ({results})"
