@@ -20,6 +20,7 @@ from celery import Celery
 from qai_jobs.client import WorkspaceClient
 from qai_jobs.db import enqueue, ordering
 from qai_jobs.db.session import engine_for
+from qai_jobs.db.workspace_state import WorkspaceState
 from qai_jobs.errors import ActionFailed
 from qai_jobs.testing import clear_faults, inject_fault, journal
 from tests.conftest import settings_for
@@ -63,6 +64,18 @@ def wait_status(client: WorkspaceClient, action_id: str, status: str, timeout: f
     while client.get_action(action_id)["status"] != status:
         assert time.monotonic() < deadline, f"{action_id} never became {status}"
         time.sleep(0.02)
+
+
+def _hold_and_start(engine: Any, project: str, owner: str) -> tuple[Any, Any, WorkspaceState]:
+    """Take the project's lease as ``owner`` and start its head action, as a drain does;
+    returns (the grant, the started action, the workspace state)."""
+    with engine.begin() as conn:
+        got = ordering.acquire(conn, project, owner, ttl=30)
+        assert got is not None
+        head = ordering.start_next(conn, got.lease)
+        ws = WorkspaceState.load(conn, project)
+    assert head is not None
+    return got, head, ws
 
 
 def test_a_lost_lease_stops_the_running_command_before_anyone_else_runs(
@@ -179,7 +192,6 @@ def test_a_retried_settle_after_an_unseen_commit_carries_on(env: dict[str, str])
     """Settling (finish this action, start the next) committed unseen and is retried: the retry
     recognises it is done and hands back the action it started, instead of LeaseLost with the
     next action left running."""
-    from qai_jobs.db.workspace_state import WorkspaceState
     from qai_jobs.worker import drain
     from qai_jobs.worker.attempt import Outcome, Verdict
 
@@ -192,12 +204,7 @@ def test_a_retried_settle_after_an_unseen_commit_carries_on(env: dict[str, str])
             enqueue.enqueue(
                 conn, action_id=action_id, project_id=project, kind="read", payload={"paths": ["a"]}
             )
-    with engine.begin() as conn:
-        got = ordering.acquire(conn, project, "me", ttl=30)
-        assert got is not None
-        head = ordering.start_next(conn, got.lease)
-        ws = WorkspaceState.load(conn, project)
-    assert head is not None
+    got, head, ws = _hold_and_start(engine, project, "me")
     outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
     first = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
     again = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
@@ -260,18 +267,12 @@ def _turn_row(engine: sa.engine.Engine, project: str) -> Any:
 def _cut_after_one(env: dict[str, str], project: str) -> Any:
     """Run the project's head action and settle it as a drain whose budget is used up."""
     from qai_jobs.db.handover import Turn
-    from qai_jobs.db.workspace_state import WorkspaceState
     from qai_jobs.worker import drain
     from qai_jobs.worker.attempt import Outcome, Verdict
 
     settings = settings_for(env)
     engine = engine_for(env["DATABASE_URL"])
-    with engine.begin() as conn:
-        got = ordering.acquire(conn, project, "budget-holder", ttl=30)
-        assert got is not None
-        head = ordering.start_next(conn, got.lease)
-        ws = WorkspaceState.load(conn, project)
-    assert head is not None
+    got, head, ws = _hold_and_start(engine, project, "budget-holder")
     outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
     cut = Turn(uuid.uuid4().hex, drain.turn_seconds(settings))
     return drain._settle(engine, settings, got.lease, ws, head, outcome, None, False, cut)
@@ -464,7 +465,6 @@ def test_beat_sweeps_run_while_the_action_queue_holds_a_backlog(
 def test_an_outcome_postgres_refuses_fails_the_action_at_once(env: dict[str, str]) -> None:
     """Whatever Postgres cannot store (here a NUL, which jsonb refuses) ends the action failed
     with result_rejected, and the next action starts: never an action left running."""
-    from qai_jobs.db.workspace_state import WorkspaceState
     from qai_jobs.worker import drain
     from qai_jobs.worker.attempt import Outcome, Verdict
 
@@ -477,12 +477,7 @@ def test_an_outcome_postgres_refuses_fails_the_action_at_once(env: dict[str, str
             enqueue.enqueue(
                 conn, action_id=action_id, project_id=project, kind="command", payload={"cmd": "x"}
             )
-    with engine.begin() as conn:
-        got = ordering.acquire(conn, project, "me", ttl=30)
-        assert got is not None
-        head = ordering.start_next(conn, got.lease)
-        ws = WorkspaceState.load(conn, project)
-    assert head is not None
+    got, head, ws = _hold_and_start(engine, project, "me")
     bad = Outcome(Verdict.SUCCEEDED, result={"stdout": "a\x00b"})
     settled = drain._settle_or_fail(engine, settings, got.lease, ws, head, bad, None, True)
     assert settled.following is not None and settled.following.id == ids[1]
