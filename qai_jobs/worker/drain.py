@@ -21,19 +21,16 @@ from sqlalchemy.engine import Engine
 from qai_jobs.cancel import Cancel
 from qai_jobs.config import Settings
 from qai_jobs.constants import ActionStatus
-from qai_jobs.db import handover, hosts, manifest, ordering, outbox, snapshots
+from qai_jobs.db import handover, hosts, ordering, outbox
 from qai_jobs.db.session import db_retry, engine_for
-from qai_jobs.db.workspace_state import MUTABLE, WorkspaceState, write_changes
-from qai_jobs.errors import DeadlineExceeded, ErrorCode, LeaseLost, WorkerLost
+from qai_jobs.db.workspace_state import WorkspaceState
+from qai_jobs.errors import DeadlineExceeded, LeaseLost, WorkerLost
 from qai_jobs.events import error_event
 from qai_jobs.logs import for_action, for_project
 from qai_jobs.monitoring import Monitor
 from qai_jobs.notify import publish, publish_many
-from qai_jobs.runner import ActionContext
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 from qai_jobs.worker.attempt import (
-    Outcome,
-    Verdict,
     backoff,
     deadline_seconds,
     log_outcome,
@@ -41,6 +38,7 @@ from qai_jobs.worker.attempt import (
     run_one,
 )
 from qai_jobs.worker.heartbeat import Heartbeat, Watched
+from qai_jobs.worker.settle import settle_or_fail
 
 # A lease is given back after this many actions or WORKSPACE_DRAIN_BUDGET_SECONDS, so one busy
 # project cannot hog a worker slot; the rest goes to a fresh message at the back of the queue.
@@ -162,14 +160,6 @@ class _Acquired:
     forward: str | None = None  # another live host holds the workspace: the lease is given back
 
 
-@dataclass
-class _Settlement:
-    following: ordering.Started | None  # the next action, started; None: the lease is back
-    event_ids: list[str]
-    delay: float | None = None  # with no next action: seconds until one is due
-    turn: str | None = None  # the fairness turn the release recorded (its token)
-
-
 @db_retry
 def _acquire(
     engine: Engine, settings: Settings, project_id: str, owner: str, turn: str | None
@@ -264,7 +254,7 @@ def _run_batch(
         # The budget's cut: the release records the project's fairness turn.
         offered = None if more else handover.Turn(uuid.uuid4().hex, turn_seconds(settings))
         try:
-            settlement = _settle_or_fail(
+            settlement = settle_or_fail(
                 engine, settings, lease, ws, action, outcome, ctx, more, offered
             )
         except LeaseLost:
@@ -285,93 +275,6 @@ def _run_batch(
         log_outcome(lease.project_id, action, outcome)
         ran += 1
     return ran, not more, delay, turn
-
-
-def _settle_or_fail(
-    engine: Engine,
-    settings: Settings,
-    lease: ordering.Lease,
-    ws: WorkspaceState,
-    action: ordering.Started,
-    outcome: Outcome,
-    ctx: ActionContext | None,
-    start_another: bool,
-    turn: handover.Turn | None = None,
-) -> _Settlement:
-    """Settle; if Postgres refuses what the action produced (a value it cannot store, say),
-    fail the action with result_rejected at once instead of leaving it running: first with
-    the runner's changes to the workspace, then (if those are what it refuses) without."""
-    error = {
-        "code": ErrorCode.RESULT_REJECTED,
-        "message": "Postgres could not store the action's outcome",
-        "retryable": False,
-    }
-    refused = Outcome(
-        Verdict.FAILED, error=error, events=[error_event(error, action.kind, action.attempts)]
-    )
-    for attempt, (what, context) in enumerate(((outcome, ctx), (refused, None))):
-        try:
-            return _settle(engine, settings, lease, ws, action, what, context, start_another, turn)
-        except sa.exc.DBAPIError as exc:
-            if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated:
-                raise
-            if attempt == 0:
-                for_action(lease.project_id, action.id).error(
-                    "Postgres refused the %s's outcome: %s", action.kind, type(exc.orig).__name__
-                )
-    ws.revert(*MUTABLE)  # what the runner changed is what Postgres refuses: keep the row
-    return _settle(engine, settings, lease, ws, action, refused, None, start_another, turn)
-
-
-@db_retry
-def _settle(
-    engine: Engine,
-    settings: Settings,
-    lease: ordering.Lease,
-    ws: WorkspaceState,
-    action: ordering.Started,
-    outcome: Outcome,
-    ctx: ActionContext | None,
-    start_another: bool,
-    turn: handover.Turn | None = None,
-) -> _Settlement:
-    """One fenced transaction: workspace changes, the action's status, outbox rows, and the
-    start of the next action, or, with none to start, the lease given back (recording
-    ``turn``, the budget's cut, when the head is due)."""
-    with engine.begin() as conn:
-        touch = ctx is None or ctx.counts_as_activity
-        if handover.fence_for_settle(conn, lease, settings.lease_seconds, action.id, touch=touch):
-            # A retry of this very transaction, whose first commit succeeded unseen: what it
-            # did stands (its webhook deliveries are left to the sweep).
-            ws.mark_clean()
-            following = ordering.own_running(conn, lease) if start_another else None
-            if following is not None:
-                return _Settlement(handover.with_manifest(conn, lease, following), [])
-            handed = handover.start_or_release(conn, lease, start=False, turn=turn)
-            return _Settlement(None, [], handed.due_in, handed.turn)
-        write_changes(conn, ws)
-        if ctx is not None and ctx.snapshots:
-            taken = [(t.snapshot_id, t.kind, t.manifest) for t in ctx.snapshots]
-            snapshots.record(conn, lease.project_id, ws.provider or "", taken)
-        succeeded = outcome.verdict is Verdict.SUCCEEDED
-        if succeeded and ctx is not None and ctx.manifest_update is not None:
-            manifest.apply(conn, lease.project_id, action.seq, ctx.manifest_update)
-        finish: handover.Finish | None = None
-        if outcome.verdict is Verdict.RETRY:
-            ordering.retry_later(
-                conn, lease, action.id, error=outcome.error or {}, delay=outcome.delay
-            )
-        else:
-            status = ActionStatus.SUCCEEDED if succeeded else ActionStatus.FAILED
-            finish = handover.Finish(action.id, status, outcome.result, outcome.error)
-        event_ids = outbox.record_events(
-            conn, settings, lease.project_id, action.id, outcome.events
-        )
-        handed = handover.start_or_release(
-            conn, lease, start=start_another, finish=finish, turn=turn
-        )
-    ws.mark_clean()
-    return _Settlement(handed.started, event_ids, handed.due_in, handed.turn)
 
 
 def _abandon(

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from qai_jobs.config import Settings
 from qai_jobs.constants import SWEEP_CLAIM_KEY, SWEEP_RUNS_KEY, SWEEPS_LAST_KEY
-from qai_jobs.db import maintenance, ordering
+from qai_jobs.db import maintenance, recovery
 from qai_jobs.db.session import engine_for
 from qai_jobs.notify import client as redis_client
 from qai_jobs.worker.drain import Dispatch
@@ -60,7 +60,7 @@ def ensure_bindings(settings: Settings) -> bool:
 
 def recover(settings: Settings, dispatch: Dispatch) -> dict[str, Any]:
     ensure_bindings(settings)
-    projects = ordering.stale_projects(engine_for(settings.database_url), stale_after(settings))
+    projects = recovery.stale_projects(engine_for(settings.database_url), stale_after(settings))
     for project_id in sorted(projects):
         dispatch.kick(project_id, 0)
     if projects:

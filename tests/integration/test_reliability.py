@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from qai_jobs.client import WorkspaceClient
-from qai_jobs.db import enqueue, ordering
+from qai_jobs.db import enqueue, ordering, recovery
 from qai_jobs.db.session import engine_for
 from qai_jobs.db.workspace_state import WorkspaceState
 from qai_jobs.errors import ActionFailed
@@ -192,7 +192,7 @@ def test_a_retried_settle_after_an_unseen_commit_carries_on(env: dict[str, str])
     """Settling (finish this action, start the next) committed unseen and is retried: the retry
     recognises it is done and hands back the action it started, instead of LeaseLost with the
     next action left running."""
-    from qai_jobs.worker import drain
+    from qai_jobs.worker import settle
     from qai_jobs.worker.attempt import Outcome, Verdict
 
     settings = settings_for(env)
@@ -206,8 +206,8 @@ def test_a_retried_settle_after_an_unseen_commit_carries_on(env: dict[str, str])
             )
     got, head, ws = _hold_and_start(engine, project, "me")
     outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
-    first = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
-    again = drain._settle(engine, settings, got.lease, ws, head, outcome, None, True)
+    first = settle.settle(engine, settings, got.lease, ws, head, outcome, None, True)
+    again = settle.settle(engine, settings, got.lease, ws, head, outcome, None, True)
     assert first.following is not None and again.following is not None
     assert first.following.id == again.following.id == ids[1] and again.event_ids == []
 
@@ -267,7 +267,7 @@ def _turn_row(engine: sa.engine.Engine, project: str) -> Any:
 def _cut_after_one(env: dict[str, str], project: str) -> Any:
     """Run the project's head action and settle it as a drain whose budget is used up."""
     from qai_jobs.db.handover import Turn
-    from qai_jobs.worker import drain
+    from qai_jobs.worker import drain, settle
     from qai_jobs.worker.attempt import Outcome, Verdict
 
     settings = settings_for(env)
@@ -275,7 +275,7 @@ def _cut_after_one(env: dict[str, str], project: str) -> Any:
     got, head, ws = _hold_and_start(engine, project, "budget-holder")
     outcome = Outcome(Verdict.SUCCEEDED, result={"files": [], "missing": ["a"]})
     cut = Turn(uuid.uuid4().hex, drain.turn_seconds(settings))
-    return drain._settle(engine, settings, got.lease, ws, head, outcome, None, False, cut)
+    return settle.settle(engine, settings, got.lease, ws, head, outcome, None, False, cut)
 
 
 def test_a_project_waiting_for_its_turn_gives_the_lease_to_its_turn_alone(
@@ -329,7 +329,7 @@ def test_a_lost_turn_holds_the_project_back_only_until_it_expires(env: dict[str,
     project = f"turn-{uuid.uuid4().hex[:8]}"
     _queued_reads(engine, project, 2)
     assert _cut_after_one(env, project).turn
-    assert project not in ordering.stale_projects(engine, stale_after=0)
+    assert project not in recovery.stale_projects(engine, stale_after=0)
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -338,7 +338,7 @@ def test_a_lost_turn_holds_the_project_back_only_until_it_expires(env: dict[str,
             ),
             {"p": project},
         )
-    assert project in ordering.stale_projects(engine, stale_after=0)
+    assert project in recovery.stale_projects(engine, stale_after=0)
     with engine.begin() as conn:  # the kick's message, without the turn's token
         assert ordering.acquire(conn, project, "kicked", ttl=30) is not None
     assert tuple(_turn_row(engine, project)) == (None, None)
@@ -383,20 +383,20 @@ def test_a_cut_whose_release_committed_unseen_still_sends_its_turn(
     project = f"turn-{uuid.uuid4().hex[:8]}"
     ids = _queued_reads(engine, project, 2)
     monkeypatch.setattr(attempt, "execute", lambda ctx: {})
-    real = drain._settle_or_fail
+    real = drain.settle_or_fail
 
     def committed_unseen(*args: Any) -> Any:
         real(*args)
         raise LeaseLost("the retry of a commit that succeeded unseen")
 
-    monkeypatch.setattr(drain, "_settle_or_fail", committed_unseen)
+    monkeypatch.setattr(drain, "settle_or_fail", committed_unseen)
     turns: list[tuple[str, str]] = []
     dispatch = drain.Dispatch(
         kick=lambda *_: None, deliver=lambda _: None, give_turn=lambda *t: turns.append(t)
     )
     assert drain.drain(settings, project, dispatch) == 0  # the settle "failed"
     assert [t for _, t in turns] == [_turn_row(engine, project).turn]
-    monkeypatch.setattr(drain, "_settle_or_fail", real)
+    monkeypatch.setattr(drain, "settle_or_fail", real)
     assert drain.drain(settings, project, dispatch, turn=turns[0][1]) == 1
     client = client_for(env)
     assert [client.get_action(str(i))["status"] for i in ids] == ["succeeded", "succeeded"]
@@ -465,7 +465,7 @@ def test_beat_sweeps_run_while_the_action_queue_holds_a_backlog(
 def test_an_outcome_postgres_refuses_fails_the_action_at_once(env: dict[str, str]) -> None:
     """Whatever Postgres cannot store (here a NUL, which jsonb refuses) ends the action failed
     with result_rejected, and the next action starts: never an action left running."""
-    from qai_jobs.worker import drain
+    from qai_jobs.worker import settle
     from qai_jobs.worker.attempt import Outcome, Verdict
 
     settings = settings_for(env)
@@ -479,7 +479,7 @@ def test_an_outcome_postgres_refuses_fails_the_action_at_once(env: dict[str, str
             )
     got, head, ws = _hold_and_start(engine, project, "me")
     bad = Outcome(Verdict.SUCCEEDED, result={"stdout": "a\x00b"})
-    settled = drain._settle_or_fail(engine, settings, got.lease, ws, head, bad, None, True)
+    settled = settle.settle_or_fail(engine, settings, got.lease, ws, head, bad, None, True)
     assert settled.following is not None and settled.following.id == ids[1]
     with engine.connect() as conn:
         row = conn.execute(
