@@ -153,10 +153,10 @@ def test_http_client_wait_on_event(api: Api, client: WorkspaceClient, project: s
         # project, so that it cannot finish before its watcher has subscribed (a stream that
         # connects after the end gets the end alone, which a loaded host can make happen).
         direct: list[dict[str, Any]] = []
-        client.command(project, "sleep 0.3")
+        client.command(project, "sleep 1")
         client.command(project, "echo via-sse").wait(timeout=30, on_event=direct.append)
         over_http: list[dict[str, Any]] = []
-        hc.command(project, "sleep 0.3")
+        hc.command(project, "sleep 1")
         hc.command(project, "echo via-sse").wait(timeout=30, on_event=over_http.append)
         assert [e for i, e in enumerate(over_http) if e not in over_http[:i]] == direct
 
