@@ -83,15 +83,6 @@ def least_loaded(conn: Connection, dead_seconds: float, exclude: str = "") -> st
     return str(found) if found is not None else None
 
 
-_HOLDER = sa.text(
-    """
-    SELECT w.host_id, w.provider, w.status,
-           coalesce(h.last_seen_at > now() - make_interval(secs => :dead), false) AS alive,
-           coalesce(h.draining, false) AS draining
-    FROM workspaces w LEFT JOIN hosts h ON h.host_id = w.host_id
-    WHERE w.project_id = :p
-    """
-)
 _PLACE = sa.text("UPDATE workspaces SET host_id = :h WHERE project_id = :p")
 
 
@@ -109,17 +100,13 @@ def claim(
     me: str,
     dead_seconds: float,
     local_first: bool,
-    seen: Mapping[str, Any] | None = None,
+    seen: Mapping[str, Any],
 ) -> Holder:
     """Decide, under the workspace row lock the lease grant holds, whether host ``me`` may run
     the project's actions; place a new local workspace and take over a dead host's on the way.
-    ``seen``: the row (host_id, provider, status, alive, draining) already read under that
-    lock, by the grant's own statement."""
-    row: Any = (
-        SimpleNamespace(**seen)
-        if seen is not None
-        else conn.execute(_HOLDER, {"p": project_id, "dead": dead_seconds}).one()
-    )
+    ``seen``: the row (host_id, provider, status, and the host's alive, draining) as the grant's
+    own statement read it under that lock (``ordering.acquire``)."""
+    row = SimpleNamespace(**seen)
     local = row.provider == "local" or (row.provider is None and local_first)
     if not local:
         if row.host_id is not None:  # it went to a cloud provider: no host holds it
