@@ -27,12 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.constants import ActionStatus
+from qai_jobs.db.ordering import json_param
 from qai_jobs.errors import ErrorCode
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
 
 # A mark older than this is not trusted: its message may be lost (a producer killed before
 # sending it, a wiped broker) or held by a worker of a version that does not clear marks. An
@@ -124,7 +120,7 @@ def enqueue(
         "payload": json.dumps(payload),
         "status": ActionStatus.FAILED if failed_error else "queued",
         "finished": datetime.now(UTC) if failed_error else None,
-        "error": _json(failed_error),
+        "error": json_param(failed_error),
     }
     params |= {"hint": hint, "trust": HINT_TRUST_SECONDS}
     if idempotency_key is None:

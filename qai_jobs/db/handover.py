@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.db import manifest
-from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE, Lease, Started
+from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE, Lease, Started, json_param
 from qai_jobs.errors import LeaseLost
 
 # Kinds whose runner diffs against the recorded manifest.
@@ -142,10 +142,6 @@ class Finish:
     error: dict[str, Any] | None = None
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
 def start_or_release(
     conn: Connection,
     lease: Lease,
@@ -166,8 +162,8 @@ def start_or_release(
         "sync": list(SYNC_KINDS),
         "fid": finish.action_id if finish else None,
         "fstatus": finish.status if finish else None,
-        "fresult": _json(finish.result) if finish else None,
-        "ferror": _json(finish.error) if finish else None,
+        "fresult": json_param(finish.result) if finish else None,
+        "ferror": json_param(finish.error) if finish else None,
         "turn": None if turn is None else turn.token,
         "turn_s": 0.0 if turn is None else turn.seconds,
     }

@@ -28,7 +28,8 @@ from qai_jobs.errors import LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 
 
-def _json(value: Any) -> str | None:
+def json_param(value: Any) -> str | None:
+    """A JSON value as a statement parameter (``CAST(:x AS jsonb)``); None stays SQL null."""
     return None if value is None else json.dumps(value)
 
 
@@ -334,8 +335,8 @@ def finish(
             "id": action_id,
             "g": lease.gen,
             "status": status,
-            "result": _json(result),
-            "error": _json(error),
+            "result": json_param(result),
+            "error": json_param(error),
         },
     ).first()
     if row is None:
