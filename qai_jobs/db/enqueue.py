@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.constants import ActionStatus
-from qai_jobs.db.ordering import json_param
+from qai_jobs.db.params import json_param
 from qai_jobs.errors import ErrorCode
 
 # A mark older than this is not trusted: its message may be lost (a producer killed before

@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.db import manifest
-from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE, Lease, Started, json_param
+from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE, Lease, Started
+from qai_jobs.db.params import json_param
 from qai_jobs.errors import LeaseLost
 
 # Kinds whose runner diffs against the recorded manifest.

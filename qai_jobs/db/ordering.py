@@ -23,15 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.db import manifest
+from qai_jobs.db.params import json_param
 from qai_jobs.db.workspace_state import MUTABLE
 from qai_jobs.errors import LeaseLost, WorkerLost
 from qai_jobs.schemas import IDEMPOTENT_KINDS
-
-
-def json_param(value: Any) -> str | None:
-    """A JSON value as a statement parameter (``CAST(:x AS jsonb)``); None stays SQL null."""
-    return None if value is None else json.dumps(value)
-
 
 # --- the lease -------------------------------------------------------------------------------
 
