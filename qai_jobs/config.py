@@ -108,8 +108,9 @@ class Settings(HostSettings):
     workspace_dev_server_timeout_seconds: PositiveFloat = 120
     workspace_install_timeout_seconds: PositiveFloat = 1800
     # How long an action may hold its project before it is stopped (deadline_exceeded): a
-    # command gets its own timeout plus the margin; an ensure (or a wake, which may install
-    # and start the dev server) gets the base plus the install and dev server timeouts.
+    # command gets its own timeout plus the margin; an ensure, wake, restore or preview (which
+    # may install and start the dev server) gets the base plus the install and dev server
+    # timeouts (worker/attempt.py).
     workspace_action_deadline_seconds: PositiveFloat = 900
     # One drain's share of a worker slot: then the project goes to the back of the queue.
     workspace_drain_budget_seconds: PositiveFloat = 30
