@@ -11,7 +11,9 @@ costs a dozen Redis commands and a pool dispatch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -26,9 +28,11 @@ def _kwargs(project_id: str) -> str:
     return saferepr({"project_id": project_id})
 
 
-def sent(app: Any, connection: Any, kind: str, project_id: str, action_id: uuid.UUID) -> None:
-    """``task-sent`` from the producer, on its own broker connection."""
-    with app.events.Dispatcher(connection, enabled=True) as dispatcher:
+def sent(app: Any, connection: Any, actions: list[tuple[str, str, uuid.UUID]]) -> None:
+    """``task-sent`` from the producer for each (kind, project_id, action_id), on its own broker
+    connection, as one message."""
+    dispatcher = app.events.Dispatcher(connection, enabled=True, **_BUFFERED)
+    for kind, project_id, action_id in actions:
         dispatcher.send(
             "task-sent",
             uuid=str(action_id),
@@ -44,6 +48,43 @@ def sent(app: Any, connection: Any, kind: str, project_id: str, action_id: uuid.
             exchange="",
             routing_key=app.conf.task_default_queue,
         )
+    dispatcher.flush(errors=False)
+
+
+# Task events held in memory until flush() sends them as one ``task.multi`` list, the way
+# Celery's own worker sends its task events; never kept past a failed publish (the caller goes
+# on without monitoring rather than grow a buffer while Redis is away).
+_BUFFERED: dict[str, Any] = {
+    "buffer_group": {"task"},
+    "buffer_limit": 1_000_000,
+    "buffer_while_offline": False,
+}
+
+# One buffering dispatcher per pool process and worker name, on its own broker connection:
+# opening one per step (a producer from the pool, a pipeline) cost more than the publish.
+_dispatchers: dict[tuple[int, str | None], Any] = {}
+
+
+def _dispatcher(app: Any, hostname: str | None) -> Any:
+    key = (os.getpid(), hostname)  # a forked child opens its own, never its parent's socket
+    dispatcher = _dispatchers.get(key)
+    if dispatcher is None:
+        dispatcher = app.events.Dispatcher(
+            app.connection_for_write(),
+            hostname=hostname,
+            enabled=True,
+            **_BUFFERED,
+        )
+        _dispatchers[key] = dispatcher
+    return dispatcher
+
+
+def _drop(hostname: str | None) -> None:
+    """Forget a dispatcher whose publish failed, with what it held: the next opens afresh."""
+    dispatcher = _dispatchers.pop((os.getpid(), hostname), None)
+    if dispatcher is not None:
+        with contextlib.suppress(Exception):  # already broken: nothing left to close
+            dispatcher.connection.release()
 
 
 class Monitor:
@@ -62,7 +103,9 @@ class Monitor:
 class WorkerEvents(Monitor):
     """The worker's side, sent from the drain's pool process under the worker's hostname. A
     finish is held until the next start or the end of the batch, and goes out with it: the
-    events of one step travel in one pipelined round trip (kombu's ``Producer.batch``)."""
+    events of one step travel as one ``task.multi`` message, the list Celery's own worker sends
+    its buffered task events as (``buffer_group``), which every event receiver (Flower's
+    included) unpacks."""
 
     def __init__(self, app: Any, hostname: str | None):
         self.app = app
@@ -74,13 +117,12 @@ class WorkerEvents(Monitor):
         if not events:
             return
         try:
-            with (
-                self.app.events.default_dispatcher(hostname=self.hostname) as dispatcher,
-                dispatcher.producer.batch(),
-            ):
-                for event_type, fields in events:
-                    dispatcher.send(event_type, **fields)
+            dispatcher = _dispatcher(self.app, self.hostname)
+            for event_type, fields in events:
+                dispatcher.send(event_type, **fields)
+            dispatcher.flush(errors=False)
         except Exception as exc:  # monitoring only: never fail the drain over it
+            _drop(self.hostname)
             log.warning("could not send task events: %s", type(exc).__name__)
 
     def started(self, kind: str, project_id: str, action_id: uuid.UUID, attempts: int) -> None:

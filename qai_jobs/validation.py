@@ -7,6 +7,8 @@ raising a limit for a deployment raises it everywhere.
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -30,13 +32,32 @@ class PayloadLimits(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PayloadLimits:
-        return cls(
-            max_file_bytes=settings.workspace_max_file_bytes,
-            max_action_bytes=settings.workspace_max_action_bytes,
-            max_files=settings.workspace_max_files,
-            max_timeout_s=settings.workspace_max_timeout_s,
-            sources=SourcePolicy.from_settings(settings),
+        # The worker asks once per action: built once per distinct set of inputs (the working
+        # directory among them, which the forbidden ``.qai`` directory resolves against).
+        return _limits(
+            settings.workspace_max_file_bytes,
+            settings.workspace_max_action_bytes,
+            settings.workspace_max_files,
+            settings.workspace_max_timeout_s,
+            SourcePolicy.inputs(settings),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _limits(
+    max_file_bytes: int,
+    max_action_bytes: int,
+    max_files: int,
+    max_timeout_s: float,
+    sources: tuple[frozenset[str], Path, Path, str],
+) -> PayloadLimits:
+    return PayloadLimits(
+        max_file_bytes=max_file_bytes,
+        max_action_bytes=max_action_bytes,
+        max_files=max_files,
+        max_timeout_s=max_timeout_s,
+        sources=SourcePolicy.from_inputs(*sources),
+    )
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
