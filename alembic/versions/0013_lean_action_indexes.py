@@ -1,0 +1,57 @@
+"""fewer index entries per action: every row version of an action went into eight indexes
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-03 12:10:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0013"
+down_revision: str | None = "0012"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # An action is written three times (queued, running, settled), and a status change is never
+    # a HOT update, so each version enters every index whose predicate it meets. These three
+    # indexed versions no query looks for:
+    # - ix_actions_finished: every version by finished_at; no query filters on it across
+    #   projects (the prune sweep reads ix_actions_prunable, which it duplicated).
+    op.drop_index("ix_actions_finished", table_name="actions")
+    # - ix_actions_status_created: (status, created_at) for every version; its one reader is
+    #   the metrics' oldest queued action (stats._OLDEST), which needs only queued ones.
+    op.drop_index("ix_actions_status_created", table_name="actions")
+    op.create_index(
+        "ix_actions_queued_created",
+        "actions",
+        ["created_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'queued'"),
+    )
+    # - the idempotency key's uniqueness indexed the versions without a key too (most): a
+    #   partial unique index enforces the same (NULLs never collide) and serves the key's
+    #   lookup (enqueue._FIND_KEY: ``idempotency_key = :k`` implies NOT NULL).
+    op.drop_constraint("uq_actions_project_idempotency", "actions", type_="unique")
+    op.create_index(
+        "uq_actions_project_idempotency",
+        "actions",
+        ["project_id", "idempotency_key"],
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("uq_actions_project_idempotency", table_name="actions")
+    op.create_unique_constraint(
+        "uq_actions_project_idempotency", "actions", ["project_id", "idempotency_key"]
+    )
+    op.drop_index("ix_actions_queued_created", table_name="actions")
+    op.create_index("ix_actions_status_created", "actions", ["status", "created_at"], unique=False)
+    op.create_index("ix_actions_finished", "actions", ["finished_at"], unique=False)
