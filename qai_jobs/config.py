@@ -92,10 +92,10 @@ class Settings(HostSettings):
     workspace_webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
     )
-    # Not in the contract's table, but needed by anyone tuning retries or secrets at rest.
+    # Not in the contract's table, but needed by anyone tuning retries.
     workspace_retry_base_seconds: PositiveFloat = 1.0
     workspace_retry_max_seconds: PositiveFloat = 300.0
-    workspace_secret_key: SecretStr | None = None
+    workspace_secret_key: SecretStr | None = None  # the contract's: seals env values at rest
     workspace_max_file_bytes: PositiveInt = 10 * 1024 * 1024
     workspace_max_action_bytes: PositiveInt = 100 * 1024 * 1024
     workspace_max_files: PositiveInt = 10_000
