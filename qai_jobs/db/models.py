@@ -172,9 +172,12 @@ class Action(Base):
             "seq",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
-        # The metrics' oldest queued action (stats._OLDEST).
+        # Recovery's running actions, the metrics' oldest queued one (alembic 0013).
         Index(
-            "ix_actions_queued_created", "created_at", postgresql_where=text("status = 'queued'")
+            "ix_actions_unsettled",
+            "status",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
         ),
         # What the prune sweep may delete, oldest first.
         Index(
