@@ -58,30 +58,39 @@ class Broker:
 
     def publish_many(self, messages: list[Message]) -> None:
         """Send messages on one pooled connection: each its own Celery message, or for those a
-        project's message in flight stands for, their ``task-sent`` events as one list. A broker
-        error is logged (once per burst) and swallowed: the actions are durable and recovery
-        sends their messages later."""
+        project's message in flight stands for, their ``task-sent`` events as one list (first,
+        so monitoring hears of them before the drain's events). A broker error stops the batch
+        and is logged (once per burst) and swallowed: the actions are durable and recovery sends
+        the messages not sent yet."""
         from qai_jobs.celery_app import app
 
+        coalesced = [m for m in messages if m.coalesced]
+        unsent = [m for m in messages if not m.coalesced]
         try:
             with self.pool.acquire(block=True, timeout=POOL_WAIT_SECONDS) as conn:
-                coalesced = [m for m in messages if m.coalesced]
-                for message in messages:
-                    if not message.coalesced:
-                        app.send_task(
-                            action_task_name(message.kind),
-                            kwargs={"project_id": message.project_id},
-                            task_id=str(message.action_id),
-                            connection=conn,
-                            retry=False,
-                            headers={RECORDED_HEADER: 1},
-                        )
                 if coalesced:
-                    monitoring.sent(
-                        app, conn, [(m.kind, m.project_id, m.action_id) for m in coalesced]
+                    try:
+                        monitoring.sent(
+                            app, conn, [(m.kind, m.project_id, m.action_id) for m in coalesced]
+                        )
+                    except Exception as exc:  # monitoring only: those actions need no message
+                        log.warning("could not send task-sent events: %s", type(exc).__name__)
+                while unsent:
+                    message = unsent[0]
+                    app.send_task(
+                        action_task_name(message.kind),
+                        kwargs={"project_id": message.project_id},
+                        task_id=str(message.action_id),
+                        connection=conn,
+                        retry=False,
+                        headers={RECORDED_HEADER: 1},
                     )
+                    unsent.pop(0)
         except Exception as exc:  # kombu raises many types; the actions are durable either way
-            self._failure(messages, exc)
+            if unsent:
+                self._failure(unsent, exc)
+            else:  # only the pool checkout for events failed
+                log.warning("could not send task-sent events: %s", type(exc).__name__)
             return
         if self._failed:  # read without the lock: only the burst's end takes it
             self._recovered()
