@@ -5,8 +5,8 @@ drain that message starts runs it. Celery would have told monitoring of it in ev
 (``task-sent`` by the producer, ``task-received``, ``task-started`` and
 ``task-succeeded``/``task-failed`` by the worker, each carrying the task id); these send the
 same events, with the action id as the task id and the kwargs our own messages carry, so Flower
-and ``celery events`` show every action as they show a task: one publish each, where a message
-costs a dozen Redis commands and a pool dispatch.
+and ``celery events`` show every action as they show a task: the events of a drain's step go
+out as one publish, where a message costs a dozen Redis commands and a pool dispatch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import uuid
 from typing import Any
 
@@ -60,13 +61,19 @@ _BUFFERED: dict[str, Any] = {
     "buffer_while_offline": False,
 }
 
-# One buffering dispatcher per pool process and worker name, on its own broker connection:
-# opening one per step (a producer from the pool, a pipeline) cost more than the publish.
-_dispatchers: dict[tuple[int, str | None], Any] = {}
+# One buffering dispatcher per drain thread (a prefork child has one; the threads pool many)
+# and worker name, on its own broker connection: opening one per step (a producer from the
+# pool, a pipeline) cost more than the publish. Keyed by pid too: a forked child opens its
+# own, never its parent's socket.
+_dispatchers: dict[tuple[int, int, str | None], Any] = {}
+
+
+def _key(hostname: str | None) -> tuple[int, int, str | None]:
+    return os.getpid(), threading.get_ident(), hostname
 
 
 def _dispatcher(app: Any, hostname: str | None) -> Any:
-    key = (os.getpid(), hostname)  # a forked child opens its own, never its parent's socket
+    key = _key(hostname)
     dispatcher = _dispatchers.get(key)
     if dispatcher is None:
         dispatcher = app.events.Dispatcher(
@@ -80,8 +87,9 @@ def _dispatcher(app: Any, hostname: str | None) -> Any:
 
 
 def _drop(hostname: str | None) -> None:
-    """Forget a dispatcher whose publish failed, with what it held: the next opens afresh."""
-    dispatcher = _dispatchers.pop((os.getpid(), hostname), None)
+    """Forget this thread's dispatcher after a failed publish, with what it held: the next
+    step opens afresh."""
+    dispatcher = _dispatchers.pop(_key(hostname), None)
     if dispatcher is not None:
         with contextlib.suppress(Exception):  # already broken: nothing left to close
             dispatcher.connection.release()

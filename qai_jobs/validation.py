@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qai_jobs.config import Settings
 from qai_jobs.errors import PayloadTooLarge, ValidationFailed
@@ -22,7 +22,10 @@ from qai_jobs.sources import SourcePolicy
 class PayloadLimits(BaseModel):
     """How much one action may carry, the defaults being the documented ones, and which
     repositories it may name. Without a source policy (a remote client's defaults) the
-    repository is left to the server, whose settings decide."""
+    repository is left to the server, whose settings decide. Frozen: one instance serves every
+    caller with the same settings (``from_settings`` is cached)."""
+
+    model_config = ConfigDict(frozen=True)
 
     max_file_bytes: int = 10 * 1024 * 1024
     max_action_bytes: int = 100 * 1024 * 1024

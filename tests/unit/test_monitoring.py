@@ -34,5 +34,5 @@ def test_events_to_a_broker_that_is_away_are_dropped_not_raised_or_kept(
         events.flush()
     assert "could not send task events" in caplog.text
     # The failed dispatcher is forgotten with what it held: nothing grows while Redis is away.
-    assert not [k for k in monitoring._dispatchers if k[1] == "bench@host"]
+    assert not [k for k in monitoring._dispatchers if k[2] == "bench@host"]
     assert events._held == []
