@@ -119,9 +119,12 @@ class WorkerEvents(Monitor):
         self.app = app
         self.hostname = hostname
         self._held: list[tuple[str, dict[str, Any]]] = []
+        # The watchdog's thread settles an abandoned action beside the drain's.
+        self._lock = threading.Lock()
 
     def _send(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        events, self._held = [*self._held, *events], []
+        with self._lock:
+            events, self._held = [*self._held, *events], []
         if not events:
             return
         try:
@@ -152,12 +155,13 @@ class WorkerEvents(Monitor):
     def finished(self, action_id: uuid.UUID, verdict: str, runtime: float) -> None:
         task = str(action_id)
         if verdict == "succeeded":
-            fields = {"uuid": task, "result": "None", "runtime": runtime}
-            self._held.append(("task-succeeded", fields))
+            held = ("task-succeeded", {"uuid": task, "result": "None", "runtime": runtime})
         elif verdict == "failed":
-            self._held.append(("task-failed", {"uuid": task, "exception": "action failed"}))
+            held = ("task-failed", {"uuid": task, "exception": "action failed"})
         else:
-            self._held.append(("task-retried", {"uuid": task, "exception": "retrying"}))
+            held = ("task-retried", {"uuid": task, "exception": "retrying"})
+        with self._lock:
+            self._held.append(held)
 
     def flush(self) -> None:
         self._send([])
