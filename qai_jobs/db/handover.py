@@ -20,7 +20,6 @@ it rode on: db/enqueue.py) finds the lease free.
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +28,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.db import manifest
-from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE, Lease, Started
+from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE_JSON, Lease, Started
 from qai_jobs.db.params import json_param
 from qai_jobs.errors import LeaseLost
 
 # Kinds whose runner diffs against the recorded manifest.
 SYNC_KINDS = ("ensure", "write")
+_SYNC = list(SYNC_KINDS)
 
 _FENCE_FOR_SETTLE = sa.text(
     """
@@ -159,8 +159,8 @@ def start_or_release(
         "g": lease.gen,
         "o": lease.owner,
         "start": start,
-        "stage": json.dumps(START_STAGE),
-        "sync": list(SYNC_KINDS),
+        "stage": START_STAGE_JSON,
+        "sync": _SYNC,
         "fid": finish.action_id if finish else None,
         "fstatus": finish.status if finish else None,
         "fresult": json_param(finish.result) if finish else None,
@@ -193,3 +193,20 @@ def with_manifest(conn: Connection, lease: Lease, started: Started | None) -> St
     if started is None or started.kind not in SYNC_KINDS:
         return started
     return dataclasses.replace(started, manifest=manifest.read(conn, lease.project_id))
+
+
+_OWN_RUNNING = sa.text(
+    """
+    SELECT id, kind, payload, attempts, seq, messaged FROM actions
+    WHERE project_id = :p AND status = 'running' AND lease_gen = :g AND worker = :o
+    """
+)
+
+
+def own_running(conn: Connection, lease: Lease) -> Started | None:
+    """The action this lease has running (started by a commit that succeeded unseen)."""
+    params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
+    row = conn.execute(_OWN_RUNNING, params).first()
+    if row is None:
+        return None
+    return Started(row.id, row.kind, row.payload, row.attempts, row.seq, messaged=row.messaged)

@@ -129,6 +129,11 @@ class Acquired:
     workspace: dict[str, Any]
 
 
+# What every grant binds, built once.
+_IDEMPOTENT = sorted(IDEMPOTENT_KINDS)
+_WORKER_LOST = json.dumps(WorkerLost().to_dict())
+
+
 def acquire(
     conn: Connection,
     project_id: str,
@@ -145,8 +150,8 @@ def acquire(
         "o": owner,
         "turn": turn,
         "ttl": ttl,
-        "idem": sorted(IDEMPOTENT_KINDS),
-        "error": json.dumps(WorkerLost().to_dict()),
+        "idem": _IDEMPOTENT,
+        "error": _WORKER_LOST,
         "max": max_attempts,
         "dead": host_dead_seconds,
     }
@@ -270,13 +275,14 @@ class Started:
 # The stage an action starts in: the runner reports the same one before running a command, and
 # that report then needs no write of its own.
 START_STAGE: dict[str, Any] = {"stage": "running", "done": None, "total": None}
+START_STAGE_JSON = json.dumps(START_STAGE)  # as every start binds it (built once)
 
 
 def start_next(conn: Connection, lease: Lease) -> Started | None:
     """Mark the project's head action running if it is due; the caller has fenced ``conn``
     (or took the lease in it)."""
     params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
-    params |= {"stage": json.dumps(START_STAGE), "start": True}
+    params |= {"stage": START_STAGE_JSON, "start": True}
     row = conn.execute(_START_NEXT, params).first()
     if row is None:
         return None
@@ -300,23 +306,6 @@ _RETRY = sa.text(
     WHERE id = :id AND status = 'running' AND lease_gen = :g
     """
 )
-
-
-_OWN_RUNNING = sa.text(
-    """
-    SELECT id, kind, payload, attempts, seq, messaged FROM actions
-    WHERE project_id = :p AND status = 'running' AND lease_gen = :g AND worker = :o
-    """
-)
-
-
-def own_running(conn: Connection, lease: Lease) -> Started | None:
-    """The action this lease has running (started by a commit that succeeded unseen)."""
-    params = {"p": lease.project_id, "g": lease.gen, "o": lease.owner}
-    row = conn.execute(_OWN_RUNNING, params).first()
-    if row is None:
-        return None
-    return Started(row.id, row.kind, row.payload, row.attempts, row.seq, messaged=row.messaged)
 
 
 def finish(

@@ -90,7 +90,7 @@ def settle(
             # A retry of this very transaction, whose first commit succeeded unseen: what it
             # did stands (its webhook deliveries are left to the sweep).
             ws.mark_clean()
-            following = ordering.own_running(conn, lease) if start_another else None
+            following = handover.own_running(conn, lease) if start_another else None
             if following is not None:
                 return Settlement(handover.with_manifest(conn, lease, following), [])
             handed = handover.start_or_release(conn, lease, start=False, turn=turn)
