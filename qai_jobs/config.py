@@ -1,16 +1,15 @@
-"""Settings: one object, read from the environment (and ``.env``), built at the entry point."""
+"""Settings: one object, read from the environment (and ``.env``), built at the entry point.
+
+The worker host's group (local sandboxes, the fleet, the snapshot store) is declared in
+``host_settings``; ``Settings`` holds it and everything else, and is what callers import.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import re
-import shutil
-import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -21,19 +20,15 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from qai_jobs.egress import INTERNET, Egress, parse_egress
 from qai_jobs.errors import ConfigurationError
+from qai_jobs.host_settings import HostSettings, check_name
 from qai_jobs.sources import parse_schemes
 
 KNOWN_PROVIDERS = ("local", "modal", "e2b", "fake")
-_DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-# S3 bucket names (the DNS-compatible rules), and the key prefix's parts: never '.' or '..',
-# which some S3-compatible servers resolve like a path.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_KEY_PART = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 # Spellings of this machine that one deployment's processes may use for the same database.
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/qai_jobs"
@@ -45,8 +40,13 @@ def _split_list(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
-    """Every knob (README "Configuration"). Field names are the lower-cased variable names."""
+class Settings(HostSettings):
+    """Every knob (README "Configuration"). Field names are the lower-cased variable names.
+
+    WORKSPACE_ROOT, WORKSPACE_LOCAL_*, WORKSPACE_HOST_*, WORKSPACE_SNAPSHOT_STORE and
+    WORKSPACE_S3_ENDPOINT_URL come from :class:`HostSettings`, with what is derived from them
+    (``isolation``, ``snapshot_dir``, ``snapshot_s3``).
+    """
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -67,27 +67,7 @@ class Settings(BaseSettings):
     workspace_preview_port: Annotated[int, Field(ge=1, le=65535)] = 3000
     workspace_inactivity_minutes: PositiveFloat = 20
     workspace_image: str | None = None
-    workspace_root: Path = Path("./.qai/workspaces")
-    workspace_local_isolation: Literal["bwrap", "none"] | None = None
-    # Per-sandbox limits of the local provider, so one runaway workspace cannot starve the host
-    # or the other workspaces: processes, memory and CPU through a cgroup, disk through a
-    # filesystem of its own, /tmp and /var/tmp as sized tmpfs, open files through rlimit.
-    workspace_local_max_processes: PositiveInt = 512
-    workspace_local_max_memory_mb: PositiveInt = 4096
-    workspace_local_max_open_files: PositiveInt = 8192
-    workspace_local_max_cpus: PositiveFloat = 2.0
-    workspace_local_max_disk_mb: Annotated[int, Field(ge=32)] = 10240
-    workspace_local_tmp_mb: PositiveInt = 1024  # each of /tmp and /var/tmp
-    # Start the local provider even where some of those limits cannot be enforced (no
-    # writable cgroup, no loop devices): the ones that can still apply.
-    workspace_local_unlimited: bool = False
-    # Sleep snapshots each local sandbox keeps (newest; wake needs only the last). Snapshots a
-    # `snapshot` action took, and those a sandbox was restored from, stay until it is destroyed.
-    workspace_local_snapshots_kept: PositiveInt = 10
-    # Host ports handed out to local dev servers, one per workspace.
-    workspace_local_port_min: Annotated[int, Field(ge=1024, le=65535)] = 41000
-    workspace_local_port_max: Annotated[int, Field(ge=1024, le=65535)] = 41999
-    # What sandboxed code may reach (egress.py), and where this host's previews are reached.
+    # What sandboxed code may reach (egress.py).
     workspace_egress: Annotated[Egress, NoDecode] = INTERNET
     # Which repositories an ensure may fetch (sources.py): https by default; ssh only with the
     # operator's key (never the worker's own ~/.ssh), file for development and tests.
@@ -96,18 +76,6 @@ class Settings(BaseSettings):
     # known_hosts for ssh sources; unset: hosts are trusted on first use, remembered in
     # WORKSPACE_ROOT/.ssh_known_hosts.
     workspace_repo_ssh_known_hosts: Path | None = None
-    workspace_host_address: str = "127.0.0.1"
-    # This worker's host in a fleet: a local workspace lives on one host, and only that host's
-    # workers (consuming its own queue) run its actions. A host silent for the dead period is
-    # dead and its workspaces move, through the snapshot store every host reaches.
-    workspace_host_id: str = Field(default_factory=socket.gethostname, min_length=1)
-    workspace_host_dead_seconds: PositiveFloat = 60
-    # A directory (shared between hosts, e.g. NFS) or s3://bucket/prefix; unset: a
-    # `snapshots` directory beside WORKSPACE_ROOT.
-    workspace_snapshot_store: str | None = None
-    # An S3-compatible server's URL (MinIO, Ceph, R2...) for an s3:// store; unset: AWS S3.
-    # Credentials and region come from the standard AWS variables and files, never from here.
-    workspace_s3_endpoint_url: str | None = None
     workspace_max_attempts: PositiveInt = 5
     # Which deployment's sandboxes these are, on cloud accounts several deployments share
     # (staging and production): sandboxes are tagged with it and the orphan sweeps touch only
@@ -124,10 +92,10 @@ class Settings(BaseSettings):
     workspace_webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
     )
-    # Not in the contract's table, but needed by anyone tuning retries or secrets at rest.
+    # Not in the contract's table, but needed by anyone tuning retries.
     workspace_retry_base_seconds: PositiveFloat = 1.0
     workspace_retry_max_seconds: PositiveFloat = 300.0
-    workspace_secret_key: SecretStr | None = None
+    workspace_secret_key: SecretStr | None = None  # the contract's: seals env values at rest
     workspace_max_file_bytes: PositiveInt = 10 * 1024 * 1024
     workspace_max_action_bytes: PositiveInt = 100 * 1024 * 1024
     workspace_max_files: PositiveInt = 10_000
@@ -140,8 +108,9 @@ class Settings(BaseSettings):
     workspace_dev_server_timeout_seconds: PositiveFloat = 120
     workspace_install_timeout_seconds: PositiveFloat = 1800
     # How long an action may hold its project before it is stopped (deadline_exceeded): a
-    # command gets its own timeout plus the margin; an ensure (or a wake, which may install
-    # and start the dev server) gets the base plus the install and dev server timeouts.
+    # command gets its own timeout plus the margin; an ensure, wake, restore or preview (which
+    # may install and start the dev server) gets the base plus the install and dev server
+    # timeouts (worker/attempt.py).
     workspace_action_deadline_seconds: PositiveFloat = 900
     # One drain's share of a worker slot: then the project goes to the back of the queue.
     workspace_drain_budget_seconds: PositiveFloat = 30
@@ -242,72 +211,10 @@ class Settings(BaseSettings):
             raise ValueError("names no readable key file")
         return value
 
-    @field_validator("workspace_deployment_id", "workspace_host_id")
+    @field_validator("workspace_deployment_id")
     @classmethod
-    def _name(cls, value: str | None) -> str | None:
-        if value is not None and not _DEPLOYMENT_ID.match(value):
-            raise ValueError(
-                "1 to 63 letters, digits, '.', '_' or '-', starting with one of the first two"
-            )
-        return value
-
-    @field_validator("workspace_root")
-    @classmethod
-    def _absolute_root(cls, value: Path) -> Path:
-        # Made absolute once, at start-up: a worker started in another directory must find
-        # the same workspaces, not a fresh empty root beside it.
-        return value.expanduser().resolve()
-
-    @field_validator("workspace_snapshot_store")
-    @classmethod
-    def _snapshot_store(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        if value.startswith("s3://"):
-            bucket, _, prefix = value.removeprefix("s3://").partition("/")
-            if not _BUCKET.match(bucket):
-                raise ValueError("s3://BUCKET/prefix: 3 to 63 lowercase letters, digits, '.', '-'")
-            parts = [p for p in prefix.split("/") if p]
-            if any(p in {".", ".."} or not _KEY_PART.match(p) for p in parts):
-                raise ValueError("s3://bucket/PREFIX: letters, digits, '.', '_', '-' between '/'")
-            return "/".join(["s3:/", bucket, *parts])
-        return str(Path(value).expanduser().resolve())
-
-    @field_validator("workspace_s3_endpoint_url")
-    @classmethod
-    def _s3_endpoint(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        url = urlsplit(value)
-        if url.scheme not in {"http", "https"} or not url.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        if url.username or url.password:
-            raise ValueError("must not hold credentials: use AWS_ACCESS_KEY_ID and friends")
-        return value
-
-    @property
-    def snapshot_s3(self) -> tuple[str, str] | None:
-        """Bucket and key prefix of an s3:// snapshot store; None for a directory."""
-        store = self.workspace_snapshot_store
-        if not store or not store.startswith("s3://"):
-            return None
-        bucket, _, prefix = store.removeprefix("s3://").partition("/")
-        return bucket, prefix
-
-    @property
-    def snapshot_dir(self) -> Path:
-        """Where local snapshots live (every host of a fleet must reach the same one)."""
-        if self.workspace_snapshot_store and self.snapshot_s3 is None:
-            return Path(self.workspace_snapshot_store)
-        return self.workspace_root / "snapshots"
-
-    @field_validator("workspace_host_address")
-    @classmethod
-    def _host_address(cls, value: str) -> str:
-        try:
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            raise ValueError("must be an IP address of this host") from None
+    def _deployment_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
 
     @field_validator("database_url")
     @classmethod
@@ -326,13 +233,6 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis:// URL")
         return value
-
-    @cached_property
-    def isolation(self) -> Literal["bwrap", "none"]:
-        """The local isolation in force: bwrap wherever it is installed unless told otherwise."""
-        if self.workspace_local_isolation is not None:
-            return self.workspace_local_isolation
-        return "bwrap" if shutil.which("bwrap") else "none"
 
     @cached_property
     def deployment_id(self) -> str:

@@ -5,13 +5,16 @@ drain that message starts runs it. Celery would have told monitoring of it in ev
 (``task-sent`` by the producer, ``task-received``, ``task-started`` and
 ``task-succeeded``/``task-failed`` by the worker, each carrying the task id); these send the
 same events, with the action id as the task id and the kwargs our own messages carry, so Flower
-and ``celery events`` show every action as they show a task: one publish each, where a message
-costs a dozen Redis commands and a pool dispatch.
+and ``celery events`` show every action as they show a task: the events of a drain's step go
+out as one publish, where a message costs a dozen Redis commands and a pool dispatch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import uuid
 from typing import Any
 
@@ -26,9 +29,11 @@ def _kwargs(project_id: str) -> str:
     return saferepr({"project_id": project_id})
 
 
-def sent(app: Any, connection: Any, kind: str, project_id: str, action_id: uuid.UUID) -> None:
-    """``task-sent`` from the producer, on its own broker connection."""
-    with app.events.Dispatcher(connection, enabled=True) as dispatcher:
+def sent(app: Any, connection: Any, actions: list[tuple[str, str, uuid.UUID]]) -> None:
+    """``task-sent`` from the producer for each (kind, project_id, action_id), on its own broker
+    connection, as one message."""
+    dispatcher = app.events.Dispatcher(connection, enabled=True, **_BUFFERED)
+    for kind, project_id, action_id in actions:
         dispatcher.send(
             "task-sent",
             uuid=str(action_id),
@@ -44,6 +49,50 @@ def sent(app: Any, connection: Any, kind: str, project_id: str, action_id: uuid.
             exchange="",
             routing_key=app.conf.task_default_queue,
         )
+    dispatcher.flush(errors=False)
+
+
+# Task events held in memory until flush() sends them as one ``task.multi`` list, the way
+# Celery's own worker sends its task events; never kept past a failed publish (the caller goes
+# on without monitoring rather than grow a buffer while Redis is away).
+_BUFFERED: dict[str, Any] = {
+    "buffer_group": {"task"},
+    "buffer_limit": 1_000_000,
+    "buffer_while_offline": False,
+}
+
+# One buffering dispatcher per drain thread (a prefork child has one; the threads pool many)
+# and worker name, on its own broker connection: opening one per step (a producer from the
+# pool, a pipeline) cost more than the publish. Keyed by pid too: a forked child opens its
+# own, never its parent's socket.
+_dispatchers: dict[tuple[int, int, str | None], Any] = {}
+
+
+def _key(hostname: str | None) -> tuple[int, int, str | None]:
+    return os.getpid(), threading.get_ident(), hostname
+
+
+def _dispatcher(app: Any, hostname: str | None) -> Any:
+    key = _key(hostname)
+    dispatcher = _dispatchers.get(key)
+    if dispatcher is None:
+        dispatcher = app.events.Dispatcher(
+            app.connection_for_write(),
+            hostname=hostname,
+            enabled=True,
+            **_BUFFERED,
+        )
+        _dispatchers[key] = dispatcher
+    return dispatcher
+
+
+def _drop(hostname: str | None) -> None:
+    """Forget this thread's dispatcher after a failed publish, with what it held: the next
+    step opens afresh."""
+    dispatcher = _dispatchers.pop(_key(hostname), None)
+    if dispatcher is not None:
+        with contextlib.suppress(Exception):  # already broken: nothing left to close
+            dispatcher.connection.release()
 
 
 class Monitor:
@@ -62,25 +111,29 @@ class Monitor:
 class WorkerEvents(Monitor):
     """The worker's side, sent from the drain's pool process under the worker's hostname. A
     finish is held until the next start or the end of the batch, and goes out with it: the
-    events of one step travel in one pipelined round trip (kombu's ``Producer.batch``)."""
+    events of one step travel as one ``task.multi`` message, the list Celery's own worker sends
+    its buffered task events as (``buffer_group``), which every event receiver (Flower's
+    included) unpacks."""
 
     def __init__(self, app: Any, hostname: str | None):
         self.app = app
         self.hostname = hostname
         self._held: list[tuple[str, dict[str, Any]]] = []
+        # The watchdog's thread settles an abandoned action beside the drain's.
+        self._lock = threading.Lock()
 
     def _send(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        events, self._held = [*self._held, *events], []
+        with self._lock:
+            events, self._held = [*self._held, *events], []
         if not events:
             return
         try:
-            with (
-                self.app.events.default_dispatcher(hostname=self.hostname) as dispatcher,
-                dispatcher.producer.batch(),
-            ):
-                for event_type, fields in events:
-                    dispatcher.send(event_type, **fields)
+            dispatcher = _dispatcher(self.app, self.hostname)
+            for event_type, fields in events:
+                dispatcher.send(event_type, **fields)
+            dispatcher.flush(errors=False)
         except Exception as exc:  # monitoring only: never fail the drain over it
+            _drop(self.hostname)
             log.warning("could not send task events: %s", type(exc).__name__)
 
     def started(self, kind: str, project_id: str, action_id: uuid.UUID, attempts: int) -> None:
@@ -102,12 +155,13 @@ class WorkerEvents(Monitor):
     def finished(self, action_id: uuid.UUID, verdict: str, runtime: float) -> None:
         task = str(action_id)
         if verdict == "succeeded":
-            fields = {"uuid": task, "result": "None", "runtime": runtime}
-            self._held.append(("task-succeeded", fields))
+            held = ("task-succeeded", {"uuid": task, "result": "None", "runtime": runtime})
         elif verdict == "failed":
-            self._held.append(("task-failed", {"uuid": task, "exception": "action failed"}))
+            held = ("task-failed", {"uuid": task, "exception": "action failed"})
         else:
-            self._held.append(("task-retried", {"uuid": task, "exception": "retrying"}))
+            held = ("task-retried", {"uuid": task, "exception": "retrying"})
+        with self._lock:
+            self._held.append(held)
 
     def flush(self) -> None:
         self._send([])

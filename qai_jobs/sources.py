@@ -105,7 +105,20 @@ class SourcePolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourcePolicy:
-        return cls(frozenset(settings.workspace_repo_schemes), service_dirs(settings))
+        return cls.from_inputs(*cls.inputs(settings))
+
+    @staticmethod
+    def inputs(settings: Settings) -> tuple[frozenset[str], Path, Path, str]:
+        """What the policy depends on (a cache key): schemes, the workspace root, the snapshot
+        store and the working directory."""
+        schemes = frozenset(settings.workspace_repo_schemes)
+        return schemes, settings.workspace_root, settings.snapshot_dir, os.getcwd()
+
+    @classmethod
+    def from_inputs(
+        cls, schemes: frozenset[str], root: Path, snapshots: Path, cwd: str
+    ) -> SourcePolicy:
+        return cls(schemes, _service_dirs(root, snapshots, Path(cwd)))
 
     def check(self, url: str) -> Source:
         """The admitted :class:`Source`, or ValidationFailed naming ``repo.url``."""
@@ -188,13 +201,13 @@ def _ssh(url: str) -> Source:
     return Source("ssh", url, url)
 
 
-def service_dirs(settings: Settings) -> tuple[Path, ...]:
+def _service_dirs(root: Path, snapshots: Path, cwd: Path) -> tuple[Path, ...]:
     """Directories of the service itself: workspaces (every workspace's tree and private git
     mirror), the snapshot store, and the ``.qai`` data directory."""
-    dirs: list[Path] = [settings.workspace_root, settings.snapshot_dir]
-    if settings.workspace_root.parent.name == ".qai":
-        dirs.append(settings.workspace_root.parent)
-    dirs.append(Path(".qai").resolve())
+    dirs: list[Path] = [root, snapshots]
+    if root.parent.name == ".qai":
+        dirs.append(root.parent)
+    dirs.append((cwd / ".qai").resolve())
     return tuple(_unique(dirs))
 
 

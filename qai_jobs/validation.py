@@ -7,9 +7,11 @@ raising a limit for a deployment raises it everywhere.
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qai_jobs.config import Settings
 from qai_jobs.errors import PayloadTooLarge, ValidationFailed
@@ -20,7 +22,10 @@ from qai_jobs.sources import SourcePolicy
 class PayloadLimits(BaseModel):
     """How much one action may carry, the defaults being the documented ones, and which
     repositories it may name. Without a source policy (a remote client's defaults) the
-    repository is left to the server, whose settings decide."""
+    repository is left to the server, whose settings decide. Frozen: one instance serves every
+    caller with the same settings (``from_settings`` is cached)."""
+
+    model_config = ConfigDict(frozen=True)
 
     max_file_bytes: int = 10 * 1024 * 1024
     max_action_bytes: int = 100 * 1024 * 1024
@@ -30,13 +35,32 @@ class PayloadLimits(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PayloadLimits:
-        return cls(
-            max_file_bytes=settings.workspace_max_file_bytes,
-            max_action_bytes=settings.workspace_max_action_bytes,
-            max_files=settings.workspace_max_files,
-            max_timeout_s=settings.workspace_max_timeout_s,
-            sources=SourcePolicy.from_settings(settings),
+        # The worker asks once per action: built once per distinct set of inputs (the working
+        # directory among them, which the forbidden ``.qai`` directory resolves against).
+        return _limits(
+            settings.workspace_max_file_bytes,
+            settings.workspace_max_action_bytes,
+            settings.workspace_max_files,
+            settings.workspace_max_timeout_s,
+            SourcePolicy.inputs(settings),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _limits(
+    max_file_bytes: int,
+    max_action_bytes: int,
+    max_files: int,
+    max_timeout_s: float,
+    sources: tuple[frozenset[str], Path, Path, str],
+) -> PayloadLimits:
+    return PayloadLimits(
+        max_file_bytes=max_file_bytes,
+        max_action_bytes=max_action_bytes,
+        max_files=max_files,
+        max_timeout_s=max_timeout_s,
+        sources=SourcePolicy.from_inputs(*sources),
+    )
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:

@@ -31,6 +31,8 @@ QUEUE_SIZE = 1024
 # How long interpreter exit waits for queued messages (a pool wait plus a connect, with room).
 EXIT_FLUSH_SECONDS = 10.0
 POOL_WAIT_SECONDS = 5
+# At most this many queued messages go out on one connection checkout.
+SEND_BATCH = 256
 # One connection attempt per send, not kombu's default of retrying for several seconds: the
 # send is a hint that recovery repeats, and one thread sends for the whole process, so a broker
 # that is down must cost each message a refused connect, not six seconds. The socket timeouts
@@ -51,15 +53,30 @@ class Broker:
         self._failed = 0
 
     def publish(self, message: Message) -> None:
-        """Send one message; a broker error is logged (once per burst) and swallowed: the
-        action is durable and recovery sends its message later."""
+        """Send one message (see ``publish_many``)."""
+        self.publish_many([message])
+
+    def publish_many(self, messages: list[Message]) -> None:
+        """Send messages on one pooled connection: each its own Celery message, or for those a
+        project's message in flight stands for, their ``task-sent`` events as one list (first,
+        so monitoring hears of them before the drain's events). A broker error stops the batch
+        and is logged (once per burst) and swallowed: the actions are durable and recovery sends
+        the messages not sent yet."""
         from qai_jobs.celery_app import app
 
+        coalesced = [m for m in messages if m.coalesced]
+        unsent = [m for m in messages if not m.coalesced]
         try:
             with self.pool.acquire(block=True, timeout=POOL_WAIT_SECONDS) as conn:
-                if message.coalesced:
-                    monitoring.sent(app, conn, message.kind, message.project_id, message.action_id)
-                else:
+                if coalesced:
+                    try:
+                        monitoring.sent(
+                            app, conn, [(m.kind, m.project_id, m.action_id) for m in coalesced]
+                        )
+                    except Exception as exc:  # monitoring only: those actions need no message
+                        log.warning("could not send task-sent events: %s", type(exc).__name__)
+                while unsent:
+                    message = unsent[0]
                     app.send_task(
                         action_task_name(message.kind),
                         kwargs={"project_id": message.project_id},
@@ -68,17 +85,22 @@ class Broker:
                         retry=False,
                         headers={RECORDED_HEADER: 1},
                     )
-        except Exception as exc:  # kombu raises many types; the action is durable either way
-            self._failure(message, exc)
+                    unsent.pop(0)
+        except Exception as exc:  # kombu raises many types; the actions are durable either way
+            if unsent:
+                self._failure(unsent, exc)
+            else:  # only the pool checkout for events failed
+                log.warning("could not send task-sent events: %s", type(exc).__name__)
             return
         if self._failed:  # read without the lock: only the burst's end takes it
             self._recovered()
 
-    def _failure(self, message: Message, exc: Exception) -> None:
+    def _failure(self, messages: list[Message], exc: Exception) -> None:
         with self._lock:
-            self._failed += 1
-            first = self._failed == 1
+            first = self._failed == 0
+            self._failed += len(messages)
         if first:
+            message = messages[0]
             # The error's type only: its text may carry the broker URL; never the payload.
             log.warning(
                 "[project_id=%s action_id=%s] broker unavailable (%s); recovery will send it "
@@ -126,7 +148,7 @@ class Sender:
             self._queue.put_nowait(message)
         except queue.Full:
             # The thread cannot keep up: this caller waits for its own send instead.
-            self._publish(message)
+            self._publish([message])
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every message submitted before this call is sent (or left to recovery
@@ -147,16 +169,28 @@ class Sender:
 
     def _run(self) -> None:
         while True:
-            self._publish(self._queue.get())
+            batch = [self._queue.get()]
+            # What queued up meanwhile goes with it: one connection checkout, and one event
+            # message for all the coalesced ones, however fast the producer enqueues.
+            while len(batch) < SEND_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_broker: dict[int, list[Message]] = {}
+            for message in batch:
+                by_broker.setdefault(id(message.broker), []).append(message)
+            for messages in by_broker.values():
+                self._publish(messages)
 
-    def _publish(self, message: Message) -> None:
+    def _publish(self, messages: list[Message]) -> None:
         try:
-            message.broker.publish(message)
+            messages[0].broker.publish_many(messages)
         except Exception:  # never lose the thread (or a caller) to an unexpected error
-            log.exception("[project_id=%s] sending the message failed", message.project_id)
+            log.exception("[project_id=%s] sending the message failed", messages[0].project_id)
         finally:
             with self._done_changed:
-                self._done += 1
+                self._done += len(messages)
                 self._done_changed.notify_all()
 
 

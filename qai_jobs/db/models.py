@@ -158,15 +158,27 @@ class Action(Base):
 
     __table_args__ = (
         UniqueConstraint("project_id", "seq", name="uq_actions_project_seq"),
-        UniqueConstraint("project_id", "idempotency_key", name="uq_actions_project_idempotency"),
+        # Only keyed actions: most have none (alembic 0013).
+        Index(
+            "uq_actions_project_idempotency",
+            "project_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
         Index(
             "ix_actions_pending",
             "project_id",
             "seq",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
-        Index("ix_actions_status_created", "status", "created_at"),
-        Index("ix_actions_finished", "finished_at"),
+        # Recovery's running actions, the metrics' oldest queued one (alembic 0013).
+        Index(
+            "ix_actions_unsettled",
+            "status",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
         # What the prune sweep may delete, oldest first.
         Index(
             "ix_actions_prunable",

@@ -84,7 +84,7 @@ _ACQUIRE = sa.text(
             worker = NULL, next_attempt_at = NULL, stage = NULL
         WHERE project_id = :p AND status = 'running' AND worker IS DISTINCT FROM :o
           AND EXISTS (SELECT 1 FROM got)
-        RETURNING id, kind, status, attempts
+        RETURNING id, kind, status, attempts, messaged
     ), own AS (
         UPDATE actions SET lease_gen = (SELECT lease_gen FROM got), heartbeat_at = now()
         WHERE project_id = :p AND status = 'running' AND worker = :o
@@ -96,7 +96,8 @@ _ACQUIRE = sa.text(
            coalesce(h.last_seen_at > now() - make_interval(secs => :dead), false) AS alive,
            coalesce(h.draining, false) AS draining,
            (SELECT json_agg(json_build_object('id', id, 'kind', kind, 'status', status,
-                                              'attempts', attempts)) FROM settled) AS settled,
+                                              'attempts', attempts, 'messaged', messaged))
+            FROM settled) AS settled,
            (SELECT json_build_object('id', id, 'kind', kind, 'payload', payload,
                                      'attempts', attempts, 'seq', seq, 'messaged', messaged)
             FROM own LIMIT 1) AS own
@@ -115,6 +116,7 @@ class Settled:
     kind: str
     status: str
     attempts: int
+    messaged: bool = True  # False: monitoring heard of it from a drain (see Started.messaged)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,9 @@ def acquire(
     return Acquired(
         Lease(project_id, row.gen, owner),
         [
-            Settled(uuid.UUID(r["id"]), r["kind"], r["status"], r["attempts"])
+            Settled(
+                uuid.UUID(r["id"]), r["kind"], r["status"], r["attempts"], r.get("messaged", True)
+            )
             for r in row.settled or []
         ],
         readopted,

@@ -27,7 +27,7 @@ _COUNTS = sa.text(
     FROM fleet_counts WHERE metric = ANY(:m) GROUP BY metric, kind, label
     """
 )
-# Through ix_actions_status_created: the first queued row by age.
+# Through ix_actions_unsettled: the first queued row by age.
 _OLDEST = sa.text(
     "SELECT extract(epoch FROM now() - min(created_at)) FROM actions WHERE status = 'queued'"
 )

@@ -142,12 +142,19 @@ class _Settled:
 
     failed: list[uuid.UUID] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
+    # Actions without a message of their own, with their verdict: the drain that started them
+    # told monitoring they started, so this one tells it how they ended.
+    unmessaged: list[tuple[uuid.UUID, str]] = field(default_factory=list)
 
     def announce(self, settings: Settings, dispatch: Dispatch) -> None:
         done = {"type": "done", "status": ActionStatus.FAILED}
         publish_many(settings.redis_url, [(i, done) for i in self.failed])
         if self.event_ids:
             dispatch.deliver(self.event_ids)
+        if self.unmessaged:
+            for action_id, verdict in self.unmessaged:
+                dispatch.monitor.finished(action_id, verdict, 0.0)
+            dispatch.monitor.flush()
 
 
 @dataclass
@@ -197,6 +204,9 @@ def _acquire(
         ws = WorkspaceState.from_row(project_id, got.workspace)
         for row in got.settled:
             alog = for_action(project_id, row.id)
+            if not row.messaged:
+                verdict = "failed" if row.status == ActionStatus.FAILED else "retry"
+                settled.unmessaged.append((row.id, verdict))
             if row.status == ActionStatus.FAILED:
                 alog.warning("worker lost while running a %s: failed with worker_lost", row.kind)
                 error = WorkerLost().to_dict()
@@ -317,4 +327,7 @@ def _abandon(
     if not again:
         publish(settings.redis_url, action.id, {"type": "done", "status": ActionStatus.FAILED})
         dispatch.deliver(event_ids)
+    if not action.messaged:  # monitoring heard it start from this drain: tell it the end
+        dispatch.monitor.finished(action.id, "failed" if not again else "retry", 0.0)
+        dispatch.monitor.flush()
     dispatch.kick(lease.project_id, 0.0)

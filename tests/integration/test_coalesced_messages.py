@@ -243,3 +243,31 @@ def test_an_attempt_refused_while_the_holder_settles_does_not_lose_an_enqueue(
             thread.join(10)
         drained = results["e2"].messaged or results["a"] is not None
         assert drained, f"round {round_}: nobody will drain E2 ({results})"
+
+
+def test_an_action_without_a_message_that_dies_with_its_worker_reaches_its_end_in_flower(
+    isolated_env: dict[str, str], log_dir: Any, events: Events, project: str
+) -> None:
+    """Monitoring heard it start from the drain that died: the drain that settles it as
+    worker_lost tells monitoring it failed, or Flower would show it started for ever."""
+    env = {**isolated_env, "WORKSPACE_HEARTBEAT_SECONDS": "0.5", "WORKSPACE_LEASE_SECONDS": "3"}
+    settings = settings_for(env)
+    client = WorkspaceClient(settings)
+    redis.Redis.from_url(settings.redis_url).delete(QUEUE)
+    client.command(project, "true")
+    doomed = client.command(project, "sleep 60")  # rides on the first's message
+    assert client.flush(10)
+    task = str(doomed.id)
+    assert _messaged(settings, [task]) == [False]
+    worker: Proc = start_worker(env, log_dir, concurrency=1, name="coalesce-lost")
+    try:
+        assert _wait_until(lambda: "task-started" in events.of(task), 30)
+    finally:
+        worker.kill()
+    again: Proc = start_worker(env, log_dir, concurrency=1, name="coalesce-after")
+    try:
+        done = client.wait_for(doomed.id, timeout=60)
+        assert done["status"] == "failed" and done["error"]["code"] == "worker_lost"
+        assert _wait_until(lambda: "task-failed" in events.of(task), 10), events.of(task)
+    finally:
+        again.stop()

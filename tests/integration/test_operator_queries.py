@@ -208,3 +208,24 @@ def test_the_operator_page_lists_hosts_and_each_workspace_s_host() -> None:
     finally:
         engine.dispose()
         services.drop_database(url)
+
+
+def test_recovery_and_the_oldest_queued_action_read_only_unsettled_actions(
+    engine: sa.Engine,
+) -> None:
+    """Recovery's running actions and the metrics' oldest queued one come from the index of
+    unsettled versions, not a walk of every queued (or every) action."""
+    from qai_jobs.db import recovery, stats
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        for statement, params in (
+            (recovery._STALE_RUNNING_ONLY, {"limit": 1000}),
+            (stats._OLDEST, {}),
+        ):
+            compiled = statement.compile(engine)
+            plan = conn.exec_driver_sql(
+                f"EXPLAIN (FORMAT JSON) {compiled}", compiled.construct_params(params)
+            ).scalar_one()
+            used = set(re.findall(r'"Index Name": "([a-z_]+)"', json.dumps(plan)))
+            assert "ix_actions_unsettled" in used, (str(statement), used)
