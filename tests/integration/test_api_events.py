@@ -5,21 +5,29 @@ HttpWorkspaceClient.wait(on_event=...) fed by the stream."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import signal
 import socket
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from httpx_sse import ServerSentEvent, connect_sse
 
 from qai_jobs.client import HttpActionHandle, HttpWorkspaceClient, WorkspaceClient
 from qai_jobs.errors import ActionFailed, NotFound, Unauthorized
+from qai_jobs.notify import channel
+from tests.conftest import isolated, settings_for
 from tests.integration.api_helpers import TOKEN, Api, api, api_env, http, start_api  # noqa: F401
 from tests.integration.ops_support import isolated_env
 from tests.support.procs import Proc, start_worker
@@ -140,26 +148,13 @@ def test_heartbeats_keep_an_idle_stream_alive(
         fast.proc.stop()
 
 
-def test_http_client_wait_on_event(api: Api, client: WorkspaceClient, project: str) -> None:
+def test_http_client_wait_on_event(api: Api, project: str) -> None:
     with HttpWorkspaceClient(api.url, TOKEN, timeout=10) as hc:
+        # What the events are, compared with the direct client's, is the next test's (it can
+        # hold the worker until the stream is subscribed); here the waits' other outcomes.
         events: list[dict[str, Any]] = []
-        hc.command(project, "sleep 0.3")  # holds the next one until its stream is connected
         result = hc.command(project, "echo via-sse").wait(timeout=30, on_event=events.append)
         assert result["stdout"] == "via-sse\n"
-        assert {"type": "output", "stream": "stdout", "offset": 0, "data": "via-sse\n"} in events
-        assert events[0]["type"] == "progress"
-        # The direct client sees the same events (the stream may repeat the stage the action
-        # was in when it connected). Each compared action waits behind a short one of its
-        # project, so that it cannot finish before its watcher has subscribed (a stream that
-        # connects after the end gets the end alone, which a loaded host can make happen).
-        direct: list[dict[str, Any]] = []
-        client.command(project, "sleep 1")
-        client.command(project, "echo via-sse").wait(timeout=30, on_event=direct.append)
-        over_http: list[dict[str, Any]] = []
-        hc.command(project, "sleep 1")
-        hc.command(project, "echo via-sse").wait(timeout=30, on_event=over_http.append)
-        assert [e for i, e in enumerate(over_http) if e not in over_http[:i]] == direct
-
         with pytest.raises(ActionFailed) as failed:
             hc.restore(project, "no-such-snapshot").wait(timeout=30, on_event=events.append)
         assert failed.value.error["code"]
@@ -174,6 +169,83 @@ def test_http_client_wait_on_event(api: Api, client: WorkspaceClient, project: s
         known = slow.id
     with HttpWorkspaceClient(api.url, "wrong") as bad, pytest.raises(Unauthorized):
         HttpActionHandle(bad, known, project, "command").wait(5, on_event=print)
+
+
+@dataclass
+class HeldApi:
+    api: Api
+    worker: Proc
+    client: WorkspaceClient  # the direct client of the same deployment
+
+    @contextlib.contextmanager
+    def worker_held(self) -> Iterator[None]:
+        """The worker and its pool stopped (SIGSTOP): nothing enqueued meanwhile can start."""
+        os.killpg(self.worker.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.worker.pid, signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def held_api(
+    base_env: dict[str, str], log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HeldApi]:
+    """An API and a worker on a database and Redis DB of their own, so that holding the worker
+    holds no other test's action."""
+    with isolated(tmp_path_factory, base_env) as env:
+        worker = start_worker(env, log_dir, concurrency=1, name="events-held")
+        started = start_api(api_env(env), log_dir)
+        try:
+            yield HeldApi(started, worker, WorkspaceClient(settings_for(env)))
+        finally:
+            started.proc.stop()
+            worker.stop()
+
+
+class _LateStream(httpx.HTTPTransport):
+    """Connects to an events stream late, as a loaded API or client can make it: later than a
+    short action takes to run, and later than the one-second command the compared actions
+    once waited behind. Events published before a watcher subscribes reach no one (they are
+    live notifications, for the direct client as for the stream), so a comparison that trusts
+    time to have both watchers subscribed first fails here every time, not one run in two."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            time.sleep(1.5)
+        return super().handle_request(request)
+
+
+def _until_subscribed(redis_url: str, action_id: str, watchers: int, timeout: float = 30) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while (count := admin.pubsub_numsub(channel(action_id))[0][1]) < watchers:
+        assert time.monotonic() < deadline, f"{count} of {watchers} watchers subscribed"
+        time.sleep(0.01)
+
+
+def test_http_client_wait_on_event_sees_what_the_direct_client_sees(
+    held_api: HeldApi, project: str
+) -> None:
+    """Both watchers are subscribed before the action can start (the worker is held until
+    Redis counts them), so each sees every event, however late the stream connects."""
+    direct: list[dict[str, Any]] = []
+    over_http: list[dict[str, Any]] = []
+    with (
+        HttpWorkspaceClient(held_api.api.url, TOKEN, timeout=10, transport=_LateStream()) as hc,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        with held_api.worker_held():
+            action = hc.command(project, "echo via-sse")
+            direct_wait = pool.submit(held_api.client.wait_for, action.id, 30, direct.append)
+            http_wait = pool.submit(action.wait, 30, over_http.append)
+            _until_subscribed(held_api.api.env["REDIS_URL"], action.id, watchers=2)
+        assert direct_wait.result(timeout=60)["result"]["stdout"] == "via-sse\n"
+        assert http_wait.result(timeout=60)["stdout"] == "via-sse\n"
+    assert {"type": "output", "stream": "stdout", "offset": 0, "data": "via-sse\n"} in over_http
+    assert over_http[0]["type"] == "progress"
+    # Subscribed while the action was queued, the stream has no stage of its own to repeat.
+    assert over_http == direct
 
 
 @pytest.fixture(scope="module")
