@@ -154,9 +154,17 @@ class ActionEvents:
         try:
             self.pubsub = self.redis.pubsub()
             await self.pubsub.subscribe(channel(self.action_id))
-            await self._confirmed()
+            if not await self._confirmed():
+                # Live events may pass unseen until Redis answers: say so, or a stream that
+                # shows only the outcome looks like a bug elsewhere.
+                log.warning("action %s: subscription not confirmed within 1 s", self.action_id)
             self.reader = asyncio.create_task(self._read())
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError) as exc:
+            log.warning(
+                "action %s: no live events (%s); the stream re-reads Postgres",
+                self.action_id,
+                type(exc).__name__,
+            )
             await self._drop_subscription()  # degrade to re-reading Postgres
         try:
             self.action = await run_in_threadpool(self.client.get_action, self.action_id)
@@ -164,14 +172,15 @@ class ActionEvents:
             await self.close()
             raise
 
-    async def _confirmed(self) -> None:
+    async def _confirmed(self) -> bool:
         """Wait until Redis confirms the subscription: only then can no later notice pass."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
         while (left := deadline - loop.time()) > 0:
             raw = await self.pubsub.get_message(timeout=left)
             if raw is not None and raw.get("type") == "subscribe":
-                return
+                return True
+        return False
 
     async def _read(self) -> None:
         try:
