@@ -16,8 +16,6 @@ down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UNSETTLED = "status IN ('queued', 'running')"
-
 
 def upgrade() -> None:
     # An action is written three times (queued, running, settled), and a status change is never
@@ -25,8 +23,14 @@ def upgrade() -> None:
     # took versions no query looks for:
     # - ix_actions_finished: every version by finished_at; nothing filters on it across
     #   projects (the prune sweep reads ix_actions_prunable, which it duplicated).
-    # - ix_actions_status_created: (status, created_at) of every version, where its readers
-    #   (recovery's running actions, the metrics' oldest queued one) need only the unsettled.
+    # - ix_actions_status_created: (status, created_at) of every version. Worse, the grant's
+    #   lookup of a project's running actions (ordering._ACQUIRE) chose it, scanning every
+    #   running entry of every project, dead versions included (about 200 per grant under
+    #   load), where one project's few were wanted. ix_actions_running holds just the running
+    #   versions, by project (the grant; recovery's scan); the metrics' oldest queued action
+    #   reads ix_actions_pending, bounded by the backlog. (A queued-only index was tried: the
+    #   start of a project's head then chose to walk it, every project's queued actions, over
+    #   the primary key.)
     # - the idempotency key's uniqueness indexed the versions without a key (most): a partial
     #   unique index enforces the same (NULLs never collide) and serves the key's lookup
     #   (enqueue._FIND_KEY: ``idempotency_key = :k`` implies NOT NULL).
@@ -35,11 +39,11 @@ def upgrade() -> None:
     # build that fails leaves an invalid index: drop it and run the upgrade again.)
     with op.get_context().autocommit_block():
         op.create_index(
-            "ix_actions_unsettled",
+            "ix_actions_running",
             "actions",
-            ["status", "created_at"],
+            ["project_id"],
             unique=False,
-            postgresql_where=sa.text(UNSETTLED),
+            postgresql_where=sa.text("status = 'running'"),
             postgresql_concurrently=True,
         )
         op.create_index(
@@ -67,6 +71,6 @@ def downgrade() -> None:
     op.create_unique_constraint(
         "uq_actions_project_idempotency", "actions", ["project_id", "idempotency_key"]
     )
-    op.drop_index("ix_actions_unsettled", table_name="actions")
+    op.drop_index("ix_actions_running", table_name="actions")
     op.create_index("ix_actions_status_created", "actions", ["status", "created_at"], unique=False)
     op.create_index("ix_actions_finished", "actions", ["finished_at"], unique=False)

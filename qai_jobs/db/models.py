@@ -172,13 +172,9 @@ class Action(Base):
             "seq",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
-        # Recovery's running actions, the metrics' oldest queued one (alembic 0013).
-        Index(
-            "ix_actions_unsettled",
-            "status",
-            "created_at",
-            postgresql_where=text("status IN ('queued', 'running')"),
-        ),
+        # A project's running actions (the grant, recovery), found without walking every
+        # project's (alembic 0013).
+        Index("ix_actions_running", "project_id", postgresql_where=text("status = 'running'")),
         # What the prune sweep may delete, oldest first.
         Index(
             "ix_actions_prunable",

@@ -27,7 +27,8 @@ _COUNTS = sa.text(
     FROM fleet_counts WHERE metric = ANY(:m) GROUP BY metric, kind, label
     """
 )
-# Through ix_actions_unsettled: the first queued row by age.
+# Through ix_actions_pending, which holds only unsettled versions: bounded by the backlog, not
+# by history.
 _OLDEST = sa.text(
     "SELECT extract(epoch FROM now() - min(created_at)) FROM actions WHERE status = 'queued'"
 )

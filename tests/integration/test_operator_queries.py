@@ -210,22 +210,32 @@ def test_the_operator_page_lists_hosts_and_each_workspace_s_host() -> None:
         services.drop_database(url)
 
 
-def test_recovery_and_the_oldest_queued_action_read_only_unsettled_actions(
-    engine: sa.Engine,
-) -> None:
-    """Recovery's running actions and the metrics' oldest queued one come from the index of
-    unsettled versions, not a walk of every queued (or every) action."""
-    from qai_jobs.db import recovery, stats
+def test_running_and_oldest_queued_lookups_read_only_such_actions(engine: sa.Engine) -> None:
+    """A project's running actions (the grant, recovery) and the metrics' oldest queued one come
+    from indexes of just those versions, not a walk of every project's queued (or every)
+    action."""
+    from qai_jobs.db import ordering, recovery, stats
 
+    grant = {
+        "p": "ks-005",
+        "o": "me",
+        "turn": None,
+        "ttl": 30.0,
+        "idem": ["write"],
+        "error": "{}",
+        "max": 5,
+        "dead": 30.0,
+    }
     with engine.begin() as conn:
         conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        for statement, params in (
-            (recovery._STALE_RUNNING_ONLY, {"limit": 1000}),
-            (stats._OLDEST, {}),
+        for statement, params, index in (
+            (recovery._STALE_RUNNING_ONLY, {"limit": 1000}, "ix_actions_running"),
+            (ordering._ACQUIRE, grant, "ix_actions_running"),
+            (stats._OLDEST, {}, "ix_actions_pending"),
         ):
             compiled = statement.compile(engine)
             plan = conn.exec_driver_sql(
                 f"EXPLAIN (FORMAT JSON) {compiled}", compiled.construct_params(params)
             ).scalar_one()
             used = set(re.findall(r'"Index Name": "([a-z_]+)"', json.dumps(plan)))
-            assert "ix_actions_unsettled" in used, (str(statement), used)
+            assert index in used, (str(statement), used)
