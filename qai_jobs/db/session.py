@@ -6,8 +6,10 @@ opened connections, and a connection must never be shared across a fork.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -60,13 +62,34 @@ def _is_transient_db_error(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-db_retry = retry(
+_retrying = retry(
     retry=retry_if_exception(_is_transient_db_error),
     wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
     stop=stop_after_delay(90),
     reraise=True,
 )
-"""Retry a whole transaction while Postgres restarts or drops connections."""
+
+
+def db_retry(fn: Callable[P, T]) -> Callable[P, T]:
+    """Retry a whole transaction while Postgres restarts or drops connections.
+
+    The first attempt is a plain call: tenacity's per-call set-up (a copy of the policy, its
+    statistics) cost about 0.15 ms, a fifth of an enqueue, on every transaction that never
+    fails. After a transient error the retries are tenacity's, from an immediate second
+    attempt (on a fresh connection: the failed one was invalidated) to its backoff."""
+    retried = _retrying(fn)
+
+    @functools.wraps(fn)
+    def first_then_retried(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _is_transient_db_error(exc):
+                raise
+        return retried(*args, **kwargs)
+
+    return first_then_retried
+
 
 _ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 
