@@ -116,7 +116,7 @@ class Settled:
     kind: str
     status: str
     attempts: int
-    messaged: bool = True  # False: monitoring heard of it from a drain (see Started.messaged)
+    messaged: bool  # False: monitoring heard of it from a drain (see Started.messaged)
 
 
 @dataclass(frozen=True)
@@ -176,9 +176,7 @@ def acquire(
     return Acquired(
         Lease(project_id, row.gen, owner),
         [
-            Settled(
-                uuid.UUID(r["id"]), r["kind"], r["status"], r["attempts"], r.get("messaged", True)
-            )
+            Settled(uuid.UUID(r["id"]), r["kind"], r["status"], r["attempts"], r["messaged"])
             for r in row.settled or []
         ],
         readopted,

@@ -31,6 +31,7 @@ from qai_jobs.monitoring import Monitor
 from qai_jobs.notify import publish, publish_many
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 from qai_jobs.worker.attempt import (
+    Verdict,
     backoff,
     deadline_seconds,
     log_outcome,
@@ -144,7 +145,7 @@ class _Settled:
     event_ids: list[str] = field(default_factory=list)
     # Actions without a message of their own, with their verdict: the drain that started them
     # told monitoring they started, so this one tells it how they ended.
-    unmessaged: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    unmessaged: list[tuple[uuid.UUID, Verdict]] = field(default_factory=list)
 
     def announce(self, settings: Settings, dispatch: Dispatch) -> None:
         done = {"type": "done", "status": ActionStatus.FAILED}
@@ -205,8 +206,8 @@ def _acquire(
         for row in got.settled:
             alog = for_action(project_id, row.id)
             if not row.messaged:
-                verdict = "failed" if row.status == ActionStatus.FAILED else "retry"
-                settled.unmessaged.append((row.id, verdict))
+                failed = row.status == ActionStatus.FAILED
+                settled.unmessaged.append((row.id, Verdict.FAILED if failed else Verdict.RETRY))
             if row.status == ActionStatus.FAILED:
                 alog.warning("worker lost while running a %s: failed with worker_lost", row.kind)
                 error = WorkerLost().to_dict()
@@ -328,6 +329,6 @@ def _abandon(
         publish(settings.redis_url, action.id, {"type": "done", "status": ActionStatus.FAILED})
         dispatch.deliver(event_ids)
     if not action.messaged:  # monitoring heard it start from this drain: tell it the end
-        dispatch.monitor.finished(action.id, "failed" if not again else "retry", 0.0)
+        dispatch.monitor.finished(action.id, Verdict.RETRY if again else Verdict.FAILED, 0.0)
         dispatch.monitor.flush()
     dispatch.kick(lease.project_id, 0.0)
