@@ -14,6 +14,7 @@ protocols (``protocol.allow=never``), so the two checks back each other up.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import re
 from collections.abc import Iterable
@@ -105,20 +106,8 @@ class SourcePolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourcePolicy:
-        return cls.from_inputs(*cls.inputs(settings))
-
-    @staticmethod
-    def inputs(settings: Settings) -> tuple[frozenset[str], Path, Path, str]:
-        """What the policy depends on (a cache key): schemes, the workspace root, the snapshot
-        store and the working directory."""
         schemes = frozenset(settings.workspace_repo_schemes)
-        return schemes, settings.workspace_root, settings.snapshot_dir, os.getcwd()
-
-    @classmethod
-    def from_inputs(
-        cls, schemes: frozenset[str], root: Path, snapshots: Path, cwd: str
-    ) -> SourcePolicy:
-        return cls(schemes, _service_dirs(root, snapshots, Path(cwd)))
+        return _policy(schemes, settings.workspace_root, settings.snapshot_dir, os.getcwd())
 
     def check(self, url: str) -> Source:
         """The admitted :class:`Source`, or ValidationFailed naming ``repo.url``."""
@@ -201,14 +190,17 @@ def _ssh(url: str) -> Source:
     return Source("ssh", url, url)
 
 
-def _service_dirs(root: Path, snapshots: Path, cwd: Path) -> tuple[Path, ...]:
-    """Directories of the service itself: workspaces (every workspace's tree and private git
-    mirror), the snapshot store, and the ``.qai`` data directory."""
+@functools.lru_cache(maxsize=64)
+def _policy(schemes: frozenset[str], root: Path, snapshots: Path, cwd: str) -> SourcePolicy:
+    """The policy for these inputs, built once: the worker asks for it with every action, and
+    resolving the ``.qai`` directory (against the working directory ``cwd``) costs syscalls.
+    The forbidden directories are the service's own: workspaces (every workspace's tree and
+    private git mirror), the snapshot store, and the ``.qai`` data directory."""
     dirs: list[Path] = [root, snapshots]
     if root.parent.name == ".qai":
         dirs.append(root.parent)
-    dirs.append((cwd / ".qai").resolve())
-    return tuple(_unique(dirs))
+    dirs.append((Path(cwd) / ".qai").resolve())
+    return SourcePolicy(schemes, tuple(_unique(dirs)))
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:

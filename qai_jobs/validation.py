@@ -8,7 +8,6 @@ raising a limit for a deployment raises it everywhere.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -35,14 +34,12 @@ class PayloadLimits(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PayloadLimits:
-        # The worker asks once per action: built once per distinct set of inputs (the working
-        # directory among them, which the forbidden ``.qai`` directory resolves against).
         return _limits(
             settings.workspace_max_file_bytes,
             settings.workspace_max_action_bytes,
             settings.workspace_max_files,
             settings.workspace_max_timeout_s,
-            SourcePolicy.inputs(settings),
+            SourcePolicy.from_settings(settings),
         )
 
 
@@ -52,14 +49,15 @@ def _limits(
     max_action_bytes: int,
     max_files: int,
     max_timeout_s: float,
-    sources: tuple[frozenset[str], Path, Path, str],
+    sources: SourcePolicy,
 ) -> PayloadLimits:
+    # Built once per distinct set of limits: the worker asks with every action.
     return PayloadLimits(
         max_file_bytes=max_file_bytes,
         max_action_bytes=max_action_bytes,
         max_files=max_files,
         max_timeout_s=max_timeout_s,
-        sources=SourcePolicy.from_inputs(*sources),
+        sources=sources,
     )
 
 
