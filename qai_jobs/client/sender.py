@@ -65,7 +65,8 @@ class Broker:
         from qai_jobs.celery_app import app
 
         coalesced = [m for m in messages if m.coalesced]
-        unsent = [m for m in messages if not m.coalesced]
+        own = [m for m in messages if not m.coalesced]
+        sent = 0
         try:
             with self.pool.acquire(block=True, timeout=POOL_WAIT_SECONDS) as conn:
                 if coalesced:
@@ -75,8 +76,7 @@ class Broker:
                         )
                     except Exception as exc:  # monitoring only: those actions need no message
                         log.warning("could not send task-sent events: %s", type(exc).__name__)
-                while unsent:
-                    message = unsent[0]
+                for message in own:
                     app.send_task(
                         action_task_name(message.kind),
                         kwargs={"project_id": message.project_id},
@@ -85,10 +85,10 @@ class Broker:
                         retry=False,
                         headers={RECORDED_HEADER: 1},
                     )
-                    unsent.pop(0)
+                    sent += 1
         except Exception as exc:  # kombu raises many types; the actions are durable either way
-            if unsent:
-                self._failure(unsent, exc)
+            if sent < len(own):
+                self._failure(own[sent:], exc)
             else:  # only the pool checkout for events failed
                 log.warning("could not send task-sent events: %s", type(exc).__name__)
             return
