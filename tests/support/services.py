@@ -84,9 +84,19 @@ def _try_claim() -> tuple[str, redis.Redis] | None:
     return None
 
 
+# A client of a leftover worker polls (BRPOP, heartbeats) every second or so; a connection
+# idle longer is one an ended module's objects left in a pool of this very run (the notify
+# client's, a producer's broker pool), and must not keep the database from being claimed:
+# enough such leftovers late in a run took all 15.
+ACTIVE_WITHIN_S = 30
+
+
 def _in_use(admin: redis.Redis, n: int) -> bool:
-    """Whether any client is connected to Redis DB ``n`` (a leftover worker, say)."""
-    return any(int(c.get("db", -1)) == n for c in admin.client_list())
+    """Whether a live client uses Redis DB ``n`` (a leftover worker, say)."""
+    return any(
+        int(c.get("db", -1)) == n and int(c.get("idle", 0)) < ACTIVE_WITHIN_S
+        for c in admin.client_list()
+    )
 
 
 def release_redis_db(url: str, admin: redis.Redis) -> None:
