@@ -226,7 +226,10 @@ def _acquire(
         if got.readopted is not None:
             first = handover.with_manifest(conn, lease, got.readopted)
         else:
-            handed = handover.start_or_release(conn, lease)
+            # Asynchronous commit when the grant itself changed nothing that must last
+            # (handover.RELAXED_KINDS): no dead holder's action settled, no placement.
+            relaxed = not got.settled and not holder.placed
+            handed = handover.start_or_release(conn, lease, relaxed=relaxed)
             first, delay = handed.started, handed.due_in
     return _Acquired(lease, ws, first, settled, delay)
 

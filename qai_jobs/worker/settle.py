@@ -95,6 +95,13 @@ def settle(
                 return Settlement(handover.with_manifest(conn, lease, following), [])
             handed = handover.start_or_release(conn, lease, start=False, turn=turn)
             return Settlement(None, [], handed.due_in, handed.turn)
+        # An asynchronous commit only for a step that loses nothing else (handover.RELAXED_KINDS)
+        relaxed = (
+            action.kind in handover.RELAXED_KINDS
+            and not outcome.events
+            and not (ctx is not None and ctx.snapshots)
+            and not ws.changes()
+        )
         write_changes(conn, ws)
         if ctx is not None and ctx.snapshots:
             taken = [(t.snapshot_id, t.kind, t.manifest) for t in ctx.snapshots]
@@ -114,7 +121,7 @@ def settle(
             conn, settings, lease.project_id, action.id, outcome.events
         )
         handed = handover.start_or_release(
-            conn, lease, start=start_another, finish=finish, turn=turn
+            conn, lease, start=start_another, finish=finish, turn=turn, relaxed=relaxed
         )
     ws.mark_clean()
     return Settlement(handed.started, event_ids, handed.due_in, handed.turn)
