@@ -3,7 +3,8 @@
 Postgres: ``xact_commit`` and ``xact_rollback`` of the bench database in ``pg_stat_database``,
 read through a connection to another database (the reading adds nothing to the count).
 Backends report their counters about a second late at most, so a reading waits that long.
-Redis: the sum of ``calls`` in ``INFO commandstats``.
+Redis: the sum of ``calls`` in ``INFO commandstats``. WAL syncs: ``pg_stat_wal`` (the server's,
+so other databases' work on the server counts too): what the synchronous commits cost.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Counts:
     commits: int
     rollbacks: int
     redis: dict[str, int]
+    wal_syncs: int = 0
 
     def minus(self, before: Counts) -> Counts:
         names = set(self.redis) | set(before.redis)
@@ -29,6 +31,7 @@ class Counts:
             self.commits - before.commits,
             self.rollbacks - before.rollbacks,
             {n: self.redis.get(n, 0) - before.redis.get(n, 0) for n in names},
+            self.wal_syncs - before.wal_syncs,
         )
 
     def per(self, n: int, own_commits: int = 0) -> dict[str, Any]:
@@ -39,6 +42,7 @@ class Counts:
             "pg_rollbacks": self.rollbacks / n,
             "pg_transactions": (self.commits - own_commits + self.rollbacks) / n,
             "redis_commands": sum(self.redis.values()) / n,
+            "wal_syncs": self.wal_syncs / n,
             "redis_top": {name: calls / n for name, calls in top if calls > 0},
         }
 
@@ -75,4 +79,5 @@ class Counter:
             if again == (commits, rollbacks):
                 break
             commits, rollbacks = again
-        return Counts(commits, rollbacks, redis_now if redis_now is not None else self._redis())
+        redis_counts = redis_now if redis_now is not None else self._redis()
+        return Counts(commits, rollbacks, redis_counts, benchcheck.wal_syncs(self.database_url))

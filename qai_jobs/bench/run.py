@@ -219,7 +219,7 @@ def _lat(label: str, stats: dict[str, float], note: str = "") -> str:
 def _counts(label: str, per: dict[str, Any]) -> str:
     return (
         f"  {label:30} {per['pg_commits']:5.2f} commits  {per['pg_rollbacks']:5.2f} rollbacks  "
-        f"{per['redis_commands']:6.2f} Redis commands"
+        f"{per['redis_commands']:6.2f} Redis commands  {per.get('wal_syncs', 0):5.2f} WAL syncs"
     )
 
 

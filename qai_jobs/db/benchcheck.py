@@ -33,6 +33,15 @@ def xact_counts(database_url: str) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+def wal_syncs(database_url: str) -> int:
+    """How many times the server has synced its WAL to disk (``pg_stat_wal``, the whole
+    server's: on a quiet server, what the bench's synchronous commits cost)."""
+    dsn, _ = _libpq(database_url, "postgres")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+    return int(row[0]) if row else 0
+
+
 class DonePoller:
     """Counts finished actions in the bench database, one autocommit statement (one commit)
     per poll. It reads the counters the triggers keep (``fleet_counts``, a few rows), not the
