@@ -126,7 +126,8 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
         "(late acks, task events on, results ignored, default prefetch) running no-op tasks on "
         "a worker of the same concurrency; one producer thread on each side, timed from the "
         "first enqueue to the last completion. Counts are per action (per task for Celery), "
-        "from `pg_stat_database` and Redis `INFO commandstats` around the run; the fake "
+        "from `pg_stat_database`, `pg_stat_wal` (the server's) and Redis `INFO commandstats` "
+        "around the run; the fake "
         "provider, a stand-in for a remote sandbox service, keeps its sandboxes on a Redis "
         "server of its own and its commands are shown apart. The checker reads every "
         "action's timestamps back from Postgres.",
@@ -140,7 +141,8 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
         lines += ["![throughput against projects](benchmarks.png)", ""]
     lines += [
         "| projects | qai-jobs actions/s | plain Celery tasks/s | ratio (runs) | "
-        "Postgres commits / rollbacks per action | Redis commands per action (Celery) | "
+        "Postgres commits / rollbacks / WAL syncs per action | "
+        "Redis commands per action (Celery) | "
         "fake provider's Redis commands | "
         "enqueue p50 / p99 | enqueue→start p50 / p99 at half load (Celery) | "
         "CPU ms per action (Celery) | violations |",
@@ -155,7 +157,8 @@ def write_docs(report: dict[str, Any], docs: Path) -> list[Path]:
         lines.append(
             f"| {p['projects']} | {d['per_second']:.0f} | {b['per_second']:.0f} | "
             f"**{p['ratio']:.2f}x** ({ratios}) | {per['pg_commits']:.2f} / "
-            f"{per['pg_rollbacks']:.2f} | {per['redis_commands']:.1f} "
+            f"{per['pg_rollbacks']:.2f} / {per.get('wal_syncs', 0):.2f} | "
+            f"{per['redis_commands']:.1f} "
             f"({base_per['redis_commands']:.1f}) | {_fake(per)} | {d['enqueue']['p50_ms']:.2f} / "
             f"{d['enqueue']['p99_ms']:.2f} ms | {half['p50_ms']:.1f} / {half['p99_ms']:.1f} ms "
             f"({bhalf['p50_ms']:.1f} / {bhalf['p99_ms']:.1f}) | "

@@ -37,15 +37,17 @@ SYNC_KINDS = ("ensure", "write")
 _SYNC = list(SYNC_KINDS)
 
 # Asynchronous commit (the WAL flush not waited for: about a third of a millisecond a commit on
-# this machine's disk, by pgbench) for a drain transaction whose loss in a Postgres crash
-# only makes work run again with the same effect. Postgres keeps the durable state a prefix of
-# the commit order (every synchronous commit flushes all WAL before it), and every enqueue
-# commits synchronously, so a crash can lose only the drain's latest steps: the actions they
-# started or settled are then back to queued or running with their lease expiring, and the
-# grant after the crash runs them again (ordering._ACQUIRE re-queues idempotent kinds). That
-# is harmless only for these kinds, and only when the step changed nothing else (a sandbox
-# made or dropped, a placement, a snapshot, a webhook event: those commit synchronously, as
-# does starting or settling any other kind, a command above all, which never runs twice).
+# this machine's disk, by pgbench) for a settle whose loss in a Postgres crash only makes work
+# run again with the same effect. Postgres keeps the durable state a prefix of the commit
+# order (every synchronous commit flushes all WAL before it), so a crash loses at most the
+# drain's latest settles: their actions are running again under the lease as its grant left
+# it, still this holder's until it expires (the grant, every heartbeat and every enqueue commit
+# synchronously; a holder that cannot renew stops before the lease expires, heartbeat.py), and
+# the next grant runs them again in order (ordering._ACQUIRE re-queues idempotent kinds). That
+# is harmless only for these kinds, and only when the settle changed nothing else: a sandbox
+# made or dropped, a snapshot or a webhook event commits synchronously, as does a settle that
+# starts another kind (a command never runs twice). A grant never commits asynchronously: lost,
+# it would leave the lease free while its holder runs the action.
 RELAXED_KINDS = ("write", "read", "logs")
 _RELAXED = list(RELAXED_KINDS)
 
@@ -170,8 +172,8 @@ def start_or_release(
     """Record ``finish`` (LeaseLost when the action is no longer this lease's to finish), then
     start the head action if ``start`` and it is due (the caller has fenced ``conn`` or took
     the lease in it); else give the lease back, recording ``turn`` if the head is due now.
-    ``relaxed``: nothing else in the transaction needs a durable commit (see RELAXED_KINDS);
-    it then commits asynchronously, unless this statement starts an action of another kind."""
+    ``relaxed``: a settle that needs no durable commit (see RELAXED_KINDS): it then commits
+    asynchronously, unless this statement starts an action of another kind."""
     params = {
         "p": lease.project_id,
         "g": lease.gen,

@@ -92,7 +92,6 @@ class Holder:
 
     forward: str | None = None
     moved_from: str | None = None  # taken over from this dead (or drained) host
-    placed: bool = False  # the claim wrote the workspace's placement (host_id)
 
 
 def claim(
@@ -112,14 +111,13 @@ def claim(
     if not local:
         if row.host_id is not None:  # it went to a cloud provider: no host holds it
             conn.execute(_PLACE, {"p": project_id, "h": None})
-            return Holder(placed=True)
         return Holder()
     asleep_on_drained = bool(row.draining) and row.status == "sleeping"
     if row.host_id is None or (row.host_id == me and asleep_on_drained):
         exclude = me if row.host_id == me else ""
         chosen = least_loaded(conn, dead_seconds, exclude) or me
         conn.execute(_PLACE, {"p": project_id, "h": chosen})
-        return Holder(forward=None if chosen == me else chosen, placed=True)
+        return Holder(forward=None if chosen == me else chosen)
     if row.host_id == me:
         return Holder()
     if row.alive and not asleep_on_drained:
@@ -127,7 +125,7 @@ def claim(
     # Its host is dead (or drained and the workspace's sleep snapshot is complete): it is ours
     # from this lease generation on; the runner rebuilds it here from its last snapshot.
     conn.execute(_PLACE, {"p": project_id, "h": me})
-    return Holder(moved_from=str(row.host_id), placed=True)
+    return Holder(moved_from=str(row.host_id))
 
 
 _ROUTE = sa.text(

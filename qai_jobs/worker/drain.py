@@ -226,10 +226,7 @@ def _acquire(
         if got.readopted is not None:
             first = handover.with_manifest(conn, lease, got.readopted)
         else:
-            # Asynchronous commit when the grant itself changed nothing that must last
-            # (handover.RELAXED_KINDS): no dead holder's action settled, no placement.
-            relaxed = not got.settled and not holder.placed
-            handed = handover.start_or_release(conn, lease, relaxed=relaxed)
+            handed = handover.start_or_release(conn, lease)
             first, delay = handed.started, handed.due_in
     return _Acquired(lease, ws, first, settled, delay)
 

@@ -49,6 +49,8 @@ def test_tiny_curve_reports_counts_and_a_clean_checker(
         # Ours writes Postgres (a settle may also start the next action, so fewer commits than
         # actions is possible); the plain Celery app never touches it.
         assert durable["per_action"]["pg_commits"] > 0.1
+        # Its enqueues and grants commit synchronously: the server synced its WAL for them.
+        assert durable["per_action"]["wal_syncs"] > 0.1
         assert plain["per_task"]["pg_commits"] == 0
         assert plain["per_task"]["redis_commands"] > 1
         # The fake provider (a stand-in sandbox service) has a Redis server of its own: its
