@@ -104,23 +104,14 @@ def test_a_write_settled_into_another_write_commits_without_waiting_for_the_flus
     assert seen.modes[-1] == "on"
 
 
-def test_a_command_is_started_and_settled_durably(
-    watched: tuple[Engine, Recorded], settings: Settings
+@pytest.mark.parametrize("kinds", [("command", "write"), ("write", "command")])
+def test_a_settle_that_ends_or_starts_a_command_is_durable(
+    watched: tuple[Engine, Recorded], settings: Settings, kinds: tuple[str, str]
 ) -> None:
     engine, seen = watched
-    project, _ = _queue(engine, "command", "write")
+    project, ids = _queue(engine, *kinds)
     got, granted = _grant(engine, settings, seen, project)
     assert granted == "on"
-    _, settled = _settle(engine, settings, seen, got, Outcome(Verdict.SUCCEEDED, result={}))
-    assert settled == "on"
-
-
-def test_settling_a_write_that_starts_a_command_is_durable(
-    watched: tuple[Engine, Recorded], settings: Settings
-) -> None:
-    engine, seen = watched
-    project, ids = _queue(engine, "write", "command")
-    got, _ = _grant(engine, settings, seen, project)
     done, settled = _settle(engine, settings, seen, got, Outcome(Verdict.SUCCEEDED, result={}))
     assert done.following is not None and done.following.id == ids[1]
     assert settled == "on"
