@@ -38,7 +38,7 @@ from qai_jobs.schemas import IDEMPOTENT_KINDS
 from qai_jobs.sealing import unseal_payload
 from qai_jobs.validation import PayloadLimits, validate_payload
 from qai_jobs.worker.heartbeat import Heartbeat
-from qai_jobs.worker.progress import output_publisher, progress_writer
+from qai_jobs.worker.progress import Notices, output_publisher, progress_writer
 
 
 class Verdict(enum.StrEnum):
@@ -95,6 +95,7 @@ def run_one(
     action: ordering.Started,
     beat: Heartbeat,
     cancel: Cancel,
+    notices: Notices,
 ) -> tuple[Outcome, ActionContext | None]:
     alog = for_action(lease.project_id, action.id)
     try:
@@ -135,8 +136,8 @@ def run_one(
         kind=action.kind,
         payload=payload,
         ws=ws,
-        progress=progress_writer(settings, action.id, beat.note_stage, still_ours),
-        output=output_publisher(settings, action.id) if action.kind == "command" else None,
+        progress=progress_writer(notices, beat.note_stage, still_ours),
+        output=output_publisher(notices) if action.kind == "command" else None,
         record=file_record.RecordReader(engine, lease.project_id),
         lost=lost_since,
         manifest=recorded_manifest,

@@ -28,7 +28,7 @@ from qai_jobs.errors import DeadlineExceeded, LeaseLost, WorkerLost
 from qai_jobs.events import error_event
 from qai_jobs.logs import for_action, for_project
 from qai_jobs.monitoring import Monitor
-from qai_jobs.notify import publish, publish_many
+from qai_jobs.notify import publish_many
 from qai_jobs.schemas import IDEMPOTENT_KINDS
 from qai_jobs.worker.attempt import (
     Verdict,
@@ -39,6 +39,7 @@ from qai_jobs.worker.attempt import (
     run_one,
 )
 from qai_jobs.worker.heartbeat import Heartbeat, Watched
+from qai_jobs.worker.progress import Notices
 from qai_jobs.worker.settle import settle_or_fail
 
 # A lease is given back after this many actions or WORKSPACE_DRAIN_BUDGET_SECONDS, so one busy
@@ -253,11 +254,12 @@ def _run_batch(
     while current is not None:
         beat.check()
         cancel = Cancel()
-        beat.watch(current, cancel, deadline_seconds(settings, current))
+        notices = Notices(settings.redis_url, current.id)
+        beat.watch(current, cancel, deadline_seconds(settings, current), notices)
         if not current.messaged:
             dispatch.monitor.started(current.kind, lease.project_id, current.id, current.attempts)
         action_began = time.monotonic()
-        outcome, ctx = run_one(settings, engine, lease, ws, current, beat, cancel)
+        outcome, ctx = run_one(settings, engine, lease, ws, current, beat, cancel, notices)
         beat.check()  # lost, or abandoned and settled by the watchdog: record nothing
         budget = settings.workspace_drain_budget_seconds
         more = ran + 1 < BATCH_ACTIONS and time.monotonic() - started_at < budget
@@ -278,7 +280,9 @@ def _run_batch(
             raise
         beat.done()
         current, delay, turn = settlement.following, settlement.delay, settlement.turn
-        publish(settings.redis_url, action.id, {"type": "done", "status": outcome.verdict})
+        # Its held stages, then done, in one round trip; a failed action's too, where a
+        # watcher sees how far it got, as when each stage went out at once.
+        notices.finish({"type": "done", "status": outcome.verdict})
         if not action.messaged:
             dispatch.monitor.finished(action.id, outcome.verdict, time.monotonic() - action_began)
         if settlement.event_ids:
@@ -325,8 +329,10 @@ def _abandon(
     alog.error(
         "%s abandoned after its deadline (%s)", action.kind, "retrying" if again else "failed"
     )
+    # Its held stages go out (before the done if it failed), and whatever the stuck call
+    # reports later does not: the action is settled.
+    watched.notices.finish(None if again else {"type": "done", "status": ActionStatus.FAILED})
     if not again:
-        publish(settings.redis_url, action.id, {"type": "done", "status": ActionStatus.FAILED})
         dispatch.deliver(event_ids)
     if not action.messaged:  # monitoring heard it start from this drain: tell it the end
         dispatch.monitor.finished(action.id, Verdict.RETRY if again else Verdict.FAILED, 0.0)

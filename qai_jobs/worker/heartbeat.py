@@ -12,6 +12,9 @@ renewal that hangs (a Postgres cut off without a reset) cannot keep it from acti
   cancelled with DeadlineExceeded. If the call does not come back within a grace period (a hung
   SDK call), it is abandoned: the watchdog settles the action itself, fenced by the lease, gives
   the lease back and hands the project to another drain, so the project moves on.
+* Held stages. A young action's stage notices wait to go out with its done (progress.py); once
+  it is no longer young the watchdog has them sent, so a watcher sees the stage of an action
+  that sits in one long provider call. It wakes sooner while a stage waits for that.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from qai_jobs.config import Settings
 from qai_jobs.db import ordering
 from qai_jobs.errors import DeadlineExceeded, LeaseLost
 from qai_jobs.logs import for_action
+from qai_jobs.worker.progress import Notices
 
 # How long a cancelled call gets to come back before the watchdog settles the action itself,
 # in heartbeats (and at least a second).
@@ -43,6 +47,7 @@ class Watched:
     action: ordering.Started
     cancel: Cancel
     deadline: float  # time.monotonic() value
+    notices: Notices  # what its watchers are told (progress.py)
     abandon_at: float | None = None
 
 
@@ -81,10 +86,18 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._halt.set()
-
-    def watch(self, action: ordering.Started, cancel: Cancel, deadline_s: float) -> None:
         with self._lock:
-            self._watched = Watched(action, cancel, time.monotonic() + deadline_s)
+            watched = self._watched
+        if watched is not None:
+            # Still watched: the action did not settle here (lease lost, abandoned, the drain
+            # failed), so no done follows its held stages (Notices.drop says why).
+            watched.notices.drop()
+
+    def watch(
+        self, action: ordering.Started, cancel: Cancel, deadline_s: float, notices: Notices
+    ) -> None:
+        with self._lock:
+            self._watched = Watched(action, cancel, time.monotonic() + deadline_s, notices)
         if self.lost.is_set():
             cancel.fire(self._lost_error())
 
@@ -129,15 +142,22 @@ class Heartbeat:
         # Declared lost a heartbeat before the lease expires, so the work is stopped before
         # anyone else can hold the lease.
         trust = self.settings.lease_seconds - beat
-        while not self._halt.wait(min(beat / 4, 0.5)):
+        tick = min(beat / 4, 0.5)
+        nap = tick
+        while not self._halt.wait(nap):
             now = time.monotonic()
             if now - self._renewed >= trust:
                 self._lose()
                 return
             with self._lock:
                 watched = self._watched
+            nap = tick
             if watched is None:
                 continue
+            watched.notices.poke(now)  # never waits for Redis
+            due = watched.notices.due_in(now)
+            if due is not None:  # a held stage: wake when it is to be sent, not a tick later
+                nap = min(tick, max(due, 0.01))
             if watched.abandon_at is None and now >= watched.deadline:
                 action = watched.action
                 for_action(self.lease.project_id, action.id).warning(
