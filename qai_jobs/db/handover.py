@@ -40,16 +40,23 @@ _SYNC = list(SYNC_KINDS)
 # this machine's disk, by pgbench) for a settle whose loss in a Postgres crash only makes work
 # run again with the same effect. Postgres keeps the durable state a prefix of the commit
 # order (every synchronous commit flushes all WAL before it), so a crash loses at most the
-# drain's latest settles: their actions are running again under the lease as its grant left
-# it, still this holder's until it expires (the grant, every heartbeat and every enqueue commit
-# synchronously; a holder that cannot renew stops before the lease expires, heartbeat.py), and
-# the next grant runs them again in order (ordering._ACQUIRE re-queues idempotent kinds). That
-# is harmless only for these kinds, and only when the settle changed nothing else: a sandbox
-# made or dropped, a snapshot or a webhook event commits synchronously, as does a settle that
-# starts another kind (a command never runs twice). A grant never commits asynchronously: lost,
-# it would leave the lease free while its holder runs the action.
+# drain's latest settles: the earliest of their actions is running again under the lease as
+# its grant left it (the grant, every heartbeat and every enqueue commit synchronously; a
+# holder that cannot renew stops before the lease expires, heartbeat.py), the ones they
+# started are queued again, and a later grant runs them again in order (ordering._ACQUIRE
+# re-queues idempotent kinds). That is harmless only for these kinds, and only when:
+# * the settle changed nothing else (a sandbox made or dropped, a snapshot or a webhook event
+#   commits synchronously);
+# * it starts nothing, or only an action that changes no files (READ_ONLY_KINDS): a settle
+#   that starts a write or any other kind commits synchronously, so a lost suffix holds at
+#   most one action that changed the sandbox, its first, whose replay finds the sandbox as it
+#   left it (a later write replayed under an earlier read would break order);
+# * the action had attempts left: replayed, one on its last attempt fails worker_lost.
+# A grant never commits asynchronously: lost, it would leave the lease free while its holder
+# runs the action.
 RELAXED_KINDS = ("write", "read", "logs")
-_RELAXED = list(RELAXED_KINDS)
+READ_ONLY_KINDS = ("read", "logs")
+_READ_ONLY = list(READ_ONLY_KINDS)
 
 _FENCE_FOR_SETTLE = sa.text(
     """
@@ -141,7 +148,7 @@ _START_OR_RELEASE = sa.text(
             FROM actions q WHERE q.project_id = :p AND q.status = 'queued'
             ORDER BY q.seq LIMIT 1) AS due_in,
            (SELECT count(*) FROM finished) AS finished,
-           CASE WHEN :relaxed AND (s.kind IS NULL OR s.kind = ANY(:relaxed_kinds))
+           CASE WHEN :relaxed AND (s.kind IS NULL OR s.kind = ANY(:read_only))
                 THEN set_config('synchronous_commit', 'off', true) END AS relaxed
     FROM (SELECT 1) AS one
     LEFT JOIN started s ON true
@@ -188,7 +195,7 @@ def start_or_release(
         "turn": None if turn is None else turn.token,
         "turn_s": 0.0 if turn is None else turn.seconds,
         "relaxed": relaxed,
-        "relaxed_kinds": _RELAXED,
+        "read_only": _READ_ONLY,
     }
     row = conn.execute(_START_OR_RELEASE, params).one()
     if finish is not None and not row.finished:

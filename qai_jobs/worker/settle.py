@@ -98,6 +98,7 @@ def settle(
         # An asynchronous commit only for a step that loses nothing else (handover.RELAXED_KINDS)
         relaxed = (
             action.kind in handover.RELAXED_KINDS
+            and action.attempts < settings.workspace_max_attempts
             and not outcome.events
             and not (ctx is not None and ctx.snapshots)
             and not ws.changes()

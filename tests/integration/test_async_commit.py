@@ -85,11 +85,11 @@ def _settle(
     return done, seen.modes[-1]
 
 
-def test_a_write_settled_into_another_write_commits_without_waiting_for_the_flush(
+def test_a_write_settled_into_a_read_commits_without_waiting_for_the_flush(
     watched: tuple[Engine, Recorded], settings: Settings
 ) -> None:
     engine, seen = watched
-    project, ids = _queue(engine, "write", "write")
+    project, ids = _queue(engine, "write", "read")
     got, granted = _grant(engine, settings, seen, project)
     # The grant is durable, whatever it starts: lost, it would free the lease while its holder
     # runs the action (handover.RELAXED_KINDS).
@@ -104,7 +104,7 @@ def test_a_write_settled_into_another_write_commits_without_waiting_for_the_flus
     assert seen.modes[-1] == "on"
 
 
-@pytest.mark.parametrize("kinds", [("command", "write"), ("write", "command")])
+@pytest.mark.parametrize("kinds", [("command", "write"), ("write", "command"), ("write", "write")])
 def test_a_settle_that_ends_or_starts_a_command_is_durable(
     watched: tuple[Engine, Recorded], settings: Settings, kinds: tuple[str, str]
 ) -> None:
