@@ -91,16 +91,6 @@ def db_retry(fn: Callable[P, T]) -> Callable[P, T]:
     return first_then_retried
 
 
-_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
-
-
-def async_commit(conn: sa.Connection) -> None:
-    """Let this transaction commit without waiting for the WAL flush (about 3 ms a commit on
-    these disks). Only for writes whose loss in a Postgres crash costs time, not correctness:
-    the next synchronous commit flushes them anyway."""
-    conn.execute(_ASYNC_COMMIT)
-
-
 def ping(engine: Engine) -> None:
     """One round trip: raises SQLAlchemyError when Postgres is unreachable."""
     with engine.connect() as conn:

@@ -131,12 +131,12 @@ def last_activity(conn: Connection, project_id: str) -> datetime | None:
     return value
 
 
-def write_changes(conn: Connection, state: WorkspaceState) -> None:
+def write_changes(conn: Connection, state: WorkspaceState) -> bool:
     """Write what the runner changed (the caller has fenced ``conn`` on the lease, and marks
-    the state clean once the transaction commits)."""
+    the state clean once the transaction commits); whether there was anything to write."""
     changes = state.changes()
     if not changes:
-        return
+        return False
     sets = []
     params: dict[str, Any] = {"p": state.project_id}
     for name, value in changes.items():
@@ -152,6 +152,7 @@ def write_changes(conn: Connection, state: WorkspaceState) -> None:
         ),
         params,
     )
+    return True
 
 
 _MARK = sa.text(

@@ -95,15 +95,15 @@ def settle(
                 return Settlement(handover.with_manifest(conn, lease, following), [])
             handed = handover.start_or_release(conn, lease, start=False, turn=turn)
             return Settlement(None, [], handed.due_in, handed.turn)
+        changed = write_changes(conn, ws)
         # An asynchronous commit only for a step that loses nothing else (handover.RELAXED_KINDS)
         relaxed = (
             action.kind in handover.RELAXED_KINDS
             and action.attempts < settings.workspace_max_attempts
             and not outcome.events
             and not (ctx is not None and ctx.snapshots)
-            and not ws.changes()
+            and not changed
         )
-        write_changes(conn, ws)
         if ctx is not None and ctx.snapshots:
             taken = [(t.snapshot_id, t.kind, t.manifest) for t in ctx.snapshots]
             snapshots.record(conn, lease.project_id, ws.provider or "", taken)
