@@ -135,7 +135,8 @@ class HostSettings(BaseSettings):
         """Where local snapshots live (every host of a fleet must reach the same one)."""
         if self.workspace_snapshot_store and self.snapshot_s3 is None:
             return Path(self.workspace_snapshot_store)
-        return self.workspace_root / "snapshots"
+        # Beside the root, not in it: the root holds one directory per workspace.
+        return self.workspace_root.parent / "snapshots"
 
     @cached_property
     def isolation(self) -> Literal["bwrap", "none"]:

@@ -147,8 +147,17 @@ class Gateway:
             return await self._own(request)
         cookie: str | None = None
         if self.gate is not None:
+            # Unknown or destroyed is said before any token is asked for (contract §7a):
+            # preview ids are random, so this tells a stranger nothing they could use.
+            known = await self.routes.get(preview_id)
+            if known is None:
+                return _plain(404, "no such preview")
+            if known.status == "destroyed":
+                return _plain(410, "this workspace was destroyed")
             try:
-                admission = await self.gate.admit(request, preview_id)
+                admission = await self.gate.admit(
+                    request, preview_id, websocket=kind == "websocket"
+                )
             except aredis.RedisError:
                 return _unavailable(request, "the gateway cannot check tokens right now", 1)
             if not admission.allowed:

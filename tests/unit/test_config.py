@@ -23,6 +23,7 @@ from qai_jobs.errors import ConfigurationError
         ("WORKSPACE_INACTIVITY_MINUTES", "-1"),
         ("WORKSPACE_PREVIEW_PORT", "99999"),
         ("WORKSPACE_WEBHOOK_SECRET", "not-a-whsec-secret-value"),
+        ("WORKSPACE_WEBHOOK_SECRET", "whsec_not base64!"),  # would fail every delivery
         ("WORKSPACE_CALLBACK_URL", "ftp://example.invalid/hook"),
         ("DATABASE_URL", "mysql://root@localhost/x"),
         ("WORKSPACE_LOCAL_ISOLATION", "docker"),
@@ -84,7 +85,7 @@ def test_fleet_defaults_make_paths_absolute(
     settings = load_settings(_env_file=None)
     # A worker started in another directory finds the same root, not a new one beside it.
     assert settings.workspace_root == Path(os.getcwd(), ".qai", "workspaces")
-    assert settings.snapshot_dir == settings.workspace_root / "snapshots"
+    assert settings.snapshot_dir == Path(os.getcwd(), ".qai", "snapshots")  # beside the root
     assert settings.workspace_host_id == socket.gethostname()
     assert settings.workspace_host_dead_seconds == 60
     monkeypatch.setenv("WORKSPACE_SNAPSHOT_STORE", "shared/snaps")
