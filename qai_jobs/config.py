@@ -183,9 +183,14 @@ class Settings(HostSettings):
             return value
         # Checked here, not at the first delivery: a secret that does not decode would fail
         # every delivery after its row was claimed, and the events would retry forever.
-        raw = value.get_secret_value()
+        # As the Standard Webhooks library reads it (surrounding whitespace and missing padding
+        # are fine), but strictly: a character outside the alphabet, which the library would
+        # silently drop, would sign with another key than the receiver's.
+        raw = value.get_secret_value().strip()
+        body = raw.removeprefix("whsec_")
         try:
-            ok = raw.startswith("whsec_") and bool(base64.b64decode(raw[6:], validate=True))
+            decoded = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+            ok = raw.startswith("whsec_") and bool(decoded)
         except (binascii.Error, ValueError):
             ok = False
         if not ok:
