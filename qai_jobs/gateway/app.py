@@ -239,14 +239,18 @@ class Gateway:
             rest = auth.strip_cookie(headers.pop("Cookie"))
             if rest:
                 headers["Cookie"] = rest
+        # The cookie a link's first use earns rides on the answer: a page's, or a handshake's
+        # (a client that opened the socket first reconnects by it).
+        extra = {"Set-Cookie": cookie} if cookie else None
         try:
             if kind == "websocket":
                 # Messages count as activity too (a marked set: free), so a preview that is
                 # in use over its socket alone (hot reload's pings, an app's live data) stays
                 # awake, while a forgotten idle socket does not.
                 touch = partial(self.activity.touch, route.project_id)
-                return await proxy.forward_websocket(request, self.session, target, headers, touch)
-            extra = {"Set-Cookie": cookie} if cookie else None
+                return await proxy.forward_websocket(
+                    request, self.session, target, headers, touch, extra
+                )
             return await proxy.forward_http(request, self.session, target, headers, extra)
         except proxy.UpstreamUnreachable:
             raise

@@ -144,15 +144,23 @@ def test_a_websocket_opened_with_the_minted_url_is_admitted(
         base, query = _split(client.preview_token(project, ttl_s=120)["url"])
         target, headers = gateway.target(base, "/socket" + query[1:])
 
-        async def talk() -> str:
+        async def talk() -> tuple[str, str]:
             async with (
                 aiohttp.ClientSession() as session,
                 session.ws_connect(target, headers=headers, protocols=["echo.v1"]) as ws,
             ):
                 await ws.send_str("hello with a token")
-                return str((await ws.receive(timeout=10)).data)
+                echoed = str((await ws.receive(timeout=10)).data)
+                # The handshake earned the cookie: a reconnect by the same URL gets in by it.
+                cookie = ws._response.headers.get("Set-Cookie", "").split(";")[0]
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(target, headers={**headers, "Cookie": cookie}) as ws,
+            ):
+                await ws.send_str("again")
+                return echoed, str((await ws.receive(timeout=10)).data)
 
-        assert asyncio.run(talk()) == "hello with a token"
+        assert asyncio.run(talk()) == ("hello with a token", "again")
         refused = gateway.get(base, "/socket")  # and without one, still refused
         assert refused.status_code == 401
     finally:
