@@ -95,7 +95,8 @@ bench: install services
 	$(BIN)/qai-jobs bench
 
 LINTED ?= qai_jobs tests alembic celeryconfig.py
-TRACKED = $(or $(shell git ls-files 'qai_jobs/*.py' 'tests/*.py' 'alembic/*.py' celeryconfig.py 2>/dev/null),$(LINTED))
+# (wildcard: only those still on disk; a file deleted but not yet git rm'd is not linted.)
+TRACKED = $(or $(wildcard $(shell git ls-files 'qai_jobs/*.py' 'tests/*.py' 'alembic/*.py' celeryconfig.py 2>/dev/null)),$(LINTED))
 
 lint: install
 	@echo "ruff check and format --check: $(words $(LINTED)) paths"

@@ -93,3 +93,15 @@ def test_fleet_defaults_make_paths_absolute(
     assert settings.snapshot_dir == settings.workspace_root / "snapshots"
     monkeypatch.setenv("WORKSPACE_SNAPSHOT_STORE", "shared/snaps")
     assert load_settings(_env_file=None).snapshot_dir == Path(os.getcwd(), "shared", "snaps")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS"],
+)
+def test_a_webhook_secret_the_library_reads_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    """A newline from a mounted file, or no padding: the Standard Webhooks library reads both."""
+    monkeypatch.setenv("WORKSPACE_WEBHOOK_SECRET", secret)
+    assert load_settings(_env_file=None).workspace_webhook_secret is not None
