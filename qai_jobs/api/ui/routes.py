@@ -95,7 +95,8 @@ async def login_form(request: Request, next: str | None = Query(None, max_length
     session = auth.session_of(request)
     if auth.token is None or (session is not None and session.authenticated):
         return RedirectResponse(safe_next(next), status_code=303)
-    return page(request, "login.html", next=safe_next(next))
+    # 401 as every route without the token answers (contract §7): the page is the way in.
+    return page(request, "login.html", status_code=401, next=safe_next(next))
 
 
 @router.post("/login")
