@@ -6,6 +6,8 @@ The worker host's group (local sandboxes, the fleet, the snapshot store) is decl
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from functools import cached_property
 from pathlib import Path
@@ -177,7 +179,21 @@ class Settings(HostSettings):
     @field_validator("workspace_webhook_secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("whsec_"):
+        if value is None:
+            return value
+        # Checked here, not at the first delivery: a secret that does not decode would fail
+        # every delivery after its row was claimed, and the events would retry forever.
+        # As the Standard Webhooks library reads it (surrounding whitespace and missing padding
+        # are fine), but strictly: a character outside the alphabet, which the library would
+        # silently drop, would sign with another key than the receiver's.
+        raw = value.get_secret_value().strip()
+        body = raw.removeprefix("whsec_")
+        try:
+            decoded = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+            ok = raw.startswith("whsec_") and bool(decoded)
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
             raise ValueError("must look like whsec_<base64>")
         return value
 

@@ -135,7 +135,11 @@ class HostSettings(BaseSettings):
         """Where local snapshots live (every host of a fleet must reach the same one)."""
         if self.workspace_snapshot_store and self.snapshot_s3 is None:
             return Path(self.workspace_snapshot_store)
-        return self.workspace_root / "snapshots"
+        # Beside the root, not in it: the root holds one directory per workspace. A root that
+        # already has the directory earlier versions kept inside it goes on using that one,
+        # or every workspace asleep at the upgrade could not be woken.
+        inside = self.workspace_root / "snapshots"
+        return inside if inside.is_dir() else self.workspace_root.parent / "snapshots"
 
     @cached_property
     def isolation(self) -> Literal["bwrap", "none"]:

@@ -16,9 +16,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from qai_jobs.egress import parse_egress
 from qai_jobs.errors import ValidationFailed
@@ -245,7 +247,11 @@ class CommandPayload(_Strict):
     @model_validator(mode="after")
     def _one_of(self) -> CommandPayload:
         if (self.cmd is None) == (self.argv is None):
-            raise ValueError("give exactly one of cmd or argv")
+            # Raised as a field's error: a plain ValueError here would name no field (the
+            # whole payload), and a producer is told which field to fix.
+            problem = PydanticCustomError("one_of", "give exactly one of cmd or argv")
+            detail = InitErrorDetails(type=problem, loc=("cmd",), input=self.cmd)
+            raise ValidationError.from_exception_data(type(self).__name__, [detail])
         return self
 
 

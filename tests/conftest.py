@@ -44,7 +44,9 @@ def base_env(
     service_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
     """The environment of every process a test starts (fast timers, fake provider)."""
-    root = tmp_path_factory.mktemp("workspaces")
+    # One level down: the default snapshot directory sits beside the root, in a directory of
+    # this session's own rather than pytest's base shared by every mktemp.
+    root = tmp_path_factory.mktemp("workspaces") / "workspaces"
     keep = {
         k: v
         for k, v in os.environ.items()
@@ -152,7 +154,7 @@ def isolated(
     """A new database and Redis DB (``isolated_env``'s), for fixtures of any scope."""
     database_url = services.create_database()
     redis_url, admin = services.claim_redis_db()
-    root = tmp_path_factory.mktemp("iso-workspaces")
+    root = tmp_path_factory.mktemp("iso-workspaces") / "workspaces"
     try:
         yield {
             **base_env,

@@ -2,8 +2,8 @@
 
 A real worker (fake provider) delivers signed `workspace.ready` events to a receiver in this
 process on 127.0.0.1. Latency = receiver's arrival time minus the action's ``finished_at``
-(Postgres ``now()`` of the transaction that settled it, which starts a little before its
-commit, so the figure errs on the slow side). Every body is verified as a receiver would.
+(the time of the Postgres statement that settled it, ``ordering.RECORDED_AT``, a little before
+its commit, so the figure errs on the slow side). Every body is verified as a receiver would.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The checker reads the actions' own timestamps: within a project, in sequence order, an action
 that started before the previous one finished is an overlap (exclusion broken), and one that
-started before the previous one started is an out-of-order start. A settle transaction finishes
-an action and starts the next with the same ``now()``, so equal timestamps are neither.
+started before the previous one started is an out-of-order start. A settle's statement finishes
+an action and starts the next at one time (``ordering.RECORDED_AT``), so equal timestamps are
+neither.
 """
 
 from __future__ import annotations

@@ -28,7 +28,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from qai_jobs.db import manifest
-from qai_jobs.db.ordering import HEAD_CTE, START_HEAD, START_STAGE_JSON, Lease, Started
+from qai_jobs.db.ordering import (
+    HEAD_CTE,
+    RECORDED_AT,
+    START_HEAD,
+    START_STAGE_JSON,
+    Lease,
+    Started,
+)
 from qai_jobs.db.params import json_param
 from qai_jobs.errors import LeaseLost
 
@@ -120,7 +127,8 @@ _START_OR_RELEASE = sa.text(
     WITH finished AS (
         UPDATE actions
         SET status = :fstatus, result = CAST(:fresult AS jsonb),
-            error = CAST(:ferror AS jsonb), finished_at = now(), stage = NULL, worker = NULL
+            error = CAST(:ferror AS jsonb), finished_at = {RECORDED_AT}, stage = NULL,
+            worker = NULL
         WHERE id = CAST(:fid AS uuid) AND status = 'running' AND lease_gen = :g
         RETURNING 1
     ), {HEAD_CTE}, started AS (

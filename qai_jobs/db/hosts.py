@@ -184,10 +184,21 @@ def on_host(conn: Connection, host_id: str) -> list[tuple[str, str]]:
     return [(str(r.project_id), str(r.status)) for r in conn.execute(_ON_HOST, {"h": host_id})]
 
 
+_HOLDER = sa.text("SELECT host_id FROM workspaces WHERE project_id = :p")
+
+
 def hand_over(conn: Connection, project_id: str, from_host: str, dead_seconds: float) -> str | None:
-    """Give a sleeping workspace of ``from_host`` to the least loaded other live host."""
+    """Give a sleeping workspace of ``from_host`` to the least loaded other live host; the host
+    it is on now, if a lease grant took it off ``from_host`` first; None: it stays.
+
+    Any drain attempt between the drain's sleep and this hand-over takes it first: asleep on a
+    draining host, ``claim`` places it on the taker or the least loaded other host, under a
+    new lease generation. Such attempts are ordinary (a message a host found in its queue when
+    it came back, a recovery kick), and the workspace has left ``from_host`` all the same."""
     target = least_loaded(conn, dead_seconds, exclude=from_host)
-    if target is None:
-        return None
-    moved = conn.execute(_HAND_OVER, {"p": project_id, "h": from_host, "to": target}).first()
-    return target if moved else None
+    if target is not None:
+        moved = conn.execute(_HAND_OVER, {"p": project_id, "h": from_host, "to": target}).first()
+        if moved:
+            return target
+    holder = conn.execute(_HOLDER, {"p": project_id}).scalar()
+    return str(holder) if holder is not None and holder != from_host else None

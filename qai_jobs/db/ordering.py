@@ -30,6 +30,14 @@ from qai_jobs.schemas import IDEMPOTENT_KINDS
 
 # --- the lease -------------------------------------------------------------------------------
 
+# When an action starts and ends is recorded as the time of the statement that did it, not of
+# its transaction (now()): a grant that waited for the workspace row's lock, or ran its
+# statement twice (acquire), began its transaction before the previous holder's settle, even
+# before the action's own enqueue, and now() would date the start before both (the bench's
+# checker counted such starts as overlaps). A settle's finish and the next start share one
+# statement, so they still carry the same time.
+RECORDED_AT = "statement_timestamp()"
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -80,7 +88,7 @@ _ACQUIRE = sa.text(
                           THEN 'queued' ELSE 'failed' END,
             error = CAST(:error AS jsonb),
             finished_at = CASE WHEN kind = ANY(:idem) AND attempts < :max
-                               THEN NULL ELSE now() END,
+                               THEN NULL ELSE {RECORDED_AT} END,
             worker = NULL, next_attempt_at = NULL, stage = NULL
         WHERE project_id = :p AND status = 'running' AND worker IS DISTINCT FROM :o
           AND EXISTS (SELECT 1 FROM got)
@@ -104,9 +112,9 @@ _ACQUIRE = sa.text(
     FROM (SELECT 1) AS one
     LEFT JOIN got ON true
     LEFT JOIN hosts h ON h.host_id = got.host_id
-    """.replace("{WORKSPACE_COLUMNS}", ", ".join(MUTABLE)).replace(
-        "{GOT_COLUMNS}", ", ".join(f"got.{c}" for c in MUTABLE)
-    )
+    """.replace("{WORKSPACE_COLUMNS}", ", ".join(MUTABLE))
+    .replace("{RECORDED_AT}", RECORDED_AT)
+    .replace("{GOT_COLUMNS}", ", ".join(f"got.{c}" for c in MUTABLE))
 )
 
 
@@ -245,8 +253,8 @@ HEAD_CTE = """head AS (
         WHERE project_id = :p AND status = 'queued'
         ORDER BY seq LIMIT 1
     )"""
-START_HEAD = """UPDATE actions a
-        SET status = 'running', started_at = coalesce(a.started_at, now()),
+START_HEAD = f"""UPDATE actions a
+        SET status = 'running', started_at = coalesce(a.started_at, {RECORDED_AT}),
             attempts = a.attempts + 1, worker = :o, lease_gen = :g, heartbeat_at = now(),
             next_attempt_at = NULL, stage = CAST(:stage AS jsonb)
         FROM head
@@ -288,10 +296,10 @@ def start_next(conn: Connection, lease: Lease) -> Started | None:
 
 
 _FINISH = sa.text(
-    """
+    f"""
     UPDATE actions
     SET status = :status, result = CAST(:result AS jsonb), error = CAST(:error AS jsonb),
-        finished_at = now(), stage = NULL, worker = NULL
+        finished_at = {RECORDED_AT}, stage = NULL, worker = NULL
     WHERE id = :id AND status = 'running' AND lease_gen = :g
     RETURNING kind, attempts
     """

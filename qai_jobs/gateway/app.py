@@ -147,8 +147,17 @@ class Gateway:
             return await self._own(request)
         cookie: str | None = None
         if self.gate is not None:
+            # Unknown or destroyed is said before any token is asked for (contract §7a):
+            # preview ids are random, so this tells a stranger nothing they could use.
+            known = await self.routes.get(preview_id)
+            if known is None:
+                return _plain(404, "no such preview")
+            if known.status == "destroyed":
+                return _plain(410, "this workspace was destroyed")
             try:
-                admission = await self.gate.admit(request, preview_id)
+                admission = await self.gate.admit(
+                    request, preview_id, websocket=kind == "websocket"
+                )
             except aredis.RedisError:
                 return _unavailable(request, "the gateway cannot check tokens right now", 1)
             if not admission.allowed:
@@ -230,14 +239,18 @@ class Gateway:
             rest = auth.strip_cookie(headers.pop("Cookie"))
             if rest:
                 headers["Cookie"] = rest
+        # The cookie a link's first use earns rides on the answer: a page's, or a handshake's
+        # (a client that opened the socket first reconnects by it).
+        extra = {"Set-Cookie": cookie} if cookie else None
         try:
             if kind == "websocket":
                 # Messages count as activity too (a marked set: free), so a preview that is
                 # in use over its socket alone (hot reload's pings, an app's live data) stays
                 # awake, while a forgotten idle socket does not.
                 touch = partial(self.activity.touch, route.project_id)
-                return await proxy.forward_websocket(request, self.session, target, headers, touch)
-            extra = {"Set-Cookie": cookie} if cookie else None
+                return await proxy.forward_websocket(
+                    request, self.session, target, headers, touch, extra
+                )
             return await proxy.forward_http(request, self.session, target, headers, extra)
         except proxy.UpstreamUnreachable:
             raise

@@ -2,9 +2,11 @@
 
 A request is admitted with a valid cookie token for its preview id, or once with a valid link
 token in ``qai_token`` (its use is recorded in Redis until it expires, so every gateway process
-refuses a second use). The link is answered with a redirect to the same URL without the token
-and a cookie for exactly that host (no Domain attribute): HttpOnly, and SameSite=Lax over http;
-over https SameSite=None; Secure; Partitioned, so it also works inside another site's iframe.
+refuses a second use that does not bring the cookie the first one set). The link is answered
+with a redirect to the same URL without the token (a WebSocket handshake, which cannot follow
+one, is admitted as it is) and a cookie for exactly that host (no Domain attribute): HttpOnly,
+and SameSite=Lax over http; over https SameSite=None; Secure; Partitioned, so it also works
+inside another site's iframe.
 """
 
 from __future__ import annotations
@@ -32,16 +34,21 @@ class TokenGate:
         self.redis = redis  # redis.asyncio client, shared by every gateway process
         self.secure = secure
 
-    async def admit(self, request: web.Request, preview_id: str) -> Admission:
+    async def admit(
+        self, request: web.Request, preview_id: str, *, websocket: bool = False
+    ) -> Admission:
         link = request.query.get(tokens.QUERY_PARAM)
         if link is not None:
             expires = tokens.verify(self.key, tokens.LINK, link, preview_id)
-            if expires is None or not await self._first_use(link, expires):
-                return Admission(False)
-            cookie = self._cookie(preview_id, expires)
-            if request.method in ("GET", "HEAD"):
-                return Admission(True, redirect=_without_token(request.rel_url), cookie=cookie)
-            return Admission(True, cookie=cookie)
+            if expires is not None and await self._first_use(link, expires):
+                cookie = self._cookie(preview_id, expires)
+                # A WebSocket handshake cannot follow a redirect: it is admitted as it is.
+                if request.method in ("GET", "HEAD") and not websocket:
+                    redirect = _without_token(request.rel_url)
+                    return Admission(True, redirect=redirect, cookie=cookie)
+                return Admission(True, cookie=cookie)
+            # A spent link with this preview's cookie beside it: the same browser reloading
+            # the page it was given (an iframe's src keeps the link), admitted by the cookie.
         presented = request.cookies.get(tokens.COOKIE_NAME)
         if presented and tokens.verify(self.key, tokens.COOKIE, presented, preview_id):
             return Admission(True)

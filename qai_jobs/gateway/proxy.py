@@ -167,9 +167,11 @@ async def forward_websocket(
     url: str,
     headers: CIMultiDict[str],
     on_message: Callable[[], None] = lambda: None,
+    extra_headers: dict[str, str] | None = None,
 ) -> web.WebSocketResponse:
     """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
-    accept the client's and relay messages both ways until either side closes."""
+    accept the client's (with ``extra_headers`` on its 101) and relay messages both ways until
+    either side closes."""
     protocols = [
         p.strip()
         for v in request.headers.getall("Sec-WebSocket-Protocol", [])
@@ -185,6 +187,7 @@ async def forward_websocket(
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (), autoping=False, max_msg_size=0
     )
+    client.headers.update(extra_headers or {})
     try:
         await client.prepare(request)
         await asyncio.gather(

@@ -163,7 +163,7 @@ def test_project_routes(http: httpx.Client, project: str) -> None:
         ({"kind": "write"}, "files"),
         ({"kind": "read", "paths": ["ok"], "surprise": 1}, "surprise"),
         ({"kind": "command", "cmd": "true", "timeout_s": 99999}, "timeout_s"),
-        ({"kind": "command"}, "payload"),
+        ({"kind": "command"}, "cmd"),
         ({"kind": "ensure", "env": {"BAD NAME": "s3cr3t-value"}}, "env"),
         ({"kind": "restore"}, "snapshot_id"),
     ],

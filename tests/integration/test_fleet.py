@@ -22,8 +22,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from qai_jobs.client import WorkspaceClient
+from qai_jobs.db import enqueue, hosts, ordering
+from qai_jobs.db.session import engine_for
 from tests.conftest import isolated, settings_for
 from tests.integration.gateway_support import (
     Gateway,
@@ -200,6 +203,42 @@ def test_a_workspace_lives_on_one_host_moves_when_it_dies_and_drains_back(
         for proc in procs.values():
             if proc.popen.poll() is None:
                 proc.stop()
+
+
+def test_a_drain_attempt_between_the_sleep_and_the_hand_over_moves_it_all_the_same(
+    fleet_env: dict[str, str],
+) -> None:
+    """`hosts drain`'s race, replayed: a drain message lands after the drain's sleep settled and
+    before its hand-over (in the walk-through: a message the dead host found in its queue when
+    it came back, forwarded there while it still looked alive). The lease grant places the
+    sleeping workspace off the draining host first; the hand-over reports where it went."""
+    engine = engine_for(fleet_env["DATABASE_URL"])
+    project = f"fl-{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        for host in ("host-a", "host-b"):
+            hosts.report(conn, host, "127.0.0.1", 2, fresh=True)
+        enqueue.enqueue(conn, action_id=uuid.uuid4(), project_id=project, kind="sleep", payload={})
+        # Its sleep ran on host-b and settled: the lease is free.
+        conn.execute(
+            sa.text("UPDATE actions SET status = 'succeeded' WHERE project_id = :p"),
+            {"p": project},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE workspaces SET host_id = 'host-b', provider = 'local', status = 'sleeping'"
+                " WHERE project_id = :p"
+            ),
+            {"p": project},
+        )
+        assert hosts.set_draining(conn, "host-b", True)
+    with engine.begin() as conn:  # the late drain attempt, on the host that came back
+        got = ordering.acquire(conn, project, "late", 1.5, host_dead_seconds=DEAD_SECONDS)
+        assert got is not None
+        holder = hosts.claim(conn, project, "host-a", DEAD_SECONDS, True, seen=got.workspace)
+        assert holder.moved_from == "host-b"
+        ordering.release(conn, got.lease)
+    with engine.begin() as conn:
+        assert hosts.hand_over(conn, project, "host-b", DEAD_SECONDS) == "host-a"
 
 
 def test_hosts_in_their_own_network_namespaces_serve_previews_from_their_address(

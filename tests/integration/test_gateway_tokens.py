@@ -3,12 +3,14 @@ then by the cookie it sets; minted by the API route and both Python clients."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import httpx
 import pytest
 
@@ -17,6 +19,7 @@ from qai_jobs.errors import NotFound
 from tests.conftest import settings_for
 from tests.integration.api_helpers import TOKEN, Api, api_env, start_api
 from tests.integration.gateway_support import (
+    ECHO,
     HELLO,
     WAIT,
     Gateway,
@@ -106,9 +109,11 @@ def test_the_minted_url_is_accepted_once_then_the_cookie(
     assert gateway.get(base, path).status_code == 401
     cookie_value = value.split("=", 1)[1]
     assert gateway.get(url, f"/?qai_token={cookie_value}").status_code == 401
-    # The cookie opens this preview only.
+    # The same browser reloading the minted URL (an iframe keeps its src) gets in by the cookie.
+    assert gateway.get(base, path, headers={"Cookie": value}).status_code == 200
+    # An unknown preview is unknown whatever the cookie says (contract §7a: 404).
     other = "http://" + "f" * 32 + f".preview.localhost:{gateway.port}/"
-    assert gateway.get(other, headers={"Cookie": value}).status_code == 401
+    assert gateway.get(other, headers={"Cookie": value}).status_code == 404
     assert minted["token"] not in gateway.proc.log()
     assert cookie_value not in gateway.proc.log()
 
@@ -124,6 +129,42 @@ def test_a_browser_following_the_redirect_keeps_its_cookie(
         assert page.status_code == 200 and "Hello from qai-jobs" in page.text
         again = browser.get(gateway.base + "/", headers=headers)
         assert again.status_code == 200
+
+
+def test_a_websocket_opened_with_the_minted_url_is_admitted(
+    gateway: Gateway, client: WorkspaceClient
+) -> None:
+    """A handshake cannot follow the redirect a page load gets: the link admits it at once."""
+    project = f"tokws-{uuid.uuid4().hex[:8]}"
+    try:
+        handle = client.ensure(
+            project, files=files_of(ECHO), dev_command="node server.js --port {port}"
+        )
+        handle.wait(WAIT)
+        base, query = _split(client.preview_token(project, ttl_s=120)["url"])
+        target, headers = gateway.target(base, "/socket" + query[1:])
+
+        async def talk() -> tuple[str, str]:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(target, headers=headers, protocols=["echo.v1"]) as ws,
+            ):
+                await ws.send_str("hello with a token")
+                echoed = str((await ws.receive(timeout=10)).data)
+                # The handshake earned the cookie: a reconnect by the same URL gets in by it.
+                cookie = ws._response.headers.get("Set-Cookie", "").split(";")[0]
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(target, headers={**headers, "Cookie": cookie}) as ws,
+            ):
+                await ws.send_str("again")
+                return echoed, str((await ws.receive(timeout=10)).data)
+
+        assert asyncio.run(talk()) == ("hello with a token", "again")
+        refused = gateway.get(base, "/socket")  # and without one, still refused
+        assert refused.status_code == 401
+    finally:
+        destroy_quietly(client, project)
 
 
 def test_the_api_and_http_client_mint_tokens(

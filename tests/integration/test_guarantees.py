@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import redis
 import sqlalchemy as sa
 
 from qai_jobs.client import WorkspaceClient
-from qai_jobs.db import enqueue, ordering
+from qai_jobs.db import enqueue, handover, ordering
 from qai_jobs.db.session import engine_for
 from qai_jobs.errors import LeaseLost
 from qai_jobs.testing import clear_faults, inject_fault, journal
@@ -195,6 +196,43 @@ def test_fencing_a_stale_holder_cannot_overwrite(
         ordering.finish(conn, new, action_id, status="succeeded", result={"fresh": True})
         ordering.release(conn, new)
     assert iso_client.get_action(action_id)["result"] == {"fresh": True}
+
+
+def test_a_start_is_dated_after_the_previous_finish_and_its_own_enqueue(
+    iso_client: WorkspaceClient, isolated_env: dict[str, str]
+) -> None:
+    """A grant whose transaction began while the previous holder still had the lease (its
+    statement waited, or was refused and ran again) starts the next action only after that
+    holder's settle and the action's enqueue committed: the recorded times must say so."""
+    engine = engine_for(isolated_env["DATABASE_URL"])
+    project = f"dates-{uuid.uuid4().hex[:6]}"
+    first, second = uuid.uuid4(), uuid.uuid4()
+    with engine.begin() as conn:
+        enqueue.enqueue(conn, action_id=first, project_id=project, kind="read", payload={})
+    with engine.begin() as conn:
+        got = ordering.acquire(conn, project, "holder", ttl=30)
+        assert got is not None and ordering.start_next(conn, got.lease) is not None
+    holder = got.lease
+    with engine.connect() as waiting:
+        grant = waiting.begin()
+        waiting.execute(sa.text("SELECT 1"))  # the next grant's transaction has begun
+        time.sleep(0.05)
+        with engine.begin() as conn:  # the holder settles and gives the lease back
+            ordering.fence(conn, holder, 30)
+            finish = handover.Finish(first, "succeeded", {})
+            assert handover.start_or_release(conn, holder, finish=finish).started is None
+        time.sleep(0.02)
+        with engine.begin() as conn:
+            enqueue.enqueue(conn, action_id=second, project_id=project, kind="read", payload={})
+        taken = ordering.acquire(waiting, project, "next-holder", ttl=30)
+        assert taken is not None
+        started = handover.start_or_release(waiting, taken.lease).started
+        assert started is not None and started.id == second
+        grant.commit()
+    before, after = iso_client.get_action(first), iso_client.get_action(second)
+    at = {k: datetime.fromisoformat(after[k]) for k in ("created_at", "started_at")}
+    assert at["started_at"] >= datetime.fromisoformat(before["finished_at"])
+    assert at["started_at"] >= at["created_at"]
 
 
 def test_slow_announcements_after_taking_the_lease_let_no_one_else_in(

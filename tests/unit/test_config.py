@@ -23,6 +23,7 @@ from qai_jobs.errors import ConfigurationError
         ("WORKSPACE_INACTIVITY_MINUTES", "-1"),
         ("WORKSPACE_PREVIEW_PORT", "99999"),
         ("WORKSPACE_WEBHOOK_SECRET", "not-a-whsec-secret-value"),
+        ("WORKSPACE_WEBHOOK_SECRET", "whsec_not base64!"),  # would fail every delivery
         ("WORKSPACE_CALLBACK_URL", "ftp://example.invalid/hook"),
         ("DATABASE_URL", "mysql://root@localhost/x"),
         ("WORKSPACE_LOCAL_ISOLATION", "docker"),
@@ -84,8 +85,23 @@ def test_fleet_defaults_make_paths_absolute(
     settings = load_settings(_env_file=None)
     # A worker started in another directory finds the same root, not a new one beside it.
     assert settings.workspace_root == Path(os.getcwd(), ".qai", "workspaces")
-    assert settings.snapshot_dir == settings.workspace_root / "snapshots"
+    assert settings.snapshot_dir == Path(os.getcwd(), ".qai", "snapshots")  # beside the root
     assert settings.workspace_host_id == socket.gethostname()
     assert settings.workspace_host_dead_seconds == 60
+    # A root that has the directory earlier versions kept inside it goes on using it.
+    (settings.workspace_root / "snapshots").mkdir(parents=True)
+    assert settings.snapshot_dir == settings.workspace_root / "snapshots"
     monkeypatch.setenv("WORKSPACE_SNAPSHOT_STORE", "shared/snaps")
     assert load_settings(_env_file=None).snapshot_dir == Path(os.getcwd(), "shared", "snaps")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS"],
+)
+def test_a_webhook_secret_the_library_reads_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    """A newline from a mounted file, or no padding: the Standard Webhooks library reads both."""
+    monkeypatch.setenv("WORKSPACE_WEBHOOK_SECRET", secret)
+    assert load_settings(_env_file=None).workspace_webhook_secret is not None

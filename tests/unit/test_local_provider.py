@@ -219,7 +219,7 @@ def test_restore_replaces_planted_links(local: Local) -> None:
 
 
 def _snapshot_files(local: Local) -> set[str]:
-    return {p.name for p in (local.tmp / "workspaces" / "snapshots").glob("snap-*")}
+    return {p.name for p in (local.tmp / "snapshots").glob("snap-*")}
 
 
 def _files_of(*ids: str) -> set[str]:

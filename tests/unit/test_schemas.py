@@ -33,8 +33,8 @@ BAD_PAYLOADS = [
     ("write", {"files": {"a": "x"}, "delete": ["../b"]}, "delete", ".."),
     ("read", {"paths": []}, "paths", ""),
     ("read", {"paths": ["/abs"]}, "paths", "absolute"),
-    ("command", {}, "payload", "exactly one of cmd or argv"),
-    ("command", {"cmd": "ls", "argv": ["ls"]}, "payload", "exactly one"),
+    ("command", {}, "cmd", "exactly one of cmd or argv"),
+    ("command", {"cmd": "ls", "argv": ["ls"]}, "cmd", "exactly one"),
     ("command", {"cmd": "ls", "timeout_s": -1}, "timeout_s", ""),
     ("command", {"cmd": "ls", "timeout_s": 4000}, "timeout_s", "3600"),
     ("command", {"cmd": "ls", "env": {"1BAD": "x"}}, "env", "invalid"),
@@ -127,3 +127,11 @@ def test_bad_input_is_a_value_error_naming_the_field() -> None:
     with pytest.raises(ValueError, match=r"files\[0\]\.path") as info:
         validate_payload("write", {"files": {"/etc/passwd": "x"}})
     assert isinstance(info.value, ValidationFailed) and info.value.field == "files[0].path"
+
+
+def test_the_package_exports_its_validation_error() -> None:
+    import qai_jobs
+    from qai_jobs.errors import QaiJobsError
+
+    assert qai_jobs.ValidationFailed is ValidationFailed
+    assert issubclass(ValidationFailed, QaiJobsError) and issubclass(ValidationFailed, ValueError)

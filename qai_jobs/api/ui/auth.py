@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request, cookie_parser
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from qai_jobs.api.errors import error_response
@@ -71,11 +72,16 @@ class UiAuth:
         return session is not None and session.authenticated
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A browser asking for a page goes to the login form; anything else gets the API's
-        401 (htmx is told to go to the form too)."""
+        """401, as for every route without the token (contract §7); a browser asking for a
+        page is sent on to the login form by the page it gets, htmx by a header."""
         if scope["method"] in ("GET", "HEAD") and not _is_htmx(scope):
-            target = LOGIN_PATH + "?next=" + quote(scope["path"], safe="/")
-            await RedirectResponse(target, status_code=303)(scope, receive, send)
+            target = html.escape(LOGIN_PATH + "?next=" + quote(scope["path"], safe="/"))
+            body = (
+                f'<!doctype html><meta http-equiv="refresh" content="0; url={target}">'
+                f'<title>Log in</title><a href="{target}">Log in</a>'
+            )
+            headers = {"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"}
+            await HTMLResponse(body, 401, headers)(scope, receive, send)
             return
         response = error_response(
             401, "unauthorized", "log in at /ui/login", headers={"HX-Redirect": LOGIN_PATH}
