@@ -64,11 +64,11 @@ def base_env(
         "WORKSPACE_RETRY_MAX_SECONDS": "0.5",
         "WORKSPACE_SECRET_KEY": "test-secret-key-not-for-production",
         "WORKSPACE_MAX_ATTEMPTS": "5",
-        **_port_range(),
+        **port_range(),
     }
 
 
-def _port_range() -> dict[str, str]:
+def port_range() -> dict[str, str]:
     """Host ports for local dev servers of this test process: test processes run side by side
     (pytest-xdist) on one host, and each keeps its own port registry."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")

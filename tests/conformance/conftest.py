@@ -22,6 +22,7 @@ import pytest
 
 from qai_jobs.config import Settings
 from qai_jobs.providers.base import CreateSpec, Provider, Sandbox
+from tests.conftest import port_range
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ def make_settings(tmp: Path, **extra: Any) -> Settings:
     """Settings for a test: no .env, a private workspace root, small output cap."""
     fields: dict[str, Any] = {
         "workspace_root": tmp / "workspaces",
+        # This test process's own dev-server ports (tests/conftest.py). The default range is
+        # another checkout's on this host (QAI_TEST_PORT_BASE) and overlaps this run's other
+        # processes' ranges, while a registry under ``tmp`` sees none of their allocations:
+        # two sandboxes could get one port before either's pasta binds it, the later failing.
+        **{key.lower(): int(value) for key, value in port_range().items()},
         "workspace_max_output_bytes": 64 * 1024,
         # Sealing without Postgres (where the deployment's key lives otherwise).
         "workspace_secret_key": "conformance-sealing-key",

@@ -331,6 +331,25 @@ def test_sleep_takes_the_network_down_and_wake_brings_it_back(net: Net) -> None:
     assert not probe(provider, sb, ["127.0.0.1:5432"])["127.0.0.1:5432"]
 
 
+def test_probes_while_nothing_listens_leave_the_port_to_the_next_dev_server(net: Net) -> None:
+    provider = net.provider()
+    sb = net.sandbox(provider)
+    port = provider.dev_port(sb, 3000)
+    assert not provider.port_ready(sb, port)  # brings the namespace up; nothing listens yet
+    # Every probe pasta splices in connects to the port from a source port of the namespace's
+    # own range, which holds the dev port. Narrowed to start at it (the range's parity comes
+    # first), an unreserved port is nearly every probe's source: it connects to itself, and
+    # its TIME_WAIT keeps the dev server from listening (the timed-out server's case, rarer).
+    ns = Path(sb.state["dir"]) / "net" / "ns"
+    narrow = f'echo "{port} {port + 8}" > /proc/sys/net/ipv4/ip_local_port_range'
+    subprocess.run(["nsenter", f"--net={ns}", "--", "sh", "-c", narrow], check=True)
+    for _ in range(40):
+        assert not provider.port_ready(sb, port)
+    record = provider.start_process(sb, SERVER.format(text="listening", port=port))
+    assert wait_for(lambda: provider.port_ready(sb, port), 10), provider.read_log(sb, record, 20)
+    assert get(provider.preview_url(sb, port)) == "listening"
+
+
 def test_helpers_outlive_the_process_that_started_them(net: Net, tmp_path: Path) -> None:
     provider = net.provider()
     sb = net.sandbox(provider)

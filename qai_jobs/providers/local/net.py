@@ -29,6 +29,7 @@ import fcntl
 import functools
 import grp
 import http.client
+import logging
 import os
 import pwd
 import shutil
@@ -52,6 +53,7 @@ PACKAGES = {"pasta": "passt", "nft": "nftables", "dnsmasq": "dnsmasq-base", "ip"
 DNS_USER = "nobody"
 _HELPER_ENV = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
 _MNT_DETACH = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class SandboxNet:
             pasta = self._launch_pasta(cfg) if self._pasta() is None else None
             try:
                 if made:
+                    self._reserve_port(cfg.port)
                     self._load_rules(cfg.egress)
                 self.resolv.write_text("nameserver 127.0.0.1\noptions edns0\n")
                 if self._dnsmasq() is None:
@@ -154,6 +157,25 @@ class SandboxNet:
     def _load_rules(self, egress: Egress) -> None:
         rules = egress_rules.ruleset(egress, _host_networks(), pwd.getpwnam(DNS_USER).pw_uid)
         _run([*self._enter(), "nft", "-f", "-"], "load the egress rules", stdin=rules)
+
+    def _reserve_port(self, port: int) -> None:
+        """Keep the dev server's port out of the namespace's automatic source ports.
+
+        A new namespace hands out connect()'s source ports from Linux's default 32768-60999,
+        which holds the preview ports (41000-41999 by default). While nothing listens on the
+        port, a connect to it (pasta splicing a readiness probe or a visitor in from the host,
+        a command's curl) can be given the port itself as its source: TCP then connects to
+        itself, and the socket's TIME_WAIT holds the port for 60 s without SO_REUSEADDR, so
+        the next dev server fails to listen (EADDRINUSE) though the previous one is long
+        gone. A reserved port is never picked as a source port and can still be bound.
+        """
+        script = 'echo "$1" > /proc/sys/net/ipv4/ip_local_reserved_ports'
+        try:
+            _run([*self._enter(), "sh", "-c", script, "sh", str(port)], "reserve the port")
+        except TransientError as exc:
+            # Not worth refusing the sandbox for (a read-only /proc/sys in a container):
+            # without it the rare collision above is possible again, nothing else changes.
+            log.warning("%s: a dev server may find port %d in use for a minute", exc, port)
 
     def _launch_pasta(self, cfg: NetConfig) -> subprocess.Popen[bytes]:
         self._pasta_pid.unlink(missing_ok=True)
