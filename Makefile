@@ -89,7 +89,7 @@ up: install services
 # run, not refused for its formatting.
 test: install services
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory lint LINTED="$(TRACKED)"
+	@$(MAKE) --no-print-directory lint LINTED="$(TRACKED)"
 
 bench: install services
 	$(BIN)/qai-jobs bench
