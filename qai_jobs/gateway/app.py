@@ -145,15 +145,19 @@ class Gateway:
         preview_id = preview_id_of(request.host, self.domain)
         if preview_id is None:
             return await self._own(request)
+        host = request.host.lower()
+        # HAProxy sends a request back here when its mapped upstream refused it: what
+        # Postgres says now decides, and the fast path waits until it works again.
+        fast_failed = self._from_fast_path(request)
+        if fast_failed and self.fast is not None:
+            self.fast.evict(host)
+        route = await self.routes.get(preview_id, fresh=fast_failed)
+        # Unknown or destroyed is said before any token is asked for (contract §7a): preview
+        # ids are random, so this tells a stranger nothing they could use.
+        if route is None or route.status == "destroyed":
+            return _gone(route)
         cookie: str | None = None
         if self.gate is not None:
-            # Unknown or destroyed is said before any token is asked for (contract §7a):
-            # preview ids are random, so this tells a stranger nothing they could use.
-            known = await self.routes.get(preview_id)
-            if known is None:
-                return _plain(404, "no such preview")
-            if known.status == "destroyed":
-                return _plain(410, "this workspace was destroyed")
             try:
                 admission = await self.gate.admit(
                     request, preview_id, websocket=kind == "websocket"
@@ -170,21 +174,12 @@ class Gateway:
             cookie = admission.cookie
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.workspace_gateway_wake_seconds
-        host = request.host.lower()
-        # HAProxy sends a request back here when its mapped upstream refused it: what
-        # Postgres says now decides, and the fast path waits until it works again.
-        fast_failed = self._from_fast_path(request)
-        if fast_failed and self.fast is not None:
-            self.fast.evict(host)
-        route = await self.routes.get(preview_id, fresh=fast_failed)
-        if route is not None and route.status == "sleeping":
+        if route.status == "sleeping":
             route = await self._revive(route, "wake", deadline)
         retried = False
         while True:
-            if route is None:
-                return _plain(404, "no such preview")
-            if route.status == "destroyed":
-                return _plain(410, "this workspace was destroyed")
+            if route is None or route.status == "destroyed":
+                return _gone(route)
             if not route.proxiable:
                 if route.status in ("ready", "error") and route.dev_server_wanted and not retried:
                     retried = True
@@ -273,6 +268,13 @@ class Gateway:
         if request.path == "/healthz":
             return web.json_response({"status": "ok"})
         return _plain(404, f"not a preview host: expected <preview id>.{self.domain}")
+
+
+def _gone(route: Route | None) -> web.Response:
+    """Unknown or destroyed: answered, never re-created by a request (contract §7a)."""
+    if route is None:
+        return _plain(404, "no such preview")
+    return _plain(410, "this workspace was destroyed")
 
 
 def _plain(status: int, message: str) -> web.Response:
