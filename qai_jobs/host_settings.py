@@ -130,9 +130,10 @@ class HostSettings(BaseSettings):
         bucket, _, prefix = store.removeprefix("s3://").partition("/")
         return bucket, prefix
 
-    @property
+    @cached_property
     def snapshot_dir(self) -> Path:
-        """Where local snapshots live (every host of a fleet must reach the same one)."""
+        """Where local snapshots live (every host of a fleet must reach the same one); decided
+        once per process, since the upgrade case below looks at the disk."""
         if self.workspace_snapshot_store and self.snapshot_s3 is None:
             return Path(self.workspace_snapshot_store)
         # Beside the root, not in it: the root holds one directory per workspace. A root that

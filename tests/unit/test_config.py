@@ -90,7 +90,7 @@ def test_fleet_defaults_make_paths_absolute(
     assert settings.workspace_host_dead_seconds == 60
     # A root that has the directory earlier versions kept inside it goes on using it.
     (settings.workspace_root / "snapshots").mkdir(parents=True)
-    assert settings.snapshot_dir == settings.workspace_root / "snapshots"
+    assert load_settings(_env_file=None).snapshot_dir == settings.workspace_root / "snapshots"
     monkeypatch.setenv("WORKSPACE_SNAPSHOT_STORE", "shared/snaps")
     assert load_settings(_env_file=None).snapshot_dir == Path(os.getcwd(), "shared", "snaps")
 
