@@ -105,8 +105,8 @@ lint: install
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format qai_jobs tests alembic celeryconfig.py
-	$(BIN)/ruff check --fix qai_jobs tests alembic celeryconfig.py
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 clean:
 	rm -rf $(VENV) .qai .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,6 @@ The worker host's group (local sandboxes, the fleet, the snapshot store) is decl
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from functools import cached_property
 from pathlib import Path
@@ -189,11 +188,10 @@ class Settings(HostSettings):
         raw = value.get_secret_value().strip()
         body = raw.removeprefix("whsec_")
         try:
-            decoded = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
-            ok = raw.startswith("whsec_") and bool(decoded)
-        except (binascii.Error, ValueError):
-            ok = False
-        if not ok:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except ValueError:  # binascii.Error
+            key = b""
+        if body == raw or not key:
             raise ValueError("must look like whsec_<base64>")
         return value
 
